@@ -1,0 +1,3 @@
+"""buig: the Dutch bijstand (BUIG) distribution model on household microdata."""
+
+__version__ = "0.1.0"

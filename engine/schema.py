@@ -1,0 +1,292 @@
+"""Arrow schemas of a population and their validation.
+
+A population is three tables (design, section 3):
+
+- ``households``: one row per household, categorical characteristics as small integers
+  whose labels live in the field metadata (``labels``: a JSON list, code = position);
+- ``neighbourhoods``: one row per neighbourhood (CBS wijk code such as ``WK036301``);
+- ``municipalities``: one row per municipality (CBS code such as ``GM0363``).
+
+``validate(table_name, table, ...)`` raises :class:`PopulationError` naming the table,
+the column and the first offending row; it never repairs anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Labels of every categorical household column; the code is the position in the tuple.
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "household_type": ("single", "single_parent", "couple_no_children", "couple_with_children", "other"),
+    "age_class": ("18-20", "21-26", "27-34", "35-44", "45-54", "55-aow"),
+    "migration": ("dutch", "western", "moroccan", "turkish", "surinamese", "antillean", "other_non_western"),
+    "education": ("low", "medium", "high", "unknown"),
+    "housing": ("owner", "social_rent", "private_rent"),
+    "health": ("none", "chronic_illness", "work_limitation"),
+    "other_benefit": ("none", "ww", "ao_partial", "ao_full", "other"),
+    # Wealth test of the 2019 volume weights: limits differ for single persons (EUR 5,000)
+    # and couples / single parents (EUR 10,000); "home equity" = wealth below the limit
+    # but home equity above EUR 50,000.
+    "wealth": ("below_limit", "single_home_equity", "single_wealth", "family_home_equity", "family_wealth"),
+    "duration_class": ("none", "lt1", "1-2", "2-4", "4-5", "gt5"),
+}
+
+MAX_ADULTS_SHARING = 8
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table: Arrow type, value range and meaning."""
+
+    name: str
+    type: pa.DataType
+    doc: str
+    min: float | None = None
+    max: float | None = None
+    code: bool = False  # a CBS code (string, possibly dictionary-encoded)
+
+    def field(self) -> pa.Field:
+        meta = {"doc": self.doc}
+        if self.name in CATEGORIES:
+            meta["labels"] = json.dumps(CATEGORIES[self.name])
+        return pa.field(self.name, self.type, nullable=False, metadata=meta)
+
+
+def _cat(name: str, doc: str) -> Column:
+    return Column(name, pa.int8(), doc, 0, len(CATEGORIES[name]) - 1)
+
+
+CODE = pa.dictionary(pa.int32(), pa.string())
+
+TABLES: dict[str, tuple[Column, ...]] = {
+    "households": (
+        Column("id", pa.int64(), "household id, unique"),
+        Column("municipality", CODE, "CBS municipality code (GMxxxx)", code=True),
+        Column("neighbourhood", CODE, "CBS wijk code (WKxxxxxx)", code=True),
+        _cat("household_type", "household type of the benefit unit"),
+        _cat("age_class", "age class of the reference person"),
+        _cat("migration", "migration background of the reference person"),
+        _cat("education", "highest education of the reference person"),
+        _cat("housing", "tenure of the dwelling"),
+        _cat("health", "health of the reference person"),
+        _cat("other_benefit", "other benefit in the household"),
+        _cat("wealth", "wealth test class"),
+        Column("adults_sharing", pa.int8(), "co-resident adults aged 21+ outside the benefit unit", 0, MAX_ADULTS_SHARING),
+        Column("adults_sharing_under_27", pa.int8(), "of adults_sharing, those aged 21-26", 0, MAX_ADULTS_SHARING),
+        Column("bijstand", pa.int8(), "1 if the household receives bijstand on the reference date", 0, 1),
+        Column("lks", pa.int8(), "1 if loonkostensubsidie (LKS) applies on the reference date", 0, 1),
+        Column("benefit_paid", pa.float64(), "benefit (or LKS) paid over the year, EUR", 0, None),
+        _cat("duration_class", "benefit duration on the reference date"),
+    ),
+    "neighbourhoods": (
+        Column("code", pa.string(), "CBS wijk code", code=True),
+        Column("name", pa.string(), "name"),
+        Column("municipality", pa.string(), "CBS municipality code", code=True),
+        Column("urbanity", pa.int8(), "CBS stedelijkheid, 1 (very strongly urban) to 5 (not urban)", 1, 5),
+        Column("share_non_working", pa.float64(), "share of non-working adults (18-AOW)", 0, 1),
+        Column("liveability", pa.float64(), "liveability index (mean 0, sd 1; higher is better)"),
+        Column("jobs_access", pa.float64(), "jobs reachable within commuting distance per person in the labour force", 0, None),
+    ),
+    "municipalities": (
+        Column("code", pa.string(), "CBS municipality code", code=True),
+        Column("name", pa.string(), "name"),
+        Column("province", pa.string(), "province"),
+        Column("region", pa.string(), "labour-market region code"),
+        Column("inhabitants", pa.int64(), "inhabitants on the reference date (1 Jan t-1)", 1, None),
+        Column("households", pa.int64(), "households 18-AOW on 1 Jan t-1", 0, None),
+        Column("households_t2", pa.int64(), "households 18-AOW on 1 Jan t-2", 0, None),
+        Column("jobs_availability", pa.float64(), "regional jobs per person in the labour force", 0, None),
+        Column("job_growth", pa.float64(), "average yearly regional job growth, fraction"),
+        Column("granieten_voorraad", pa.int64(), "persons more than 4 years on bijstand at the frozen base date", 0, None),
+        Column("spending_t2", pa.float64(), "actual bijstand + LKS spending in t-2, EUR", 0, None),
+        Column("spending_t", pa.float64(), "actual bijstand + LKS spending in t, EUR", 0, None),
+        Column("wdeel_need", pa.float64(), "need for reintegration funds (W-deel), EUR", 0, None),
+        Column("wdeel_target_group", pa.int64(), "size of the municipal target group (W-deel model 4)", 0, None),
+    ),
+}
+
+
+def schema(table_name: str) -> pa.Schema:
+    """The Arrow schema of ``households``, ``neighbourhoods`` or ``municipalities``."""
+    return pa.schema([c.field() for c in TABLES[table_name]])
+
+
+def labels(column: str) -> tuple[str, ...]:
+    """Labels of a categorical household column (code = position)."""
+    return CATEGORIES[column]
+
+
+class PopulationError(ValueError):
+    """A population table that does not satisfy its schema."""
+
+    def __init__(self, table: str, column: str | None, row: int | None, problem: str):
+        self.table, self.column, self.row, self.problem = table, column, row, problem
+        where = table if column is None else f"{table}.{column}"
+        if row is not None:
+            where += f", row {row}"
+        super().__init__(f"{where}: {problem}")
+
+
+def _first(mask) -> int | None:
+    """Index of the first True in a boolean Arrow/NumPy array, or None."""
+    arr = mask.to_numpy(zero_copy_only=False) if hasattr(mask, "to_numpy") else mask
+    arr = np.asarray(arr, dtype=bool)
+    idx = np.flatnonzero(arr)
+    return int(idx[0]) if idx.size else None
+
+
+def _is_string_like(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _type_ok(col: Column, t: pa.DataType) -> bool:
+    if col.code or pa.types.is_string(col.type):
+        return _is_string_like(t)
+    if pa.types.is_floating(col.type):
+        return pa.types.is_floating(t) or pa.types.is_integer(t)
+    if pa.types.is_integer(col.type):
+        return pa.types.is_integer(t) and t.bit_width <= max(col.type.bit_width, 64)
+    return t == col.type
+
+
+def as_strings(arr) -> pa.ChunkedArray | pa.Array:
+    """Decode a possibly dictionary-encoded string column to plain strings."""
+    if pa.types.is_dictionary(arr.type):
+        return arr.cast(arr.type.value_type)
+    return arr
+
+
+def code_positions(table_name: str, column: str, values, reference: np.ndarray,
+                   reference_table: str) -> np.ndarray:
+    """Map each code in ``values`` to its position in ``reference`` (int32).
+
+    Raises :class:`PopulationError` at the first code that is not in ``reference``.
+    Dictionary-encoded columns are mapped dictionary by dictionary, so 8 million rows
+    cost a look-up per distinct code, not per row.
+    """
+    ref = pa.array(reference, pa.string())
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    out = np.empty(len(values), dtype=np.int32)
+    start = 0
+    for chunk in chunks:
+        if pa.types.is_dictionary(chunk.type):
+            lookup = pc.index_in(chunk.dictionary.cast(pa.string()), value_set=ref)
+            pos = lookup.fill_null(-1).to_numpy(zero_copy_only=False)[chunk.indices.to_numpy(zero_copy_only=False)]
+        else:
+            pos = pc.index_in(chunk.cast(pa.string()), value_set=ref).fill_null(-1).to_numpy(zero_copy_only=False)
+        bad = pos < 0
+        first = _first(bad)
+        if first is not None:
+            code = as_strings(chunk)[first].as_py()
+            raise PopulationError(table_name, column, start + first,
+                                  f"code {code!r} does not exist in {reference_table}")
+        out[start:start + len(chunk)] = pos
+        start += len(chunk)
+    return out
+
+
+def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | None = None,
+             neighbourhoods: pa.Table | None = None) -> None:
+    """Check one table against its schema; raise :class:`PopulationError` on the first problem.
+
+    ``municipalities`` (codes) and ``neighbourhoods`` (the validated table) enable the
+    cross-table checks: every referenced code must exist, and a household's
+    neighbourhood must lie in its municipality.
+    """
+    cols = TABLES[table_name]
+    names = set(table.column_names)
+    for col in cols:
+        if col.name not in names:
+            raise PopulationError(table_name, col.name, None, "required column is missing")
+    for col in cols:
+        arr = table.column(col.name)
+        if not _type_ok(col, arr.type):
+            raise PopulationError(table_name, col.name, None,
+                                  f"has type {arr.type}, expected {col.type}")
+        first = _first(arr.is_null())
+        if first is not None:
+            raise PopulationError(table_name, col.name, first, "missing value")
+        if col.code or _is_string_like(arr.type):
+            continue
+        if pa.types.is_floating(arr.type):
+            first = _first(pc.invert(pc.is_finite(arr)))
+            if first is not None:
+                raise PopulationError(table_name, col.name, first, f"value {arr[first].as_py()} is not finite")
+        if col.min is not None:
+            first = _first(pc.less(arr, col.min))
+            if first is not None:
+                raise PopulationError(table_name, col.name, first,
+                                      f"value {arr[first].as_py()} is below the minimum {col.min:g}")
+        if col.max is not None:
+            first = _first(pc.greater(arr, col.max))
+            if first is not None:
+                raise PopulationError(table_name, col.name, first,
+                                      f"value {arr[first].as_py()} is above the maximum {col.max:g}")
+    key = "id" if table_name == "households" else "code"
+    _check_unique(table_name, key, table.column(key))
+    if table_name == "households":
+        _check_households(table, municipalities, neighbourhoods)
+    elif table_name == "neighbourhoods" and municipalities is not None:
+        code_positions(table_name, "municipality", table.column("municipality"), municipalities, "municipalities")
+
+
+def _check_unique(table_name: str, column: str, arr) -> None:
+    if _is_string_like(arr.type):
+        values = np.asarray(as_strings(arr).to_pylist(), dtype=object)
+    else:
+        values = arr.to_numpy()
+    if values.size < 2:
+        return
+    if values.dtype != object and np.all(values[1:] > values[:-1]):
+        return  # strictly increasing: the usual case, checked in one pass
+    order = np.argsort(values, kind="stable")
+    dup = values[order][1:] == values[order][:-1]
+    if dup.any():
+        rows = np.sort(order[1:][dup])
+        value = values[rows[0]]
+        value = value.item() if hasattr(value, "item") else value
+        raise PopulationError(table_name, column, int(rows[0]), f"duplicate value {value!r}")
+
+
+def _check_households(table: pa.Table, municipalities, neighbourhoods) -> None:
+    sharing = table.column("adults_sharing").to_numpy()
+    under = table.column("adults_sharing_under_27").to_numpy()
+    first = _first(under > sharing)
+    if first is not None:
+        raise PopulationError("households", "adults_sharing_under_27", first,
+                              "is larger than adults_sharing")
+    bij = table.column("bijstand").to_numpy()
+    lks = table.column("lks").to_numpy()
+    first = _first((bij == 1) & (lks == 1))
+    if first is not None:
+        raise PopulationError("households", "lks", first, "household has both bijstand and LKS")
+    none = (bij == 0) & (lks == 0)
+    first = _first(none & (table.column("benefit_paid").to_numpy() > 0))
+    if first is not None:
+        raise PopulationError("households", "benefit_paid", first,
+                              "benefit paid to a household with neither bijstand nor LKS")
+    first = _first(none & (table.column("duration_class").to_numpy() != 0))
+    if first is not None:
+        raise PopulationError("households", "duration_class", first,
+                              "benefit duration for a household with neither bijstand nor LKS")
+    if municipalities is not None:
+        mpos = code_positions("households", "municipality", table.column("municipality"),
+                              municipalities, "municipalities")
+    if neighbourhoods is not None:
+        npos = code_positions("households", "neighbourhood", table.column("neighbourhood"),
+                              np.asarray(neighbourhoods.column("code").to_pylist(), dtype=object),
+                              "neighbourhoods")
+        if municipalities is not None:
+            nb_mun = code_positions("neighbourhoods", "municipality", neighbourhoods.column("municipality"),
+                                    municipalities, "municipalities")
+            first = _first(nb_mun[npos] != mpos)
+            if first is not None:
+                raise PopulationError("households", "neighbourhood", first,
+                                      "neighbourhood lies in another municipality than the household")

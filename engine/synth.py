@@ -1,0 +1,571 @@
+"""The synthetic Netherlands: households of 2017 calibrated to public CBS aggregates.
+
+``generate(out, households=N, seed=S)`` writes ``households.parquet`` (one row group per
+municipality), ``neighbourhoods.parquet``, ``municipalities.parquet`` and ``truth.json``.
+
+How it is built (everything random comes from ``SeedSequence(seed)``; municipality g
+draws from child g, so the output is bit-identical for the same seed):
+
+1. Geography of 2017 (388 municipalities, 3,070 wijken as neighbourhoods) from the CBS
+   extracts in ``engine/data``. Labour-market regions: province x urbanity band (about 35).
+2. Households per wijk proportional to the real counts, scaled to N (largest remainder).
+3. A deprivation score per municipality from its real bijstand density (CBS 2017), varied
+   per wijk, drives the neighbourhood factors and, through a household latent, the
+   household characteristics. Household type, migration background and urbanity come from
+   the wijk's real shares; age, education, housing, health, other benefit, wealth and
+   co-resident adults are drawn with plausible dependence on those.
+4. Outcomes from the known truth (``engine.truth``): the municipality effect alpha_g is
+   solved so that the expected number of bijstand-or-LKS households equals 0.8 x the real
+   2017 CBS count of recipients (scaled to N); ``planted`` municipalities then get a strong
+   extra policy effect. Benefit paid = realised fraction x gross 2019 norm (kostendelersnorm
+   applied); duration classes, the granieten voorraad, spending in t-2 (from the real 2015
+   counts) and t, and W-deel need follow.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine import truth
+from engine.norms import load_norms
+from engine.outputs import atomic_dir, write_json
+from engine.schema import CATEGORIES, TABLES, schema
+
+DATA = Path(__file__).resolve().parent / "data"
+REAL_HOUSEHOLDS = 7_794_075
+NONWESTERN = ("moroccan", "turkish", "surinamese", "antillean", "other_non_western")
+
+
+def _logistic(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _num(s: str) -> float:
+    return float(s) if s not in ("", None) else np.nan
+
+
+def largest_remainder(weights: np.ndarray, total: int, minimum: int = 0) -> np.ndarray:
+    """Integers proportional to ``weights`` summing to ``total``; units whose share falls
+    below ``minimum`` get ``minimum`` and the rest is shared proportionally among the others."""
+    weights = np.asarray(weights, dtype=np.float64)
+    n = weights.size
+    if minimum * n > total:
+        raise ValueError(f"cannot give {n} units at least {minimum} out of {total}")
+    out = np.full(n, minimum, dtype=np.int64)
+    free = np.ones(n, dtype=bool)
+    while True:
+        rest = total - minimum * (n - free.sum())
+        w = np.where(free, weights, 0.0)
+        if w.sum() <= 0:
+            out[free] = 0
+            out[np.flatnonzero(free)[:1]] += rest
+            return out
+        quota = w / w.sum() * rest
+        low = free & (quota < minimum)
+        if not low.any():
+            break
+        free &= ~low
+    base = np.floor(quota).astype(np.int64)
+    short = rest - base.sum()
+    order = np.lexsort((np.arange(n), -(quota - base)))  # largest remainder, ties by position
+    base[order[:short]] += 1
+    out[free] = base[free]
+    return out
+
+
+@dataclass
+class Geography:
+    """Municipalities and wijken of 2017 with their real aggregates."""
+
+    mun_code: np.ndarray
+    mun_name: np.ndarray
+    province: np.ndarray
+    inhabitants: np.ndarray
+    households: np.ndarray
+    urbanity: np.ndarray
+    rec2015: np.ndarray
+    rec2017: np.ndarray
+    region: np.ndarray            # region index per municipality
+    region_code: list[str]
+    wk_code: np.ndarray
+    wk_name: np.ndarray
+    wk_mun: np.ndarray            # municipality index per wijk
+    wk_households: np.ndarray
+    wk_urbanity: np.ndarray
+    wk_type_shares: np.ndarray    # (W, 3): one-person, multi-person without children, with children
+    wk_young_share: np.ndarray    # % aged 15-24
+    wk_migration: np.ndarray      # (W, 7) shares in the order of CATEGORIES["migration"]
+
+
+def load_geography() -> Geography:
+    """Read the CBS extracts shipped in ``engine/data``."""
+    mrows = sorted(_read_csv(DATA / "municipalities_2017.csv"), key=lambda r: r["code"])
+    mun_code = np.array([r["code"] for r in mrows], dtype=object)
+    index = {c: i for i, c in enumerate(mun_code)}
+    households = np.array([int(r["households"]) for r in mrows])
+    rec2017 = np.array([float(r["recipients_2017"]) for r in mrows])
+    rec2015 = np.array([_num(r["recipients_2015"]) for r in mrows])
+    ratio = np.nansum(rec2015) / rec2017[~np.isnan(rec2015)].sum()
+    rec2015 = np.where(np.isnan(rec2015), rec2017 * ratio, rec2015)  # formed after 2015
+    urbanity = np.array([int(r["urbanity"]) for r in mrows])
+    province = np.array([r["province"] for r in mrows], dtype=object)
+    band = np.select([urbanity <= 2, urbanity == 3], ["urban", "intermediate"], "rural")
+    keys = sorted({(p, b) for p, b in zip(province, band)})
+    region_code = [f"AR{i + 1:02d}" for i in range(len(keys))]
+    region = np.array([keys.index((p, b)) for p, b in zip(province, band)])
+
+    wrows = sorted(_read_csv(DATA / "wijken_2017.csv.gz"), key=lambda r: r["WK_CODE"])
+    wk_mun = np.array([index[r["GM_CODE"]] for r in wrows])
+    W = len(wrows)
+    urb = np.array([_num(r["STED"]) for r in wrows])
+    urb = np.where(np.isnan(urb), urbanity[wk_mun], urb).astype(np.int8)
+    types = np.array([[_num(r["P_EENP_HH"]), _num(r["P_HH_Z_K"]), _num(r["P_HH_M_K"])] for r in wrows])
+    young = np.array([_num(r["P_15_24_JR"]) for r in wrows])
+    west = np.array([_num(r["P_WEST_AL"]) for r in wrows])
+    nonwest = np.array([_num(r["P_N_W_AL"]) for r in wrows])
+    detail = np.array([[_num(r["P_MAROKKO"]), _num(r["P_TURKIJE"]), _num(r["P_SURINAM"]),
+                        _num(r["P_ANT_ARU"]), _num(r["P_OVER_NW"])] for r in wrows])
+    hh = np.array([_num(r["AANTAL_HH"]) for r in wrows])
+    hh = np.where(np.isnan(hh), 0, hh)
+
+    def fill(values: np.ndarray) -> np.ndarray:
+        """Suppressed wijk cells: the household-weighted mean of the municipality's other wijken."""
+        values = values.copy()
+        v2 = values.reshape(W, -1)
+        ok = ~np.isnan(v2).any(axis=1)
+        w = hh * ok
+        sums = np.zeros((len(mun_code), v2.shape[1]))
+        np.add.at(sums, wk_mun[ok], v2[ok] * w[ok, None])
+        tot = np.bincount(wk_mun, weights=w, minlength=len(mun_code))
+        national = (v2[ok] * w[ok, None]).sum(0) / w.sum()
+        mean = np.where(tot[:, None] > 0, sums / np.maximum(tot, 1e-9)[:, None], national)
+        v2[~ok] = mean[wk_mun[~ok]]
+        return v2.reshape(values.shape)
+
+    types = fill(types)
+    types = np.maximum(types, 0.5)
+    types /= types.sum(1, keepdims=True)
+    young = fill(young)
+    west, nonwest = fill(west), fill(nonwest)
+    split = fill(detail)
+    split = np.maximum(split, 0.05)
+    split = split / split.sum(1, keepdims=True) * nonwest[:, None]
+    dutch = np.maximum(100.0 - west - nonwest, 1.0)
+    mig = np.column_stack([dutch, west, split[:, 0], split[:, 1], split[:, 2], split[:, 3], split[:, 4]])
+    mig /= mig.sum(1, keepdims=True)
+    return Geography(
+        mun_code=mun_code, mun_name=np.array([r["name"] for r in mrows], dtype=object), province=province,
+        inhabitants=np.array([int(r["inhabitants"]) for r in mrows]), households=households,
+        urbanity=urbanity, rec2015=rec2015, rec2017=rec2017, region=region, region_code=region_code,
+        wk_code=np.array([r["WK_CODE"] for r in wrows], dtype=object),
+        wk_name=np.array([r["WK_NAAM"] for r in wrows], dtype=object), wk_mun=wk_mun,
+        wk_households=hh, wk_urbanity=urb, wk_type_shares=types, wk_young_share=young, wk_migration=mig)
+
+
+def allocate_households(geo: Geography, total: int) -> np.ndarray:
+    """Households per wijk: proportional to the real counts, scaled to ``total``.
+
+    Municipalities first (each gets at least ``min(20, total // 388)``), then their wijken.
+    """
+    n_mun = len(geo.mun_code)
+    wk_real = geo.wk_households
+    mun_real = np.bincount(geo.wk_mun, weights=wk_real, minlength=n_mun)
+    per_mun = largest_remainder(mun_real, total, minimum=min(20, total // n_mun))
+    out = np.zeros(len(wk_real), dtype=np.int64)
+    for g in range(n_mun):
+        idx = np.flatnonzero(geo.wk_mun == g)
+        out[idx] = largest_remainder(wk_real[idx] + 1e-9, int(per_mun[g]))
+    return out
+
+
+def _draw(rng: np.random.Generator, logits: np.ndarray) -> np.ndarray:
+    """One categorical draw per row from unnormalised log-probabilities (n, K) -> int8."""
+    logits = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    cdf = np.cumsum(p, axis=1)
+    u = rng.random(len(p)) * cdf[:, -1]
+    return (u[:, None] >= cdf[:, :-1]).sum(axis=1).astype(np.int8)
+
+
+def _draw_probs(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random(len(probs)) * cdf[:, -1]
+    return (u[:, None] >= cdf[:, :-1]).sum(axis=1).astype(np.int8)
+
+
+def _code(col: str, label: str) -> int:
+    return CATEGORIES[col].index(label)
+
+
+def _term_vector(coefs: dict[str, float], factor: str) -> np.ndarray:
+    """Effect of every level of ``factor`` (0 for the reference level)."""
+    return np.array([coefs.get(f"{factor}[{lab}]", 0.0) for lab in CATEGORIES[factor]])
+
+
+FACTORS = ("household_type", "age_class", "migration", "education", "housing", "health",
+           "other_benefit", "wealth")
+
+AGE_BY_TYPE = np.log(np.array([
+    [0.060, 0.140, 0.170, 0.150, 0.200, 0.280],   # single
+    [0.010, 0.060, 0.170, 0.330, 0.300, 0.130],   # single parent
+    [0.005, 0.070, 0.170, 0.100, 0.200, 0.455],   # couple without children
+    [0.002, 0.030, 0.170, 0.360, 0.330, 0.108],   # couple with children
+    [0.080, 0.220, 0.180, 0.140, 0.160, 0.220],   # other
+]))
+AGE_YOUNG_TILT = np.array([1.0, 0.6, 0.2, 0.0, -0.1, -0.3])
+
+
+@dataclass
+class WorldParams:
+    """Neighbourhood, regional and municipal parameters of one synthetic world."""
+
+    dep_wijk: np.ndarray
+    share_non_working: np.ndarray
+    liveability: np.ndarray
+    jobs_access: np.ndarray
+    jobs_availability: np.ndarray   # per municipality (its region's value)
+    job_growth: np.ndarray          # per municipality
+    long_term: np.ndarray           # per municipality tilt towards long durations
+    price_level: np.ndarray         # per municipality noise on t-2 spending
+    need_noise: np.ndarray
+    household_growth: np.ndarray
+    target_rate: np.ndarray         # expected volume outcome per household
+    planted: np.ndarray             # municipality indices with a planted policy effect
+
+
+def _world_params(geo: Geography, rng: np.random.Generator, planted: int) -> WorldParams:
+    n_mun, W = len(geo.mun_code), len(geo.wk_code)
+    rate = np.maximum(truth.HOUSEHOLDS_PER_RECIPIENT * geo.rec2017 / geo.households, 0.002)
+    lg = np.log(rate / (1 - rate))
+    dep_mun = (lg - lg.mean()) / lg.std()
+    nonwest = geo.wk_migration[:, 2:].sum(1)
+    single = geo.wk_type_shares[:, 0]
+
+    def within(x):
+        w = np.maximum(geo.wk_households, 1)
+        m = np.bincount(geo.wk_mun, weights=x * w, minlength=n_mun) / np.bincount(geo.wk_mun, weights=w, minlength=n_mun)
+        return x - m[geo.wk_mun]
+
+    z = within(nonwest) / 0.10 + within(single) / 0.15
+    dep = dep_mun[geo.wk_mun] + 0.35 * z + rng.normal(0, 0.25, W)
+    snw = np.clip(_logistic(-1.15 + 0.40 * dep + rng.normal(0, 0.15, W)), 0.03, 0.85)
+    liv = -0.6 * dep - 0.15 * (3 - geo.wk_urbanity) + rng.normal(0, 0.7, W)
+    liv = (liv - liv.mean()) / liv.std()
+    n_reg = len(geo.region_code)
+    urban_share = np.bincount(geo.region, weights=(geo.urbanity <= 2), minlength=n_reg) / np.bincount(geo.region, minlength=n_reg)
+    jobs_reg = np.clip(0.62 + 0.25 * urban_share + rng.normal(0, 0.08, n_reg), 0.35, 1.3)
+    growth_reg = rng.normal(0.012, 0.008, n_reg)
+    jobs_access = jobs_reg[geo.region[geo.wk_mun]] * np.exp(rng.normal(0, 0.10, W)) * (1 + 0.06 * (3 - geo.wk_urbanity))
+    large = np.flatnonzero(geo.inhabitants > 40_000)
+    chosen = np.sort(rng.choice(large, size=min(planted, large.size), replace=False)) if planted else np.array([], int)
+    return WorldParams(
+        dep_wijk=dep, share_non_working=snw, liveability=liv, jobs_access=jobs_access,
+        jobs_availability=jobs_reg[geo.region], job_growth=growth_reg[geo.region],
+        long_term=rng.normal(0, 0.25, n_mun), price_level=rng.normal(0, 0.04, n_mun),
+        need_noise=rng.normal(0, 0.15, n_mun), household_growth=rng.normal(0.006, 0.008, n_mun),
+        target_rate=rate, planted=chosen)
+
+
+def _solve_alpha(eta0: np.ndarray, target: float) -> float:
+    """alpha such that sum(logistic(alpha + eta0)) == target (Newton, monotone)."""
+    n = eta0.size
+    target = min(max(target, 1e-6), n - 1e-6)
+    a = np.log(target / (n - target)) - float(np.mean(eta0))
+    for _ in range(60):
+        p = _logistic(a + eta0)
+        f = p.sum() - target
+        d = (p * (1 - p)).sum()
+        step = f / max(d, 1e-12)
+        a -= np.clip(step, -2, 2)
+        if abs(f) < 1e-9 * max(target, 1):
+            break
+    return float(a)
+
+
+@dataclass
+class MunicipalityResult:
+    table: pa.Table
+    eta0: np.ndarray              # x . beta without the municipality effect (float64)
+    price: np.ndarray             # expected fraction x gross norm, for the truth's costs
+    alpha: float
+    stats: dict = field(default_factory=dict)
+
+
+def generate_municipality(g: int, geo: Geography, wp: WorldParams, n_wijk: np.ndarray,
+                          first_id: int, seed_seq: np.random.SeedSequence, planted_effect: float,
+                          scale: float, norm_table: np.ndarray) -> MunicipalityResult:
+    """All households of municipality ``g`` (pure function of its inputs and seed)."""
+    rng = np.random.default_rng(seed_seq)
+    wks = np.flatnonzero(geo.wk_mun == g)
+    counts = n_wijk[wks]
+    n = int(counts.sum())
+    wk = np.repeat(wks, counts)                    # global wijk index per household
+
+    mig = _draw_probs(rng, geo.wk_migration[wk])
+    nonwest = mig >= _code("migration", "moroccan")
+    u = 0.8 * wp.dep_wijk[wk] + 0.4 * nonwest + rng.normal(0, 1, n)
+
+    ts = geo.wk_type_shares[wk]
+    sp_share = _logistic(-1.6 + 0.4 * u + 0.3 * nonwest)
+    htype_probs = np.column_stack([ts[:, 0], ts[:, 2] * sp_share, ts[:, 1] * 0.9,
+                                   ts[:, 2] * (1 - sp_share), ts[:, 1] * 0.1])
+    htype = _draw_probs(rng, htype_probs)
+
+    young = geo.wk_young_share[wk]
+    age = _draw(rng, AGE_BY_TYPE[htype] + 0.04 * (young - 12)[:, None] * AGE_YOUNG_TILT)
+    older = age >= _code("age_class", "45-54")
+    under27 = age <= _code("age_class", "21-26")
+
+    zeros = np.zeros(n)
+    edu = _draw(rng, np.column_stack([
+        0.8 * u + 0.4 * nonwest + 0.3 * (age == 5) - 0.3,
+        0.2 * u + 0.4,
+        zeros,
+        -2.6 + 1.2 * nonwest + 0.3 * (mig == 1)]))
+    urban = geo.wk_urbanity[wk] <= 2
+    single_like = (htype == 0) | (htype == 1)
+    housing = _draw(rng, np.column_stack([
+        zeros,
+        -1.3 + 0.9 * u + 0.8 * single_like + 0.5 * urban + 0.3 * nonwest,
+        -2.0 + 0.3 * u + 1.0 * under27 + 0.8 * urban]))
+    health = _draw(rng, np.column_stack([
+        zeros,
+        -1.7 + 0.3 * u + 0.5 * older,
+        -3.1 + 0.6 * u + 0.7 * older]))
+    worklim = health == 2
+    other = _draw(rng, np.column_stack([
+        zeros,
+        -3.4 + 0.2 * u,
+        -4.3 + 2.2 * worklim + 0.8 * (health == 1) + 0.3 * older,
+        -5.0 + 2.8 * worklim + 0.5 * (age == 5),
+        -4.0 + 0.3 * u]))
+    owner = housing == 0
+    p_wealth = _logistic(-1.0 - 0.9 * u + 0.6 * owner + 0.5 * older + 0.5 * (edu == 2))
+    p_equity = owner * _logistic(0.2 - 0.5 * u + 0.6 * older)
+    r = rng.random(n)
+    wealth_kind = np.where(r < p_wealth, 2, np.where(r < p_wealth + (1 - p_wealth) * p_equity, 1, 0))
+    family = (htype == 1) | (htype == 2) | (htype == 3)
+    wealth = np.where(wealth_kind == 0, 0, wealth_kind + 2 * family).astype(np.int8)
+
+    # co-resident adults outside the benefit unit (adult children, lodgers, house mates)
+    is_other = htype == 4
+    p_share = _logistic(-3.2 + 0.4 * u + 1.3 * ((htype == 1) | (htype == 3)) * older)
+    has = is_other | (rng.random(n) < p_share)
+    extra = _draw_probs(rng, np.tile([0.72, 0.21, 0.07], (n, 1)))
+    sharing = (has * (1 + extra)).astype(np.int8)
+    p_young = np.where(is_other, 0.4, 0.7)
+    under = rng.binomial(sharing.astype(np.int64), p_young).astype(np.int8)
+
+    # outcomes from the known truth
+    nb_snw, nb_liv, nb_jobs = wp.share_non_working[wk], wp.liveability[wk], wp.jobs_access[wk]
+    codes = {"household_type": htype, "age_class": age, "migration": mig, "education": edu,
+             "housing": housing, "health": health, "other_benefit": other, "wealth": wealth}
+    eta0 = (truth.VOLUME["share_non_working"] * nb_snw + truth.VOLUME["liveability"] * nb_liv
+            + truth.VOLUME["jobs_access"] * nb_jobs)
+    zeta = np.full(n, truth.PRICE["intercept"])
+    for f in FACTORS:
+        eta0 = eta0 + _term_vector(truth.VOLUME, f)[codes[f]]
+        zeta = zeta + _term_vector(truth.PRICE, f)[codes[f]]
+    alpha = _solve_alpha(eta0, wp.target_rate[g] * n)
+    if g in wp.planted:
+        alpha += planted_effect
+    p = _logistic(alpha + eta0)
+    y = rng.random(n) < p
+    p_lks = _logistic(truth.LKS_INTERCEPT + truth.LKS_WORK_LIMITATION * worklim)
+    lks = y & (rng.random(n) < p_lks)
+    bij = y & ~lks
+
+    norm = norm_table[htype, age, sharing]          # 2019 rules: cut-off 21 counts all sharers
+    f_true = _logistic(zeta)
+    a_b = f_true * truth.PRICE_PRECISION
+    frac = rng.beta(a_b, truth.PRICE_PRECISION - a_b)
+    over = rng.random(n) < truth.PRICE_OVERPAID_SHARE
+    frac = np.where(over, 1.0 + 0.2 * rng.random(n), frac)
+    paid = np.where(y, frac * norm, 0.0)
+
+    dur_logits = np.column_stack([
+        zeros - 0.3 * older + 0.8 * under27,
+        zeros - 0.5,
+        zeros - 0.2,
+        zeros - 1.2 + 0.3 * older - 1.0 * under27 + wp.long_term[g],
+        zeros + 0.2 + 0.6 * older + 0.4 * (edu == 0) + 0.5 * worklim - 1.5 * under27 + 2 * wp.long_term[g]])
+    duration = np.where(y, _draw(rng, dur_logits) + 1, 0).astype(np.int8)
+
+    ids = np.arange(first_id, first_id + n, dtype=np.int64)
+    wk_local = np.searchsorted(wks, wk).astype(np.int32)
+    columns = {
+        "id": ids,
+        "municipality": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
+                                                        pa.array([geo.mun_code[g]], pa.string())),
+        "neighbourhood": pa.DictionaryArray.from_arrays(pa.array(wk_local),
+                                                         pa.array(list(geo.wk_code[wks]), pa.string())),
+        **codes,
+        "adults_sharing": sharing,
+        "adults_sharing_under_27": under,
+        "bijstand": bij.astype(np.int8),
+        "lks": lks.astype(np.int8),
+        "benefit_paid": paid,
+        "duration_class": duration,
+    }
+    table = pa.Table.from_arrays([pa.array(columns[c.name]) if not isinstance(columns[c.name], pa.Array)
+                                  else columns[c.name] for c in TABLES["households"]],
+                                 schema=schema("households"))
+    dur_bij = duration[bij]
+    need_w = np.array([0, 4.0, 7.0, 5.5, 4.5, 3.5])
+    stats = {
+        "n": n, "bijstand": int(bij.sum()), "lks": int(lks.sum()), "expected": float(p.sum()),
+        "spending": float(paid.sum()), "paid_bijstand": float(paid[bij].sum()),
+        "long": int((dur_bij >= 4).sum()), "need": float(need_w[dur_bij].sum() * 1000.0),
+        "expected_cost": float((p * f_true * norm).sum()),
+    }
+    return MunicipalityResult(table=table, eta0=eta0, price=f_true * norm, alpha=alpha, stats=stats)
+
+
+def _ordered(pool: ThreadPoolExecutor, fn, n: int, window: int):
+    """``fn(0), ..., fn(n-1)`` computed on ``pool`` with at most ``window`` in flight, in order."""
+    pending = deque()
+    for i in range(n):
+        pending.append(pool.submit(fn, i))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    households: int
+    municipalities: int
+    neighbourhoods: int
+    bijstand: int
+    lks: int
+    seconds: float
+    out: Path
+
+
+def generate(out: str | Path, households: int = REAL_HOUSEHOLDS, seed: int = 0, planted: int = 10,
+             planted_effect: float = -0.7, threads: int | None = None, progress=None) -> SynthSummary:
+    """Generate a synthetic Netherlands of ``households`` households into folder ``out``.
+
+    ``planted`` municipalities (chosen among those above 40,000 inhabitants) get an extra
+    policy effect ``planted_effect`` on the log-odds of bijstand (negative: a strict policy
+    that leaves a surplus the model cannot explain). ``progress(done, total)`` is called
+    after each municipality. Municipalities are generated on ``threads`` threads (default:
+    the number of cores) and written in order; the output does not depend on ``threads``.
+    """
+    t0 = time.perf_counter()
+    threads = threads or os.cpu_count() or 1
+    geo = load_geography()
+    n_mun = len(geo.mun_code)
+    if households < n_mun:
+        raise ValueError(f"--households must be at least {n_mun} (one per municipality), not {households}")
+    root = np.random.SeedSequence(seed)
+    world_ss, *mun_ss = root.spawn(n_mun + 1)
+    wp = _world_params(geo, np.random.default_rng(world_ss), planted)
+    n_wijk = allocate_households(geo, households)
+    n_mun_hh = np.bincount(geo.wk_mun, weights=n_wijk, minlength=n_mun).astype(np.int64)
+    scale = households / REAL_HOUSEHOLDS
+    norm_table = load_norms(2019).table()
+    first_ids = np.concatenate([[0], np.cumsum(n_mun_hh)[:-1]])
+
+    eta0 = np.empty(households)
+    price = np.empty(households)
+    alpha = np.empty(n_mun)
+    stats = []
+    def one(g: int) -> MunicipalityResult:
+        return generate_municipality(g, geo, wp, n_wijk, int(first_ids[g]), mun_ss[g],
+                                     planted_effect, scale, norm_table)
+
+    with atomic_dir(out) as tmp, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        with pq.ParquetWriter(tmp / "households.parquet", schema("households")) as writer:
+            for g, res in enumerate(_ordered(pool, one, n_mun, window=4 * max(1, threads))):
+                writer.write_table(res.table, row_group_size=max(res.table.num_rows, 1))
+                s = slice(first_ids[g], first_ids[g] + n_mun_hh[g])
+                eta0[s], price[s], alpha[g] = res.eta0, res.price, res.alpha
+                stats.append(res.stats)
+                if progress:
+                    progress(g + 1, n_mun)
+        _write_tables(tmp, geo, wp, n_mun_hh, stats, scale, seed)
+        _write_truth(tmp, geo, wp, n_mun_hh, stats, eta0, price, alpha, seed, households, planted_effect)
+    return SynthSummary(households=households, municipalities=n_mun, neighbourhoods=len(geo.wk_code),
+                        bijstand=sum(s["bijstand"] for s in stats), lks=sum(s["lks"] for s in stats),
+                        seconds=time.perf_counter() - t0, out=Path(out))
+
+
+def _write_tables(tmp: Path, geo: Geography, wp: WorldParams, n_mun_hh, stats, scale: float, seed: int) -> None:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    nb = {
+        "code": geo.wk_code.tolist(), "name": geo.wk_name.tolist(), "municipality": geo.mun_code[geo.wk_mun].tolist(),
+        "urbanity": geo.wk_urbanity.astype(np.int8), "share_non_working": wp.share_non_working,
+        "liveability": wp.liveability, "jobs_access": wp.jobs_access,
+    }
+    pq.write_table(pa.table(nb, schema=schema("neighbourhoods")), tmp / "neighbourhoods.parquet")
+    n_bij = np.array([s["bijstand"] for s in stats])
+    spending = np.array([s["spending"] for s in stats])
+    paid_bij = sum(s["paid_bijstand"] for s in stats)
+    mean_benefit = paid_bij / max(n_bij.sum(), 1)
+    rec2015_hh = truth.HOUSEHOLDS_PER_RECIPIENT * geo.rec2015 * scale
+    granite = np.round(geo.rec2015 * scale * 0.30 * np.exp(wp.long_term + rng.normal(0, 0.1, len(stats))))
+    mun = {
+        "code": geo.mun_code.tolist(), "name": geo.mun_name.tolist(), "province": geo.province.tolist(),
+        "region": [geo.region_code[r] for r in geo.region],
+        "inhabitants": geo.inhabitants.astype(np.int64),
+        "households": n_mun_hh,
+        "households_t2": np.round(n_mun_hh * np.exp(-wp.household_growth)).astype(np.int64),
+        "jobs_availability": wp.jobs_availability, "job_growth": wp.job_growth,
+        "granieten_voorraad": granite.astype(np.int64),
+        "spending_t2": rec2015_hh * mean_benefit * np.exp(wp.price_level),
+        "spending_t": spending,
+        "wdeel_need": np.array([s["need"] for s in stats]) * np.exp(wp.need_noise),
+        "wdeel_target_group": np.round(n_bij * (1.3 + 0.3 * rng.random(len(stats)))).astype(np.int64),
+    }
+    pq.write_table(pa.table(mun, schema=schema("municipalities")), tmp / "municipalities.parquet")
+
+
+def _write_truth(tmp: Path, geo: Geography, wp: WorldParams, n_mun_hh, stats, eta0, price, alpha,
+                 seed: int, households: int, planted_effect: float) -> None:
+    """truth.json: coefficients, municipality effects and expected costs.
+
+    ``common_effect`` is the single effect that, replacing every municipality's own,
+    reproduces the national expected number of bijstand-or-LKS households; the true
+    objective cost of a municipality uses it instead of its own effect (the model's
+    prediction rule), and its policy effect is ``alpha - common_effect``.
+    """
+    expected_total = sum(s["expected"] for s in stats)
+    c = _solve_alpha(eta0, expected_total)
+    mun_idx = np.repeat(np.arange(len(stats)), n_mun_hh)
+    p_common = _logistic(c + eta0)
+    objective_cost = np.bincount(mun_idx, weights=p_common * price, minlength=len(stats))
+    objective_households = np.bincount(mun_idx, weights=p_common, minlength=len(stats))
+    planted = set(wp.planted.tolist())
+    write_json(tmp / "truth.json", {
+        "seed": seed, "households": households,
+        "reference_levels": truth.REFERENCE,
+        "volume": {"common_effect": c, **truth.VOLUME},
+        "price": truth.PRICE,
+        "planted_effect": planted_effect,
+        "planted": [geo.mun_code[g] for g in sorted(planted)],
+        "municipalities": [
+            {"code": geo.mun_code[g], "alpha": float(alpha[g]), "policy_effect": float(alpha[g] - c),
+             "planted": g in planted, "target_households": float(wp.target_rate[g] * n_mun_hh[g]),
+             "expected_households": s["expected"], "expected_cost": s["expected_cost"],
+             "objective_households": float(objective_households[g]), "objective_cost": float(objective_cost[g])}
+            for g, s in enumerate(stats)],
+    })

@@ -1,0 +1,176 @@
+"""Validation: every kind of bad input gives one error naming table, column and first bad row."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.population import from_tables, read_population
+from engine.schema import CATEGORIES, TABLES, PopulationError, schema
+
+
+def _tables(pop):
+    return {"households": pop.households, "neighbourhoods": pop.neighbourhoods,
+            "municipalities": pop.municipalities}
+
+
+def _set(table: pa.Table, column: str, row: int, value) -> pa.Table:
+    arr = table.column(column).combine_chunks()
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(pa.string())
+    vals = arr.to_pylist()
+    vals[row] = value
+    new = pa.array(vals, type=arr.type)
+    return table.set_column(table.column_names.index(column), column, new)
+
+
+def _check(pop, table: str, new_table: pa.Table, column: str | None, row: int | None, words: str):
+    t = _tables(pop)
+    t[table] = new_table
+    with pytest.raises(PopulationError) as err:
+        from_tables(t["households"], t["neighbourhoods"], t["municipalities"])
+    e = err.value
+    assert (e.table, e.column, e.row) == (table, column, row), str(e)
+    assert words in str(e)
+    assert str(e).startswith(f"{table}.{column}" if column else table)
+
+
+def test_valid_population_passes(small_population):
+    assert small_population.households.num_rows == 30_000
+    assert small_population.municipalities.num_rows == 388
+    assert small_population.neighbourhoods.num_rows == 3_070
+
+
+def test_schema_carries_labels():
+    field = schema("households").field("wealth")
+    import json
+    assert json.loads(field.metadata[b"labels"]) == list(CATEGORIES["wealth"])
+
+
+@pytest.mark.parametrize("table", ["households", "neighbourhoods", "municipalities"])
+def test_missing_column(small_population, table):
+    t = _tables(small_population)[table]
+    col = TABLES[table][-1].name
+    _check(small_population, table, t.drop_columns([col]), col, None, "required column is missing")
+
+
+def test_wrong_type(small_population):
+    h = small_population.households
+    bad = h.set_column(h.column_names.index("age_class"), "age_class",
+                       pa.array(np.full(h.num_rows, "x", dtype=object), pa.string()))
+    _check(small_population, "households", bad, "age_class", None, "has type string")
+
+
+def test_nan_and_infinity(small_population):
+    nb = small_population.neighbourhoods
+    _check(small_population, "neighbourhoods", _set(nb, "liveability", 17, float("nan")),
+           "liveability", 17, "not finite")
+    _check(small_population, "neighbourhoods", _set(nb, "liveability", 5, float("inf")),
+           "liveability", 5, "not finite")
+
+
+def test_missing_value(small_population):
+    m = small_population.municipalities
+    _check(small_population, "municipalities", _set(m, "spending_t", 3, None), "spending_t", 3, "missing value")
+
+
+def test_out_of_range(small_population):
+    h, nb, m = small_population.households, small_population.neighbourhoods, small_population.municipalities
+    _check(small_population, "households", _set(h, "migration", 123, 7), "migration", 123, "above the maximum")
+    _check(small_population, "households", _set(h, "benefit_paid", 9, -1.0), "benefit_paid", 9, "below the minimum")
+    _check(small_population, "neighbourhoods", _set(nb, "share_non_working", 2, 1.5),
+           "share_non_working", 2, "above the maximum")
+    _check(small_population, "municipalities", _set(m, "inhabitants", 0, 0), "inhabitants", 0, "below the minimum")
+
+
+def test_unknown_codes(small_population):
+    h, nb = small_population.households, small_population.neighbourhoods
+    _check(small_population, "households", _set(h, "municipality", 40, "GM9999"), "municipality", 40,
+           "'GM9999' does not exist in municipalities")
+    _check(small_population, "households", _set(h, "neighbourhood", 41, "WK99999999"), "neighbourhood", 41,
+           "does not exist in neighbourhoods")
+    _check(small_population, "neighbourhoods", _set(nb, "municipality", 8, "GM0000"), "municipality", 8,
+           "does not exist")
+
+
+def test_neighbourhood_in_other_municipality(small_population):
+    h = small_population.households
+    other = h.column("neighbourhood").combine_chunks().cast(pa.string())[h.num_rows - 1].as_py()
+    _check(small_population, "households", _set(h, "neighbourhood", 0, other), "neighbourhood", 0,
+           "lies in another municipality")
+
+
+def test_duplicates(small_population):
+    h, m = small_population.households, small_population.municipalities
+    _check(small_population, "households", _set(h, "id", 500, 20), "id", 500, "duplicate value 20")
+    _check(small_population, "municipalities", _set(m, "code", 5, m.column("code")[2].as_py()), "code", 5,
+           "duplicate value")
+
+
+def test_consistency_rules(small_population):
+    h = small_population.households
+    _check(small_population, "households", _set(_set(h, "adults_sharing", 3, 1), "adults_sharing_under_27", 3, 2),
+           "adults_sharing_under_27", 3, "larger than adults_sharing")
+    none = int(np.flatnonzero((h.column("bijstand").to_numpy() == 0) & (h.column("lks").to_numpy() == 0))[0])
+    _check(small_population, "households", _set(h, "benefit_paid", none, 10.0), "benefit_paid", none,
+           "neither bijstand nor LKS")
+    bij = int(np.flatnonzero(h.column("bijstand").to_numpy() == 1)[0])
+    _check(small_population, "households", _set(h, "lks", bij, 1), "lks", bij, "both bijstand and LKS")
+
+
+def test_municipality_without_households(small_population):
+    h = small_population.households
+    first = h.column("municipality").combine_chunks().cast(pa.string())[0].as_py()
+    keep = pc.not_equal(h.column("municipality").combine_chunks().cast(pa.string()), first)
+    t = _tables(small_population)
+    with pytest.raises(PopulationError) as err:
+        from_tables(h.filter(keep), t["neighbourhoods"], t["municipalities"])
+    assert (err.value.table, err.value.column, err.value.row) == ("municipalities", "code", 0)
+    assert "has no households" in str(err.value)
+
+
+def test_truncated_and_missing_files(small_world, tmp_path):
+    bad = tmp_path / "pop"
+    shutil.copytree(small_world, bad)
+    data = (bad / "households.parquet").read_bytes()
+    (bad / "households.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PopulationError, match=r"^households: cannot read"):
+        read_population(bad)
+    (bad / "neighbourhoods.parquet").unlink()
+    with pytest.raises(PopulationError, match=r"^neighbourhoods: file .* is missing"):
+        read_population(bad)
+
+
+def test_cli_validate_exit_codes(small_world, tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "engine.cli", "validate", str(small_world)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "pop"
+    shutil.copytree(small_world, bad)
+    m = pq.read_table(bad / "municipalities.parquet")
+    pq.write_table(_set(m, "spending_t", 11, -5.0), bad / "municipalities.parquet")
+    before = sorted(p.name for p in bad.iterdir())
+    res = subprocess.run([sys.executable, "-m", "engine.cli", "validate", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "municipalities.spending_t, row 11: value -5.0 is below the minimum 0" in res.stderr
+    assert sorted(p.name for p in bad.iterdir()) == before
+
+
+INT_CATEGORICAL = [c.name for c in TABLES["households"] if c.name in CATEGORIES]
+
+
+@given(column=st.sampled_from(INT_CATEGORICAL), row=st.integers(0, 29_999), excess=st.integers(1, 100))
+def test_any_single_bad_code_is_found_at_its_row(small_population, column, row, excess):
+    h = small_population.households
+    bad_value = len(CATEGORIES[column]) - 1 + excess
+    _check(small_population, "households", _set(h, column, row, bad_value), column, row,
+           "above the maximum")
