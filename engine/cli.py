@@ -90,6 +90,41 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_budget(args) -> int:
+    from engine.budget import compute_budget, parse_macrobudget, write_budget
+    from engine.population import read_population
+    from engine.redistribution import format_seed_table
+    from engine.rules import load_regime
+
+    regime = load_regime(args.regime)
+    macrobudget = parse_macrobudget(args.macrobudget)
+    pop = read_population(args.population)
+    r = compute_budget(pop, regime, args.costs, macrobudget)
+    write_budget(r, args.out)
+    b = r.budgets
+    _say(args, f"regime {regime.name}: TB EUR {b.tb:,.2f} over {len(b.budget)} municipalities; "
+               f"sum of budgets EUR {b.budget.sum():,.2f} (residual {b.residual:,.2f}); "
+               f"vangnet EUR {r.vangnet.sum():,.2f} to {(r.vangnet > 0).sum()} municipalities")
+    _say(args, "\nredistribution effects against spending in t (seed 003's table):\n" + format_seed_table(r.seed))
+    _say(args, f"\n-> {Path(args.out) / 'budgets.parquet'}, {Path(args.out) / 'redistribution.csv'}")
+    return 0
+
+
+def cmd_wdeel(args) -> int:
+    from engine.budget import write_wdeel
+    from engine.population import read_population
+    from engine.wdeel import format_rows, wdeel
+
+    if args.total is not None and not args.total > 0:
+        raise ValueError(f"--total must be positive, not {args.total}")
+    pop = read_population(args.population)
+    r = wdeel(pop, args.total)
+    write_wdeel(r, pop, args.out)
+    _say(args, f"W-deel total EUR {r.total:,.2f}; (budget - need) / budget per municipality:\n"
+               + format_rows(r.rows) + f"\n-> {Path(args.out) / 'wdeel.csv'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine.synth import REAL_HOUSEHOLDS
 
@@ -115,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("validate", cmd_validate, "Check a population folder; exit 2 with the first error on a bad one.")
     p.add_argument("population", help="population folder")
+
+    p = add("budget", cmd_budget, "Budgets of a distribution regime: budgets.parquet (one row per "
+                                  "municipality) and redistribution.csv (seed 003's table and the regime's effects).")
+    p.add_argument("--population", required=True, help="population folder")
+    p.add_argument("--costs", help="folder with municipal_costs.parquet from buig predict "
+                                   "(required for the household model, e.g. regime 2019)")
+    p.add_argument("--regime", default="2019", help="2019, 2005 or the path of a regime TOML file (default: %(default)s)")
+    p.add_argument("--macrobudget", help="override TB: an amount in EUR, or 'spending' for the "
+                                         "population's spending in t (default: from the regime file)")
+    p.add_argument("--out", required=True, help="output folder")
+
+    p = add("wdeel", cmd_wdeel, "The four W-deel models of seed 003 against need: wdeel.csv and wdeel_budgets.parquet.")
+    p.add_argument("--population", required=True, help="population folder")
+    p.add_argument("--total", type=float, help="W-deel total in EUR (default: the sum of wdeel_need)")
+    p.add_argument("--out", required=True, help="output folder")
 
     p = add("run", cmd_run, "The main job: population (the built-in synthetic Netherlands unless "
                             "--population is given), validation and a summary per province.")
