@@ -161,7 +161,7 @@ def _rows(regime, data, cost, hist, tb, b: Budgets, seed: rd.SeedTable) -> list[
                             label=f"{100 * (1 - o.share):.1f}% objective 2005 incl. GV + "
                                   f"{100 * o.share:.1f}% historical (minimises mean |effect|)",
                             historical_share=o.share, **seed_rows)
-    variants = [("regime_uncapped", "regime budget before the ex-ante cap", None)]
+    variants = [("regime_uncapped", "regime budget before the ex-ante cap", None)] if regime.cap else []
     variants += [(f"cap {c.name}", f"regime budget, ex-ante cap {c.name}", c) for c in regime.cap_variants]
     budgets = [("regime", f"regime {regime.name} budget", b.budget)]
     budgets += [(key, label, b.uncapped if c is None else distribute(regime, cost, hist, inh, tb, cap=c).budget)
@@ -174,9 +174,13 @@ def _rows(regime, data, cost, hist, tb, b: Budgets, seed: rd.SeedTable) -> list[
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
+REDISTRIBUTION_FIELDS = ("table", "model", "label", "historical_share", "reference", "size_class", "weighting",
+                         *rd.STATISTICS)
+
+
+def _write_csv(path: Path, rows: list[dict], fields) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=list(fields))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -204,7 +208,7 @@ def write_budget(r: BudgetResult, out: str | Path) -> None:
     """Write budgets.parquet and redistribution.csv into ``out`` (atomically)."""
     with atomic_dir(out) as tmp:
         pq.write_table(budget_table(r), tmp / "budgets.parquet")
-        _write_csv(tmp / "redistribution.csv", r.rows)
+        _write_csv(tmp / "redistribution.csv", r.rows, REDISTRIBUTION_FIELDS)
 
 
 def write_wdeel(r: WdeelResult, pop: Population, out: str | Path) -> None:
@@ -213,5 +217,6 @@ def write_wdeel(r: WdeelResult, pop: Population, out: str | Path) -> None:
     cols = {"code": mun.column("code"), "name": mun.column("name"), "need": r.need}
     cols |= {f"budget_{name}": v for name, v in r.budgets.items()}
     with atomic_dir(out) as tmp:
-        _write_csv(tmp / "wdeel.csv", [row | {"total": r.total} for row in r.rows])
+        rows = [row | {"total": r.total} for row in r.rows]
+        _write_csv(tmp / "wdeel.csv", rows, rows[0])
         pq.write_table(pa.table(cols), tmp / "wdeel_budgets.parquet")
