@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from engine.fit import EstimationError
 from engine.schema import PopulationError
 
 DEFAULT_SEED = 20190101
@@ -65,6 +66,48 @@ def cmd_validate(args) -> int:
     _say(args, f"{args.population}: valid ({pop.households.num_rows:,} households, "
                f"{pop.neighbourhoods.num_rows:,} neighbourhoods, {pop.municipalities.num_rows} municipalities"
                f"{', synthetic' if pop.synthetic else ''})")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from engine.model import fit_to_folder
+    from engine.population import read_population
+
+    t0 = time.perf_counter()
+    pop = read_population(args.population)
+    fit = fit_to_folder(pop, args.out, spec=args.spec, export=args.export_design, progress=Progress("fit", args.quiet))
+    for c in (fit.volume, fit.price):
+        extra = f", {len(c.dropped_municipalities)} municipalities without variation left out" if c.dropped_municipalities else ""
+        extra += f", {c.n_clipped} fractions clipped to [0, 1]" if c.n_clipped else ""
+        _say(args, f"{c.name}: {c.n_obs:,} households, {len(c.term_names)} terms, {c.iterations} Newton iterations, "
+                   f"log-likelihood {c.loglik:,.2f}, gradient norm {c.gradient_norm:.1e}, {c.seconds:.1f} s{extra}")
+    _say(args, f"wrote coefficients.parquet, fit.json, covariances.npz to {args.out} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from engine.design import households_from_population
+    from engine.model import read_fit
+    from engine.outputs import atomic_dir
+    from engine.population import read_population
+    from engine.predict import municipal_costs_table, predict, rekentool_table
+
+    import pyarrow.parquet as pq
+
+    pop = read_population(args.population)
+    fit = read_fit(args.coefficients)
+    hh = households_from_population(pop)
+    t0 = time.perf_counter()
+    pred = predict(hh, fit)
+    seconds = time.perf_counter() - t0
+    with atomic_dir(args.out) as tmp:
+        pq.write_table(municipal_costs_table(pred, pop.municipalities.column("name").to_pylist()),
+                       tmp / "municipal_costs.parquet")
+        pq.write_table(rekentool_table(pred), tmp / "rekentool.parquet")
+    _say(args, f"objective cost EUR {pred.objective_cost.sum() / 1e6:,.1f} mln over {hh.n_mun} municipalities; "
+               f"predicted {pred.predicted.sum():,.0f} vs actual {pred.actual.sum():,} households; "
+               f"prediction {seconds:.2f} s ({hh.n / seconds / 1e6:.0f} million households/s); wrote "
+               f"municipal_costs.parquet and rekentool.parquet to {args.out}")
     return 0
 
 
@@ -166,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--total", type=float, help="W-deel total in EUR (default: the sum of wdeel_need)")
     p.add_argument("--out", required=True, help="output folder")
 
+    p = add("fit", cmd_fit, "Estimate the volume (logit) and price (fractional logit) components.")
+    p.add_argument("--population", required=True, help="population folder")
+    p.add_argument("--spec", default="2019", help="model spec: a built-in name or a TOML file (default: %(default)s)")
+    p.add_argument("--export-design", action="store_true",
+                   help="also write the dense design of each component (small populations only)")
+    p.add_argument("--out", required=True, help="output folder")
+
+    p = add("predict", cmd_predict, "Objective cost per municipality and the rekentool breakdown.")
+    p.add_argument("--population", required=True, help="population folder")
+    p.add_argument("--coefficients", required=True, help="folder written by `buig fit`")
+    p.add_argument("--out", required=True, help="output folder")
+
     p = add("run", cmd_run, "The main job: population (the built-in synthetic Netherlands unless "
                             "--population is given), validation and a summary per province.")
     p.add_argument("--out", required=True, help="output folder")
@@ -181,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except PopulationError as exc:
         print(f"buig: invalid input: {exc}", file=sys.stderr)
+        return 2
+    except EstimationError as exc:
+        print(f"buig: cannot estimate the model: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"buig: {exc}", file=sys.stderr)

@@ -544,12 +544,11 @@ def _write_truth(tmp: Path, geo: Geography, wp: WorldParams, n_mun_hh, stats, et
     """truth.json: coefficients, municipality effects and expected costs.
 
     ``common_effect`` is the single effect that, replacing every municipality's own,
-    reproduces the national expected number of bijstand-or-LKS households; the true
-    objective cost of a municipality uses it instead of its own effect (the model's
-    prediction rule), and its policy effect is ``alpha - common_effect``.
+    reproduces the national expected number of bijstand-or-LKS households (the model's
+    prediction rule, applied to the truth); the true objective cost of a municipality
+    uses it, and its policy effect is ``alpha - common_effect``.
     """
-    expected_total = sum(s["expected"] for s in stats)
-    c = _solve_alpha(eta0, expected_total)
+    c = _solve_alpha(eta0, sum(s["expected"] for s in stats))
     mun_idx = np.repeat(np.arange(len(stats)), n_mun_hh)
     p_common = _logistic(c + eta0)
     objective_cost = np.bincount(mun_idx, weights=p_common * price, minlength=len(stats))

@@ -135,8 +135,12 @@ def test_truth_file(small_world):
     assert truth["volume"]["wealth[single_wealth]"] == pytest.approx(-2.0799440)
     assert truth["volume"]["other_benefit[ao_partial]"] == pytest.approx(-3.6719088)
     assert len(truth["municipalities"]) == 388
+    # the common effect reproduces the national expected number of households
+    effects = np.array([m["policy_effect"] for m in truth["municipalities"]])
     assert sum(m["objective_households"] for m in truth["municipalities"]) == pytest.approx(
         sum(m["expected_households"] for m in truth["municipalities"]), rel=1e-9)
+    alpha = np.array([m["alpha"] for m in truth["municipalities"]])
+    np.testing.assert_allclose(alpha - effects, truth["volume"]["common_effect"])
 
 
 def test_too_few_households(tmp_path):

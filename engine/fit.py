@@ -1,0 +1,281 @@
+"""Estimation: Newton with step-halving for the logit (volume) and fractional logit (price).
+
+Each Newton iteration is one pass of :func:`kernels.glm.logit_pass` over the sample; the
+gradient and Hessian are assembled from its sufficient statistics with small sparse
+products (:mod:`engine.design`). Convergence: the largest absolute score divided by the
+total weight (the gradient of the mean log-likelihood) below ``tol`` (default 1e-8).
+
+Covariances at the estimate: model-based (inverse Hessian), robust HC1 (sandwich with
+n/(n-k)) and cluster-robust by municipality (G/(G-1) * (n-1)/(n-k)), the corrections
+statsmodels uses. Municipality fixed effects are estimated with the model and left out
+of prediction: they are replaced there by one common effect (``fe_common``) chosen so that
+the national number of predicted households equals the observed one.
+
+Separation: a factor level whose sample has no (or only) outcomes would get an infinite
+coefficient; it is reported as an error naming the term. A municipality whose sample has
+no (or only) outcomes carries no information on the other coefficients given its fixed
+effect: its rows are left out and it is listed in ``dropped_municipalities``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+
+from engine.design import ComponentDesign, component_design
+from kernels.config import N_VIRTUAL
+from kernels.glm import linear_predictor, logit_pass
+
+
+class EstimationError(ValueError):
+    """The model cannot be estimated on this sample (separation, collinearity, no convergence)."""
+
+
+@dataclass(frozen=True)
+class PassStats:
+    ll: float
+    g: np.ndarray          # score (K,)
+    H: np.ndarray          # Hessian or HC meat (K, K)
+    g_lev: np.ndarray
+    g_nb: np.ndarray
+    a_nb: np.ndarray
+    a_nbl: np.ndarray
+    s_cl: np.ndarray
+
+
+@dataclass(frozen=True)
+class ComponentFit:
+    """Estimates of one component. Parameters of dropped fixed effects are NaN."""
+
+    name: str
+    term_names: tuple[str, ...]
+    params: np.ndarray
+    cov_model: np.ndarray
+    cov_robust: np.ndarray
+    cov_cluster: np.ndarray
+    loglik: float
+    iterations: int
+    gradient_norm: float
+    n_obs: int
+    n_clusters: int
+    n_clipped: int
+    dropped_municipalities: tuple[str, ...]
+    seconds: float
+    fe_common: float = 0.0
+    history: list = field(default_factory=list)
+
+    def se(self, kind: str = "cluster") -> np.ndarray:
+        cov = {"model": self.cov_model, "robust": self.cov_robust, "cluster": self.cov_cluster}[kind]
+        return np.sqrt(np.diag(cov))
+
+    def summary(self) -> dict:
+        return {"n_obs": self.n_obs, "n_params": len(self.term_names), "n_clusters": self.n_clusters,
+                "iterations": self.iterations, "loglik": self.loglik, "gradient_norm": self.gradient_norm,
+                "converged": True, "n_clipped": self.n_clipped, "fe_common": self.fe_common,
+                "dropped_municipalities": list(self.dropped_municipalities), "seconds": self.seconds,
+                "history": self.history}
+
+
+def _pair_blocks(d: ComponentDesign, a_pair: np.ndarray, diag: np.ndarray) -> np.ndarray:
+    """The (L, L) level-by-level Hessian from the pair histograms and the level sums."""
+    lay = d.layout
+    L = lay.n_levels_total
+    Hff = np.diag(diag)
+    F = len(lay.cols)
+    for a in range(F):
+        for b in range(a + 1, F):
+            o = lay.pair_off[a * F + b]
+            la, lb = lay.n_lev[a], lay.n_lev[b]
+            block = a_pair[o:o + la * lb].reshape(la, lb)
+            sa = slice(lay.lev_off[a], lay.lev_off[a] + la)
+            sb = slice(lay.lev_off[b], lay.lev_off[b] + lb)
+            Hff[sa, sb] = block
+            Hff[sb, sa] = block.T
+    assert Hff.shape == (L, L)
+    return Hff
+
+
+class _Evaluator:
+    """Evaluates passes of one design; holds the sparse maps built once."""
+
+    def __init__(self, d: ComponentDesign):
+        self.d = d
+        self.D = d.layout.nb_design(d.nb_cont, d.nb_mun)           # (n_nb, K)
+        self.Lm = d.layout.level_map()                              # (L, K)
+        self.n_nb = d.nb_mun.shape[0]
+        self.n_mun = int(d.nb_mun.max()) + 1 if self.n_nb else 0
+
+    def run(self, theta: np.ndarray, mode: int = 0, clusters: bool = False, weight=None) -> PassStats:
+        d, lay = self.d, self.d.layout
+        level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
+        wt = d.weight if weight is None else weight
+        ll, g_lev, g_nb, a_nb, a_nbl, a_pair, s_cl = logit_pass(
+            d.codes, lay.cols, lay.lev_off, lay.n_lev, level_coef, d.nbhd, nb_eta, self.n_nb, d.y, wt, mode,
+            d.nb_mun, self.n_mun if clusters else 0, lay.pair_off, lay.n_pair, N_VIRTUAL)
+        D, Lm = self.D, self.Lm
+        g = D.T @ g_nb + Lm.T @ g_lev
+        Hnn = (D.T @ sp.diags(a_nb) @ D).toarray()
+        cross = np.asarray(D.T @ a_nbl)                              # (K, L)
+        cross = np.asarray((Lm.T @ cross.T).T)                       # (K, K)
+        Hff = _pair_blocks(d, a_pair, a_nbl.sum(axis=0))
+        H = Hnn + cross + cross.T + np.asarray(Lm.T @ (Lm.T @ Hff).T)
+        return PassStats(ll=ll, g=np.asarray(g), H=H, g_lev=g_lev, g_nb=g_nb, a_nb=a_nb, a_nbl=a_nbl, s_cl=s_cl)
+
+    def cluster_scores(self, st: PassStats) -> np.ndarray:
+        """(G, K) score sums per municipality (clusters nest neighbourhoods)."""
+        Cm = sp.csr_matrix((st.g_nb, (self.d.nb_mun, np.arange(self.n_nb))), shape=(self.n_mun, self.n_nb))
+        return np.asarray((Cm @ self.D).toarray()) + np.asarray((self.Lm.T @ st.s_cl.T).T)
+
+
+def _solve(H: np.ndarray, rhs: np.ndarray, names) -> np.ndarray:
+    try:
+        c = sla.cho_factor(H, lower=True, check_finite=True)
+    except (np.linalg.LinAlgError, ValueError):
+        raise EstimationError(_collinear_message(H, names)) from None
+    return sla.cho_solve(c, rhs)
+
+
+def _collinear_message(H: np.ndarray, names) -> str:
+    """Name the terms involved in the (near) singularity of H."""
+    d = np.sqrt(np.maximum(np.diag(H), 1e-300))
+    R = H / d[:, None] / d[None, :]
+    w, V = np.linalg.eigh(R)
+    v = V[:, 0]
+    terms = [names[i] for i in np.argsort(-np.abs(v))[:6] if abs(v[i]) > 0.1]
+    return ("singular design: the terms " + ", ".join(terms) +
+            f" are (nearly) collinear (smallest scaled eigenvalue {w[0]:.2e}); drop one of them from the model spec")
+
+
+def _separation_checks(ev: _Evaluator, st0: PassStats, p0: float, names) -> tuple[np.ndarray, np.ndarray]:
+    """Level and municipality sums of weight and outcome recovered from the first pass
+    (at constant p0): returns (dropped municipality mask, active parameter mask)."""
+    d, lay = ev.d, ev.d.layout
+    q = p0 * (1 - p0)
+    w_lev = st0.a_nbl.sum(axis=0) / q
+    y_lev = st0.g_lev + p0 * w_lev
+    tol = 1e-9 * max(w_lev.max(initial=0), 1.0)
+    for l, par in enumerate(lay.level_param):
+        if par < 0:
+            continue
+        if w_lev[l] <= tol:
+            raise EstimationError(f"{d.spec.name}: term {names[par]} has no households in the estimation sample; "
+                                  "merge the level or drop the factor in the model spec")
+        if y_lev[l] <= tol or y_lev[l] >= w_lev[l] - tol:
+            kind = "no" if y_lev[l] <= tol else "only"
+            raise EstimationError(f"{d.spec.name}: separation: term {names[par]} has {kind} households with the "
+                                  f"outcome ({w_lev[l]:.0f} households); its coefficient would be infinite")
+    dropped = np.zeros(ev.n_mun, dtype=bool)
+    active = np.ones(lay.n_params, dtype=bool)
+    if lay.fe_start >= 0:
+        w_nb = st0.a_nb / q
+        y_nb = st0.g_nb + p0 * w_nb
+        w_m = np.bincount(d.nb_mun, weights=w_nb, minlength=ev.n_mun)
+        y_m = np.bincount(d.nb_mun, weights=y_nb, minlength=ev.n_mun)
+        dropped = (w_m > tol) & ((y_m <= tol) | (y_m >= w_m - tol))
+        dropped |= w_m <= tol
+        active[lay.fe_start:] = ~dropped[1:]
+        if dropped[0]:
+            raise EstimationError(f"{d.spec.name}: the reference municipality has no variation in the outcome; "
+                                  "reorder municipalities or drop the fixed effects")
+    return dropped, active
+
+
+def common_effect(d: ComponentDesign, params: np.ndarray) -> float:
+    """The one effect c that replaces every municipality's fixed effect in prediction:
+    sum_h w_h logistic(eta0_h + c) = sum_h w_h y_h over all households of the design,
+    eta0 the linear predictor without fixed effects (Newton on c, monotone)."""
+    lay = d.layout
+    theta = np.nan_to_num(params)
+    level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun, fe_value=0.0)
+    eta0 = linear_predictor(d.codes, lay.cols, lay.lev_off, level_coef, d.nbhd, nb_eta)
+    w = d.weight if d.weight.size else None
+    target = float(np.dot(w, d.y)) if w is not None else float(d.y.sum())
+    c = 0.0
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(eta0 + c)))
+        f = (np.dot(w, p) if w is not None else p.sum()) - target
+        dp = p * (1 - p)
+        c -= f / max(float(np.dot(w, dp) if w is not None else dp.sum()), 1e-300)
+        if abs(f) < 1e-10 * max(target, 1.0):
+            break
+    return float(c)
+
+
+def fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
+                  mun_codes: np.ndarray | None = None) -> ComponentFit:
+    """Estimate one component by Newton with step-halving."""
+    t0 = time.perf_counter()
+    lay = d.layout
+    names = lay.term_names
+    K = lay.n_params
+    ev = _Evaluator(d)
+    wt_sum = float(d.weight.sum()) if d.weight.size else float(d.n)
+    ybar = float(np.dot(d.weight, d.y) / wt_sum) if d.weight.size else float(np.mean(d.y))
+    if not 0 < ybar < 1:
+        raise EstimationError(f"{d.spec.name}: the outcome is {'never' if ybar <= 0 else 'always'} "
+                              "observed in the estimation sample")
+    theta = np.zeros(K)
+    theta[0] = np.log(ybar / (1 - ybar))
+    st = ev.run(theta)
+    dropped, active = _separation_checks(ev, st, ybar, names)
+    weight = None
+    if dropped.any():
+        keep = ~dropped[d.nb_mun[d.nbhd]]
+        weight = (d.weight if d.weight.size else np.ones(d.n)) * keep
+        wt_sum = float(weight.sum())
+        st = ev.run(theta, weight=weight)
+    act = np.flatnonzero(active)
+    history = []
+    it = 0
+    gnorm = float(np.abs(st.g[act]).max()) / wt_sum
+    while gnorm >= tol:
+        if it >= max_iter:
+            raise EstimationError(f"{d.spec.name}: no convergence after {max_iter} Newton iterations "
+                                  f"(gradient norm {gnorm:.2e})")
+        step = np.zeros(K)
+        step[act] = _solve(st.H[np.ix_(act, act)], st.g[act], [names[i] for i in act])
+        t = 1.0
+        while True:
+            new = ev.run(theta + t * step, weight=weight)
+            if np.isfinite(new.ll) and new.ll >= st.ll - 1e-12 * abs(st.ll):
+                break
+            t *= 0.5
+            if t < 1e-10:
+                raise EstimationError(f"{d.spec.name}: step-halving failed at iteration {it + 1}")
+        theta, st = theta + t * step, new
+        it += 1
+        gnorm = float(np.abs(st.g[act]).max()) / wt_sum
+        history.append({"iteration": it, "loglik": st.ll, "gradient_norm": gnorm, "step": t})
+
+    # covariances on the active parameters
+    n_obs = int(np.count_nonzero(weight)) if weight is not None else (
+        int(np.count_nonzero(d.weight)) if d.weight.size else d.n)
+    k = act.size
+    Hinv = np.full((K, K), np.nan)
+    Ha = st.H[np.ix_(act, act)]
+    Hinv_a = _solve(Ha, np.eye(k), [names[i] for i in act])
+    Hinv[np.ix_(act, act)] = Hinv_a
+    meat = ev.run(theta, mode=1, clusters=True, weight=weight)
+    robust = np.full((K, K), np.nan)
+    robust[np.ix_(act, act)] = Hinv_a @ meat.H[np.ix_(act, act)] @ Hinv_a * (n_obs / (n_obs - k))
+    S = ev.cluster_scores(meat)[:, act]
+    has = np.bincount(d.nb_mun[d.nbhd], minlength=ev.n_mun) > 0
+    if weight is not None:
+        has &= ~dropped
+    G = int(has.sum())
+    S = S[has]
+    cluster = np.full((K, K), np.nan)
+    corr = G / (G - 1) * (n_obs - 1) / (n_obs - k) if G > 1 else np.nan
+    cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
+    params = np.where(active, theta, np.nan)
+    fe_common = common_effect(d, params) if lay.fe_start >= 0 else 0.0
+    codes = mun_codes if mun_codes is not None else np.array([str(i) for i in range(ev.n_mun)], dtype=object)
+    return ComponentFit(name=d.spec.name, term_names=names, params=params, cov_model=Hinv, cov_robust=robust,
+                        cov_cluster=cluster, loglik=float(st.ll), iterations=it, gradient_norm=gnorm, n_obs=n_obs,
+                        n_clusters=G, n_clipped=d.n_clipped,
+                        dropped_municipalities=tuple(str(c) for c in codes[np.flatnonzero(dropped)]),
+                        seconds=time.perf_counter() - t0, fe_common=fe_common, history=history)

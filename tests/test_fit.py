@@ -1,0 +1,264 @@
+"""Estimation: kernels against NumPy twins, estimates against statsmodels, invariances, truth."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import statsmodels.api as sm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.design import component_design, dense_design, households_from_population
+from engine.fit import EstimationError, _Evaluator, fit_component
+from engine.model import fit_model, fit_to_folder, read_fit
+from engine.norms import load_norms
+from engine.population import from_tables
+from engine.spec import ComponentSpec, load_spec
+from kernels.config import N_VIRTUAL
+from kernels.glm import linear_predictor, logit_pass
+
+NORMS = load_norms(2019)
+
+
+def subset_population(pop, n_largest: int):
+    """The population restricted to its ``n_largest`` municipalities (by households)."""
+    counts = np.bincount(pop.household_municipality, minlength=pop.municipalities.num_rows)
+    keep = np.sort(np.argsort(-counts, kind="stable")[:n_largest])
+    codes = pa.array(pop.municipality_codes[keep].tolist())
+    mun = pop.municipalities.take(pa.array(keep))
+    nb = pop.neighbourhoods.filter(pc.is_in(pop.neighbourhoods.column("municipality"), value_set=codes))
+    h = pop.households.filter(pa.array(np.isin(pop.household_municipality, keep)))
+    h = h.set_column(1, "municipality", h.column("municipality").cast(pa.string()))
+    h = h.set_column(2, "neighbourhood", h.column("neighbourhood").cast(pa.string()))
+    return from_tables(h, nb, mun)
+
+
+@pytest.fixture(scope="module")
+def big12(small_population):
+    return subset_population(small_population, 12)
+
+
+def _spec(component: str, **changes) -> ComponentSpec:
+    """A component of the 2019 spec; for 7,000-household samples without the disability
+    benefit factor, too rare among bijstand households (log-odds -3.7) to be estimated."""
+    comp = getattr(load_spec(), component)
+    comp = dataclasses.replace(comp, factors=tuple(f for f in comp.factors if f[0] != "other_benefit"))
+    return dataclasses.replace(comp, **changes)
+
+
+def _numpy_pass(d, theta):
+    """Plain NumPy twin of logit_pass + assembly: dense X, score, Hessian, log-likelihood."""
+    X = dense_design(d)
+    eta = X @ theta
+    p = 1 / (1 + np.exp(-eta))
+    w = d.weight if d.weight.size else np.ones(d.n)
+    y = d.y.astype(float)
+    ll = np.sum(w * (y * np.log(p) + (1 - y) * np.log1p(-p)))
+    g = X.T @ (w * (y - p))
+    H = X.T @ (X * (w * p * (1 - p))[:, None])
+    meat = X.T @ (X * ((w * (y - p)) ** 2)[:, None])
+    return ll, g, H, meat, X
+
+
+def test_kernel_and_assembly_match_numpy(big12):
+    hh = households_from_population(big12)
+    d = component_design(hh, load_spec().volume)
+    rng = np.random.default_rng(0)
+    theta = rng.normal(0, 0.3, d.layout.n_params)
+    theta[0] = -3
+    ll, g, H, meat, X = _numpy_pass(d, theta)
+    ev = _Evaluator(d)
+    st_ = ev.run(theta)
+    np.testing.assert_allclose(st_.ll, ll, rtol=1e-12)
+    np.testing.assert_allclose(st_.g, g, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(st_.H, H, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(ev.run(theta, mode=1).H, meat, rtol=1e-10, atol=1e-9)
+    level_coef, nb_eta = d.layout.tables(theta, d.nb_cont, d.nb_mun)
+    eta = linear_predictor(d.codes, d.layout.cols, d.layout.lev_off, level_coef, d.nbhd, nb_eta)
+    np.testing.assert_allclose(eta, X @ theta, rtol=1e-12, atol=1e-12)
+    # cluster score sums per municipality
+    mun = d.nb_mun[d.nbhd]
+    p = 1 / (1 + np.exp(-(X @ theta)))
+    S = np.zeros((ev.n_mun, X.shape[1]))
+    np.add.at(S, mun, X * (d.y - p)[:, None])
+    np.testing.assert_allclose(ev.cluster_scores(ev.run(theta, mode=1, clusters=True)), S, atol=1e-9)
+
+
+def test_raw_kernel_histograms_match_bincount(big12):
+    hh = households_from_population(big12)
+    d = component_design(hh, load_spec().volume)
+    lay = d.layout
+    theta = np.zeros(lay.n_params)
+    level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
+    out = logit_pass(d.codes, lay.cols, lay.lev_off, lay.n_lev, level_coef, d.nbhd, nb_eta, hh.n_nb, d.y,
+                     np.zeros(0), 0, d.nb_mun, 0, lay.pair_off, lay.n_pair, N_VIRTUAL)
+    a_nb, a_nbl, a_pair = out[3], out[4], out[5]
+    np.testing.assert_allclose(a_nb, 0.25 * np.bincount(d.nbhd, minlength=hh.n_nb))
+    c0, c1 = d.codes[:, lay.cols[0]], d.codes[:, lay.cols[1]]
+    np.testing.assert_allclose(a_nbl[:, lay.lev_off[1]:lay.lev_off[1] + lay.n_lev[1]].sum(0),
+                               0.25 * np.bincount(c1, minlength=lay.n_lev[1]))
+    pair01 = 0.25 * np.bincount(c0.astype(int) * lay.n_lev[1] + c1, minlength=lay.n_lev[0] * lay.n_lev[1])
+    np.testing.assert_allclose(a_pair[:lay.n_lev[0] * lay.n_lev[1]], pair01)
+
+
+def _statsmodels_fit(X, y, groups, glm: bool):
+    model = sm.GLM(y, X, family=sm.families.Binomial()) if glm else sm.Logit(y, X)
+    kw = dict(tol=1e-13, maxiter=200) if glm else dict(method="newton", tol=1e-13, maxiter=200, disp=0)
+    base = model.fit(**kw)
+    hc1 = model.fit(cov_type="HC1", **kw)
+    cl = model.fit(cov_type="cluster", cov_kwds={"groups": groups}, **kw)
+    return base.params, base.bse, hc1.bse, cl.bse
+
+
+def _small_spec():
+    """The 2019 spec reduced for 7,000-household samples (see _spec)."""
+    price = _spec("price", factors=(("household_type", "single"), ("age_class", "27-34"),
+                                    ("education", "high"), ("health", "none")), continuous=("share_non_working",))
+    return dataclasses.replace(load_spec(), volume=_spec("volume"), price=price)
+
+
+@pytest.mark.parametrize("component", ["volume", "price"])
+def test_estimates_agree_with_statsmodels(big12, component):
+    hh = households_from_population(big12)
+    comp = getattr(_small_spec(), component)
+    d = component_design(hh, comp, NORMS)
+    f = fit_component(d, mun_codes=hh.mun_codes)
+    assert not f.dropped_municipalities
+    assert f.gradient_norm < 1e-8
+    X = dense_design(d)
+    params, se_model, se_hc1, se_cl = _statsmodels_fit(X, d.y.astype(float), d.nb_mun[d.nbhd], component == "price")
+    np.testing.assert_allclose(f.params, params, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(f.se("model"), se_model, rtol=1e-4)
+    # statsmodels' "HC1" for Logit/GLM is computed with use_correction=False, i.e. it is
+    # HC0 (statsmodels/base/covtype.py); ours is the textbook HC1 with n/(n-k), as glum's
+    n, k = X.shape
+    np.testing.assert_allclose(f.se("robust"), se_hc1 * np.sqrt(n / (n - k)), rtol=1e-4)
+    np.testing.assert_allclose(f.se("cluster"), se_cl, rtol=1e-4)
+
+
+def test_price_reports_clipped_fractions(small_population):
+    hh = households_from_population(small_population)
+    d = component_design(hh, load_spec().price, NORMS)
+    frac = hh.benefit_paid[hh.bijstand == 1] / NORMS.table().ravel()[hh.norm_index(NORMS)][hh.bijstand == 1]
+    assert d.n_clipped == int(((frac < 0) | (frac > 1)).sum()) > 0
+    assert d.y.min() >= 0 and d.y.max() <= 1
+
+
+def test_fixed_effect_separation_drops_municipalities(small_population):
+    fit = fit_model(small_population)
+    counts = np.bincount(small_population.household_municipality,
+                         weights=small_population.households.column("bijstand").to_numpy()
+                         + small_population.households.column("lks").to_numpy(), minlength=388)
+    no_outcome = set(small_population.municipality_codes[counts == 0])
+    assert set(fit.volume.dropped_municipalities) == no_outcome
+    terms = list(fit.volume.term_names)
+    for code in no_outcome:
+        assert np.isnan(fit.volume.params[terms.index(f"municipality[{code}]")])
+    assert np.isfinite(fit.volume.params[:34]).all()
+
+
+def test_level_separation_is_an_error(big12):
+    hh = households_from_population(big12)
+    codes = hh.codes.copy()
+    y = hh.bijstand | hh.lks
+    codes[(y == 1) & (codes[:, 4] == 2), 4] = 0            # no private renter has the outcome
+    hh2 = dataclasses.replace(hh, codes=codes)
+    with pytest.raises(EstimationError, match=r"separation: term housing\[private_rent\] has no households with the outcome"):
+        fit_component(component_design(hh2, load_spec().volume))
+
+
+def test_collinear_design_names_terms(big12):
+    hh = households_from_population(big12)
+    nb_cont = hh.nb_cont.copy()
+    nb_cont[:, 1] = 2.0 * nb_cont[:, 0]                     # liveability = 2 x share_non_working
+    hh2 = dataclasses.replace(hh, nb_cont=nb_cont)
+    with pytest.raises(EstimationError, match=r"collinear") as err:
+        fit_component(component_design(hh2, _spec("volume", fixed_effects="none")))
+    assert "share_non_working" in str(err.value) and "liveability" in str(err.value)
+
+
+@settings(max_examples=5)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_permuting_households_changes_nothing(big12, seed):
+    hh = households_from_population(big12)
+    perm = np.random.default_rng(seed).permutation(hh.n)
+    hp = dataclasses.replace(hh, codes=np.ascontiguousarray(hh.codes[perm]), nbhd=hh.nbhd[perm],
+                             bijstand=hh.bijstand[perm], lks=hh.lks[perm], benefit_paid=hh.benefit_paid[perm],
+                             adults_sharing=hh.adults_sharing[perm],
+                             adults_sharing_under_27=hh.adults_sharing_under_27[perm])
+    spec = _spec("volume")
+    a = fit_component(component_design(hh, spec))
+    b = fit_component(component_design(hp, spec))
+    np.testing.assert_allclose(b.params, a.params, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b.se("cluster"), a.se("cluster"), rtol=1e-9)
+
+
+@settings(max_examples=3)
+@given(half=st.sampled_from([0.5, 0.25]))
+def test_duplicating_households_with_split_weight_changes_nothing(big12, half):
+    hh = households_from_population(big12)
+    k = int(round(1 / half))
+    rep = lambda a: np.ascontiguousarray(np.repeat(a, k, axis=0))  # noqa: E731
+    hd = dataclasses.replace(hh, codes=rep(hh.codes), nbhd=rep(hh.nbhd), bijstand=rep(hh.bijstand), lks=rep(hh.lks),
+                             benefit_paid=rep(hh.benefit_paid), adults_sharing=rep(hh.adults_sharing),
+                             adults_sharing_under_27=rep(hh.adults_sharing_under_27))
+    spec = _spec("volume")
+    a = fit_component(component_design(hh, spec))
+    b = fit_component(component_design(hd, spec, weight=np.full(hd.n, half)))
+    np.testing.assert_allclose(b.params, a.params, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b.se("model"), a.se("model"), rtol=1e-9)
+    assert b.loglik == pytest.approx(a.loglik, rel=1e-12)
+
+
+def test_fit_files_roundtrip_and_export(big12, tmp_path):
+    fit = fit_to_folder(big12, tmp_path, spec=_small_spec(), export=True)
+    coef = pq.read_table(tmp_path / "coefficients.parquet")
+    assert coef.column_names == ["component", "term", "estimate", "se_model", "se_robust", "se_cluster"]
+    back = read_fit(tmp_path, spec=_small_spec())
+    np.testing.assert_array_equal(back.volume.params, fit.volume.params)
+    np.testing.assert_array_equal(back.price.cov_cluster, fit.price.cov_cluster)
+    design = pq.read_table(tmp_path / "design_volume.parquet")
+    assert design.column_names[:-2] == list(fit.volume.term_names) and design.column_names[-2:] == ["_y", "_w"]
+    # any other tool refits the exported design to the same coefficients
+    X = np.column_stack([design.column(t).to_numpy() for t in fit.volume.term_names])
+    refit = sm.Logit(design.column("_y").to_numpy(), X).fit(method="newton", tol=1e-13, disp=0)
+    np.testing.assert_allclose(refit.params, fit.volume.params, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_recovers_the_truth_on_a_million_households(tmp_path):
+    from engine.population import read_population
+    from engine.synth import generate
+
+    generate(tmp_path, households=1_000_000, seed=11)
+    pop = read_population(tmp_path)
+    fit = fit_model(pop)
+    truth = pop.truth
+    z = []
+    v = fit.volume
+    names = list(v.term_names)
+    for i, t in enumerate(names):
+        if t == "intercept" or t.startswith("municipality["):
+            continue
+        z.append((v.params[i] - truth["volume"].get(t, 0.0)) / v.se("model")[i])
+    # municipality effects: intercept + fixed effect against the true alpha_g
+    alpha = {m["code"]: m["alpha"] for m in truth["municipalities"]}
+    codes = pop.municipality_codes
+    cov = v.cov_model
+    z.append((v.params[0] - alpha[codes[0]]) / np.sqrt(cov[0, 0]))
+    for i, t in enumerate(names):
+        if t.startswith("municipality[") and np.isfinite(v.params[i]):
+            est = v.params[0] + v.params[i]
+            se = np.sqrt(cov[0, 0] + cov[i, i] + 2 * cov[0, i])
+            z.append((est - alpha[t[len("municipality["):-1]]) / se)
+    p = fit.price
+    for i, t in enumerate(p.term_names):
+        z.append((p.params[i] - truth["price"].get(t, 0.0)) / p.se("robust")[i])
+    z = np.abs(np.array(z))
+    assert len(z) > 400
+    assert np.mean(z <= 3) >= 0.95, f"{np.mean(z <= 3):.3f} of {len(z)} within 3 s.e."

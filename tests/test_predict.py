@@ -1,0 +1,146 @@
+"""Prediction: kernels against NumPy twins, calibration, invariances, files."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.design import FACTOR_COLUMNS, component_design, dense_design, households_from_population
+from engine.model import fit_model
+from engine.predict import (combo_groups, household_predictions, predict, prediction_design)
+from engine.schema import CATEGORIES
+from kernels.vexp import exp_array
+
+
+@pytest.fixture(scope="module")
+def fitted(small_population):
+    hh = households_from_population(small_population)
+    return hh, fit_model(hh)
+
+
+def test_vectorised_exp_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-708, 709, 400_001), rng.normal(0, 5, 200_000), [0.0, 1.0, -1.0]])
+    rel = np.abs(exp_array(x) / np.exp(x) - 1)
+    assert rel.max() < 4e-16
+    edge = exp_array(np.array([np.inf, 709.5, -np.inf, -800.0, np.nan]))
+    assert edge[0] == np.inf and edge[1] == np.inf
+    assert 0 < edge[2] < 1e-300 and 0 < edge[3] < 1e-300 and np.isnan(edge[4])
+    assert 1.0 / (1.0 + edge[0]) == 0.0 and 1.0 / (1.0 + edge[2]) == 1.0
+
+
+def test_joint_codes_decode_to_the_factors(small_population):
+    hh = households_from_population(small_population)
+    from engine.norms import load_norms
+    pd_ = prediction_design(hh, load_norms(2019))
+    n_levels = [len(CATEGORIES[f]) for f in FACTOR_COLUMNS]
+    assert [list(g) for g in pd_.groups] == combo_groups(n_levels)
+    assert sorted(k for g in pd_.groups for k in g) == list(range(len(FACTOR_COLUMNS)))
+    for g, members in enumerate(pd_.groups):
+        code = pd_.combo[:, g].astype(np.int64)
+        for k in reversed(members):
+            np.testing.assert_array_equal(code % n_levels[k], hh.codes[:, k])
+            code //= n_levels[k]
+    np.testing.assert_array_equal(pd_.type_of_code[pd_.combo[:, 0]], hh.column("household_type"))
+
+
+def _numpy_twin(hh, fit):
+    """p, f, N per household with dense designs and plain NumPy."""
+    vd = component_design(hh, fit.spec.volume)
+    Xv = dense_design(vd)
+    beta = np.nan_to_num(fit.volume.params.copy())
+    lay = vd.layout
+    beta[lay.fe_start:] = 0.0
+    p = 1 / (1 + np.exp(-(Xv @ beta + fit.volume.fe_common)))
+    pd_ = dataclasses.replace(fit.spec.price, sample="all")
+    Xp = dense_design(component_design(hh, pd_, fit.norms))
+    f = 1 / (1 + np.exp(-(Xp @ fit.price.params)))
+    N = fit.norms.gross_yearly(hh.column("household_type"), hh.column("age_class"), hh.adults_sharing,
+                               hh.adults_sharing_under_27)
+    return p, f, N
+
+
+def test_prediction_matches_numpy_twin(fitted):
+    hh, fit = fitted
+    p, f, N = _numpy_twin(hh, fit)
+    got = household_predictions(hh, fit)
+    np.testing.assert_allclose(got["p"], p, rtol=1e-13)
+    np.testing.assert_allclose(got["f"], f, rtol=1e-13)
+    np.testing.assert_allclose(got["N"], N, rtol=1e-15)
+    pred = predict(hh, fit)
+    mun = hh.municipality()
+    typ = hh.column("household_type")
+    group = mun * 5 + typ
+    for name, values in (("predicted", p), ("fraction_sum", p * f), ("norm_sum", p * N), ("expected_cost", p * f * N)):
+        want = np.bincount(group, weights=values, minlength=hh.n_mun * 5).reshape(hh.n_mun, 5)
+        np.testing.assert_allclose(getattr(pred, name), want, rtol=1e-11, atol=1e-9)
+    np.testing.assert_array_equal(pred.actual, np.bincount(group, weights=hh.bijstand | hh.lks,
+                                                           minlength=hh.n_mun * 5).reshape(hh.n_mun, 5))
+
+
+def test_common_effect_reproduces_the_national_count(fitted):
+    hh, fit = fitted
+    pred = predict(hh, fit)
+    assert pred.predicted.sum() == pytest.approx(pred.actual.sum(), rel=1e-9)
+
+
+def test_household_with_p_zero_contributes_nothing(fitted):
+    hh, fit = fitted
+    terms = list(fit.volume.term_names)
+    params = fit.volume.params.copy()
+    params[terms.index("wealth[family_wealth]")] = -np.inf
+    fit0 = dataclasses.replace(fit, volume=dataclasses.replace(fit.volume, params=params))
+    got = household_predictions(hh, fit0)
+    rich = hh.column("wealth") == CATEGORIES["wealth"].index("family_wealth")
+    assert rich.any() and (got["p"][rich] == 0).all() and (got["E"][rich] == 0).all()
+    assert np.isfinite(got["E"]).all()
+    keep = ~rich
+    sub = dataclasses.replace(hh, codes=np.ascontiguousarray(hh.codes[keep]), nbhd=hh.nbhd[keep],
+                              bijstand=hh.bijstand[keep], lks=hh.lks[keep], benefit_paid=hh.benefit_paid[keep],
+                              adults_sharing=hh.adults_sharing[keep],
+                              adults_sharing_under_27=hh.adults_sharing_under_27[keep])
+    np.testing.assert_allclose(predict(hh, fit0).expected_cost, predict(sub, fit0).expected_cost,
+                               rtol=1e-12, atol=1e-9)
+
+
+@settings(max_examples=5)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_permuting_households_changes_no_cost(fitted, seed):
+    hh, fit = fitted
+    perm = np.random.default_rng(seed).permutation(hh.n)
+    hp = dataclasses.replace(hh, codes=np.ascontiguousarray(hh.codes[perm]), nbhd=hh.nbhd[perm],
+                             bijstand=hh.bijstand[perm], lks=hh.lks[perm], benefit_paid=hh.benefit_paid[perm],
+                             adults_sharing=hh.adults_sharing[perm],
+                             adults_sharing_under_27=hh.adults_sharing_under_27[perm])
+    a, b = predict(hh, fit), predict(hp, fit)
+    np.testing.assert_allclose(b.expected_cost, a.expected_cost, rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(b.actual, a.actual)
+
+
+def test_cli_fit_and_predict(small_world, tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "engine.cli", *a], capture_output=True, text=True)  # noqa: E731
+    res = run("fit", "--population", str(small_world), "--out", str(tmp_path / "fit"))
+    assert res.returncode == 0, res.stderr
+    import re
+    assert re.search(r"volume: [\d,]+ households, 421 terms, \d+ Newton iterations", res.stdout)
+    assert "municipalities without variation left out" in res.stdout
+    res = run("predict", "--population", str(small_world), "--coefficients", str(tmp_path / "fit"),
+              "--out", str(tmp_path / "pred"))
+    assert res.returncode == 0, res.stderr
+    costs = pq.read_table(tmp_path / "pred" / "municipal_costs.parquet")
+    rek = pq.read_table(tmp_path / "pred" / "rekentool.parquet")
+    assert costs.num_rows == 388 and rek.num_rows == 388 * 5
+    per_mun = rek.column("expected_cost").to_numpy().reshape(388, 5).sum(1)
+    np.testing.assert_allclose(per_mun, costs.column("objective_cost").to_numpy(), rtol=1e-12)
+    assert costs.column("objective_share").to_numpy().sum() == pytest.approx(1.0, abs=1e-12)
+    res = run("predict", "--population", str(small_world), "--coefficients", str(tmp_path / "nothing"),
+              "--out", str(tmp_path / "pred2"))
+    assert res.returncode == 2 and "coefficients.parquet is missing" in res.stderr
+    assert not (tmp_path / "pred2").exists() or not any((tmp_path / "pred2").iterdir())
