@@ -52,7 +52,8 @@ def cmd_synth(args) -> int:
     from engine.synth import generate
 
     s = generate(args.out, households=args.households, seed=args.seed, planted=args.planted,
-                 planted_effect=args.planted_effect, progress=Progress("synth", args.quiet))
+                 planted_effect=args.planted_effect, policy_sd=args.policy_sd,
+                 progress=Progress("synth", args.quiet))
     _say(args, f"synthetic Netherlands: {s.households:,} households in {s.municipalities} municipalities, "
                f"{s.neighbourhoods:,} neighbourhoods; {s.bijstand:,} bijstand and {s.lks:,} LKS households; "
                f"{s.seconds:.1f} s -> {s.out}")
@@ -189,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="municipalities (>40k inhabitants) with a strong planted policy effect (default: %(default)s)")
     p.add_argument("--planted-effect", type=float, default=-0.7,
                    help="planted effect on the log-odds of bijstand (default: %(default)s)")
+    p.add_argument("--policy-sd", type=float, default=0.05,
+                   help="sd of every municipality's natural policy effect on the log-odds (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("validate", cmd_validate, "Check a population folder; exit 2 with the first error on a bad one.")

@@ -14,10 +14,12 @@ draws from child g, so the output is bit-identical for the same seed):
    household characteristics. Household type, migration background and urbanity come from
    the wijk's real shares; age, education, housing, health, other benefit, wealth and
    co-resident adults are drawn with plausible dependence on those.
-4. Outcomes from the known truth (``engine.truth``): the municipality effect alpha_g is
-   solved so that the expected number of bijstand-or-LKS households equals 0.8 x the real
-   2017 CBS count of recipients (scaled to N); ``planted`` municipalities then get a strong
-   extra policy effect. Benefit paid = realised fraction x gross 2019 norm (kostendelersnorm
+4. Outcomes from the known truth (``engine.truth``): the expected number of bijstand-or-LKS
+   households of each municipality equals 0.8 x its real 2017 CBS count of recipients
+   (scaled to N). The part of that calibration the characteristics do not explain is
+   structural and shifts the share of non-working adults of the municipality's wijken;
+   the municipality effect is a common level plus a small natural policy effect, and
+   ``planted`` municipalities get a strong extra policy effect. Benefit paid = realised fraction x gross 2019 norm (kostendelersnorm
    applied); duration classes, the granieten voorraad, spending in t-2 (from the real 2015
    counts) and t, and W-deel need follow.
 """
@@ -247,10 +249,14 @@ class WorldParams:
     need_noise: np.ndarray
     household_growth: np.ndarray
     target_rate: np.ndarray         # expected volume outcome per household
+    policy: np.ndarray              # natural policy effect per municipality (log-odds)
     planted: np.ndarray             # municipality indices with a planted policy effect
 
 
-def _world_params(geo: Geography, rng: np.random.Generator, planted: int) -> WorldParams:
+SNW_MIN, SNW_MAX = 0.01, 0.95
+
+
+def _world_params(geo: Geography, rng: np.random.Generator, planted: int, policy_sd: float) -> WorldParams:
     n_mun, W = len(geo.mun_code), len(geo.wk_code)
     rate = np.maximum(truth.HOUSEHOLDS_PER_RECIPIENT * geo.rec2017 / geo.households, 0.002)
     lg = np.log(rate / (1 - rate))
@@ -265,7 +271,7 @@ def _world_params(geo: Geography, rng: np.random.Generator, planted: int) -> Wor
 
     z = within(nonwest) / 0.10 + within(single) / 0.15
     dep = dep_mun[geo.wk_mun] + 0.35 * z + rng.normal(0, 0.25, W)
-    snw = np.clip(_logistic(-1.15 + 0.40 * dep + rng.normal(0, 0.15, W)), 0.03, 0.85)
+    snw = np.clip(_logistic(-1.15 + 0.40 * dep + rng.normal(0, 0.15, W)), SNW_MIN, SNW_MAX)
     liv = -0.6 * dep - 0.15 * (3 - geo.wk_urbanity) + rng.normal(0, 0.7, W)
     liv = (liv - liv.mean()) / liv.std()
     n_reg = len(geo.region_code)
@@ -280,7 +286,7 @@ def _world_params(geo: Geography, rng: np.random.Generator, planted: int) -> Wor
         jobs_availability=jobs_reg[geo.region], job_growth=growth_reg[geo.region],
         long_term=rng.normal(0, 0.25, n_mun), price_level=rng.normal(0, 0.04, n_mun),
         need_noise=rng.normal(0, 0.15, n_mun), household_growth=rng.normal(0.006, 0.008, n_mun),
-        target_rate=rate, planted=chosen)
+        target_rate=rate, policy=rng.normal(0, policy_sd, n_mun), planted=chosen)
 
 
 def _solve_alpha(eta0: np.ndarray, target: float) -> float:
@@ -305,6 +311,7 @@ class MunicipalityResult:
     eta0: np.ndarray              # x . beta without the municipality effect (float64)
     price: np.ndarray             # expected fraction x gross norm, for the truth's costs
     alpha: float
+    share_non_working: np.ndarray  # the municipality's wijken after calibration
     stats: dict = field(default_factory=dict)
 
 
@@ -383,7 +390,14 @@ def generate_municipality(g: int, geo: Geography, wp: WorldParams, n_wijk: np.nd
     for f in FACTORS:
         eta0 = eta0 + _term_vector(truth.VOLUME, f)[codes[f]]
         zeta = zeta + _term_vector(truth.PRICE, f)[codes[f]]
-    alpha = _solve_alpha(eta0, wp.target_rate[g] * n)
+    # structural part of the calibration -> the wijken's share of non-working adults
+    beta_snw = truth.VOLUME["share_non_working"]
+    target = wp.target_rate[g] * n
+    wanted = truth.VOLUME_LEVEL + wp.policy[g]
+    shift = (_solve_alpha(eta0, target) - wanted) / beta_snw
+    snw_new = np.clip(wp.share_non_working[wks] + shift, SNW_MIN, SNW_MAX)
+    eta0 = eta0 + beta_snw * (snw_new[np.searchsorted(wks, wk)] - nb_snw)
+    alpha = _solve_alpha(eta0, target)                 # = wanted, up to the clipping
     if g in wp.planted:
         alpha += planted_effect
     p = _logistic(alpha + eta0)
@@ -435,7 +449,8 @@ def generate_municipality(g: int, geo: Geography, wp: WorldParams, n_wijk: np.nd
         "long": int((dur_bij >= 4).sum()), "need": float(need_w[dur_bij].sum() * 1000.0),
         "expected_cost": float((p * f_true * norm).sum()),
     }
-    return MunicipalityResult(table=table, eta0=eta0, price=f_true * norm, alpha=alpha, stats=stats)
+    return MunicipalityResult(table=table, eta0=eta0, price=f_true * norm, alpha=alpha, share_non_working=snw_new,
+                              stats=stats)
 
 
 def _ordered(pool: ThreadPoolExecutor, fn, n: int, window: int):
@@ -461,12 +476,14 @@ class SynthSummary:
 
 
 def generate(out: str | Path, households: int = REAL_HOUSEHOLDS, seed: int = 0, planted: int = 10,
-             planted_effect: float = -0.7, threads: int | None = None, progress=None) -> SynthSummary:
+             planted_effect: float = -0.7, policy_sd: float = truth.POLICY_SD, threads: int | None = None,
+             progress=None) -> SynthSummary:
     """Generate a synthetic Netherlands of ``households`` households into folder ``out``.
 
     ``planted`` municipalities (chosen among those above 40,000 inhabitants) get an extra
     policy effect ``planted_effect`` on the log-odds of bijstand (negative: a strict policy
-    that leaves a surplus the model cannot explain). ``progress(done, total)`` is called
+    that leaves a surplus the model cannot explain); every municipality has a natural
+    policy effect drawn from N(0, ``policy_sd``). ``progress(done, total)`` is called
     after each municipality. Municipalities are generated on ``threads`` threads (default:
     the number of cores) and written in order; the output does not depend on ``threads``.
     """
@@ -478,7 +495,7 @@ def generate(out: str | Path, households: int = REAL_HOUSEHOLDS, seed: int = 0, 
         raise ValueError(f"--households must be at least {n_mun} (one per municipality), not {households}")
     root = np.random.SeedSequence(seed)
     world_ss, *mun_ss = root.spawn(n_mun + 1)
-    wp = _world_params(geo, np.random.default_rng(world_ss), planted)
+    wp = _world_params(geo, np.random.default_rng(world_ss), planted, policy_sd)
     n_wijk = allocate_households(geo, households)
     n_mun_hh = np.bincount(geo.wk_mun, weights=n_wijk, minlength=n_mun).astype(np.int64)
     scale = households / REAL_HOUSEHOLDS
@@ -499,6 +516,7 @@ def generate(out: str | Path, households: int = REAL_HOUSEHOLDS, seed: int = 0, 
                 writer.write_table(res.table, row_group_size=max(res.table.num_rows, 1))
                 s = slice(first_ids[g], first_ids[g] + n_mun_hh[g])
                 eta0[s], price[s], alpha[g] = res.eta0, res.price, res.alpha
+                wp.share_non_working[geo.wk_mun == g] = res.share_non_working
                 stats.append(res.stats)
                 if progress:
                     progress(g + 1, n_mun)

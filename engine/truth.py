@@ -60,6 +60,13 @@ VOLUME: dict[str, float] = {
     "jobs_access": -0.90,                         # per job per person in the labour force
 }
 
+# Municipality effects: alpha_g = VOLUME_LEVEL + natural policy effect (N(0, policy_sd))
+# [+ planted effect]. What the generated characteristics do not explain of a municipality's
+# real CBS bijstand rate is structural: it is carried by its neighbourhoods' share of
+# non-working adults (an observed regressor), not by its policy.
+VOLUME_LEVEL = -4.1
+POLICY_SD = 0.05
+
 PRICE: dict[str, float] = {
     "intercept": 2.10,
     "household_type[single_parent]": -0.45,
