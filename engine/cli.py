@@ -112,6 +112,58 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_bootstrap(args) -> int:
+    from engine.bootstrap import Settings, flags_table, run_bootstrap, write_results
+
+    coefficients = args.coefficients
+    if coefficients is None:
+        from engine.model import fit_to_folder
+        from engine.population import read_population
+
+        coefficients = str(Path(args.out) / "fit")
+        if not (Path(coefficients) / "coefficients.parquet").exists():
+            _say(args, f"no --coefficients given: fitting the model into {coefficients}")
+            fit_to_folder(read_population(args.population), coefficients, spec=args.spec)
+    settings = Settings(population=args.population, coefficients=coefficients, regime=args.regime,
+                        method=args.method, seed=args.seed, between_sd=args.between_sd)
+    res = run_bootstrap(settings, args.out, replicates=args.replicates, batch_size=args.batch_size,
+                        workers=args.workers, scheduler=args.scheduler, progress=Progress("bootstrap", args.quiet))
+    write_results(res, args.out, level=args.level)
+    flags = flags_table(res, args.level).column("flagged").to_numpy()
+    _say(args, f"{res.replicates} {args.method} replicates ({res.computed} computed, "
+               f"{res.replicates - res.computed} resumed) in {res.seconds:.1f} s; between-municipality sd "
+               f"{res.between_sd:.3f}; {int(flags.sum())} municipalities flagged at level {args.level}; wrote "
+               f"replicates.parquet, bands.parquet, flags.parquet to {args.out}")
+    return 0
+
+
+def cmd_cap(args) -> int:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from engine.cap import rob_cap
+    from engine.outputs import atomic_dir
+
+    flags_file = Path(args.bootstrap) / "flags.parquet"
+    if not flags_file.exists():
+        raise FileNotFoundError(f"{flags_file} is missing: run `buig bootstrap` first")
+    f = pq.read_table(flags_file)
+    col = lambda c: f.column(c).to_numpy()  # noqa: E731
+    capped = rob_cap(col("budget"), col("actual_spending"), col("flagged"), args.kappa, args.redistribute)
+    with atomic_dir(args.out) as tmp:
+        pq.write_table(pa.table({"code": f.column("code"), "name": f.column("name"), "budget": col("budget"),
+                                 "actual_spending": col("actual_spending"), "flagged": f.column("flagged"),
+                                 "clawed_back": capped.clawed_back, "received": capped.received,
+                                 "capped_budget": capped.budget}).replace_schema_metadata(
+            {"kappa": repr(args.kappa), "redistribute": args.redistribute}), tmp / "capped_budgets.parquet")
+    _say(args, f"kappa {args.kappa}: {int((capped.clawed_back > 0).sum())} municipalities capped, "
+               f"EUR {capped.total / 1e6:,.2f} mln clawed back and redistributed ({args.redistribute}) to "
+               f"{int((capped.received > 0).sum())} municipalities; total budget unchanged "
+               f"({np.sum(capped.budget) - np.sum(col('budget')):+.2e}); wrote capped_budgets.parquet to {args.out}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from engine.population import format_province_summary, read_population, summary_by_province
     from engine.synth import generate
@@ -222,6 +274,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("predict", cmd_predict, "Objective cost per municipality and the rekentool breakdown.")
     p.add_argument("--population", required=True, help="population folder")
     p.add_argument("--coefficients", required=True, help="folder written by `buig fit`")
+    p.add_argument("--out", required=True, help="output folder")
+
+    p = add("bootstrap", cmd_bootstrap, "Monte Carlo bands on every municipality's budget and flags for "
+                                        "unexplained surpluses (Dask).")
+    p.add_argument("--population", required=True, help="population folder (workers read it themselves)")
+    p.add_argument("--coefficients", help="folder written by `buig fit` (default: fit into OUT/fit)")
+    p.add_argument("--spec", default="2019", help="model spec when fitting here (default: %(default)s)")
+    p.add_argument("--regime", default="2019", help="regime of the household model: name or TOML file (default: %(default)s)")
+    p.add_argument("--replicates", type=int, default=200, help="number of replicates (default: %(default)s)")
+    p.add_argument("--method", choices=("parametric", "cluster"), default="parametric",
+                   help="coefficient draws from the cluster-robust covariance, or resampling municipalities and refitting")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=25, help="replicates per Dask task (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: the number of cores; 0: no Dask, in this process)")
+    p.add_argument("--scheduler", default=None,
+                   help="address of a Dask scheduler (or set DASK_SCHEDULER_ADDRESS); workers must see the same paths")
+    p.add_argument("--level", type=float, default=0.01,
+                   help="flag a surplus when the share of replicates with spending at or below the actual is below this (default: %(default)s)")
+    p.add_argument("--between-sd", default="auto",
+                   help="sd of municipality effects around the model in the spending band: auto (robust, from the "
+                        "fixed effects), or a number; 0: coefficient and outcome randomness only (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output folder (a rerun resumes and recomputes nothing written)")
+
+    p = add("cap", cmd_cap, "The Rob cap: claw back the surplus above kappa x budget of flagged municipalities.")
+    p.add_argument("--bootstrap", required=True, help="folder written by `buig bootstrap` (flags.parquet)")
+    p.add_argument("--kappa", type=float, required=True, help="surplus kept, as a fraction of the budget (e.g. 0.1)")
+    p.add_argument("--redistribute", choices=("pro_rata", "deficit"), default="pro_rata",
+                   help="give the clawed-back euros pro rata to budget, or to deficit municipalities (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("run", cmd_run, "The main job: population (the built-in synthetic Netherlands unless "

@@ -179,9 +179,20 @@ def _separation_checks(ev: _Evaluator, st0: PassStats, p0: float, names) -> tupl
         dropped |= w_m <= tol
         active[lay.fe_start:] = ~dropped[1:]
         if dropped[0]:
-            raise EstimationError(f"{d.spec.name}: the reference municipality has no variation in the outcome; "
-                                  "reorder municipalities or drop the fixed effects")
+            # the first municipality with variation becomes the reference (its effect 0):
+            # the intercept changes meaning, predictions do not (the common effect is recalibrated)
+            kept = np.flatnonzero(~dropped)
+            if kept.size == 0:
+                raise EstimationError(f"{d.spec.name}: no municipality has variation in the outcome")
+            active[lay.fe_start + kept[0] - 1] = False
     return dropped, active
+
+
+def _dropped_params(lay, dropped: np.ndarray) -> np.ndarray:
+    """Fixed-effect parameters of dropped municipalities (the reference has none)."""
+    if lay.fe_start < 0:
+        return np.zeros(0, dtype=np.int64)
+    return lay.fe_start + np.flatnonzero(dropped[1:])
 
 
 def common_effect(d: ComponentDesign, params: np.ndarray) -> float:
@@ -206,8 +217,9 @@ def common_effect(d: ComponentDesign, params: np.ndarray) -> float:
 
 
 def fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
-                  mun_codes: np.ndarray | None = None) -> ComponentFit:
-    """Estimate one component by Newton with step-halving."""
+                  mun_codes: np.ndarray | None = None, start: np.ndarray | None = None) -> ComponentFit:
+    """Estimate one component by Newton with step-halving (from ``start`` if given: a warm
+    start; NaN entries start at 0)."""
     t0 = time.perf_counter()
     lay = d.layout
     names = lay.term_names
@@ -229,6 +241,9 @@ def fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
         wt_sum = float(weight.sum())
         st = ev.run(theta, weight=weight)
     act = np.flatnonzero(active)
+    if start is not None:
+        theta = np.where(active, np.nan_to_num(start), 0.0)
+        st = ev.run(theta, weight=weight)
     history = []
     it = 0
     gnorm = float(np.abs(st.g[act]).max()) / wt_sum
@@ -271,7 +286,7 @@ def fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     cluster = np.full((K, K), np.nan)
     corr = G / (G - 1) * (n_obs - 1) / (n_obs - k) if G > 1 else np.nan
     cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
-    params = np.where(active, theta, np.nan)
+    params = np.where(active | ~np.isin(np.arange(K), _dropped_params(lay, dropped)), theta, np.nan)
     fe_common = common_effect(d, params) if lay.fe_start >= 0 else 0.0
     codes = mun_codes if mun_codes is not None else np.array([str(i) for i in range(ev.n_mun)], dtype=object)
     return ComponentFit(name=d.spec.name, term_names=names, params=params, cov_model=Hinv, cov_robust=robust,

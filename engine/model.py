@@ -47,15 +47,17 @@ class ModelFit:
 
 
 def fit_model(pop: Population | Households, spec: ModelSpec | str | Path = "2019", tol: float = 1e-8,
-              weight: np.ndarray | None = None, progress=None) -> ModelFit:
-    """Estimate the volume and price components of ``spec`` on a population."""
+              weight: np.ndarray | None = None, start: ModelFit | None = None, progress=None) -> ModelFit:
+    """Estimate the volume and price components of ``spec`` on a population (household
+    ``weight``s optional; ``start``: a fit to warm-start from)."""
     spec = spec if isinstance(spec, ModelSpec) else load_spec(spec)
     norms = load_norms(spec.norms)
     hh = pop if isinstance(pop, Households) else households_from_population(pop)
     fits = {}
     for i, comp in enumerate((spec.volume, spec.price)):
         d = component_design(hh, comp, norms, weight=weight)
-        fits[comp.name] = fit_component(d, tol=tol, mun_codes=hh.mun_codes)
+        fits[comp.name] = fit_component(d, tol=tol, mun_codes=hh.mun_codes,
+                                        start=None if start is None else start.component(comp.name).params)
         if progress:
             progress(i + 1, 2)
     return ModelFit(spec=spec, norms=norms, volume=fits["volume"], price=fits["price"], mun_codes=hh.mun_codes)
