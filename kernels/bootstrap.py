@@ -20,40 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.glm import range_bounds
-from kernels.vexp import LN2_HI, LN2_LO, LOG2E, SHIFT, X_MAX, X_MIN
-
-@njit(cache=True)
-def _exp_lanes(x, out, kd, sb, R):
-    """out[:R] = exp(x[:R]) with the algorithm of kernels.vexp, IEEE-exact arithmetic."""
-    for r in range(R):
-        xc = min(max(x[r], X_MIN), X_MAX)
-        kd[r] = xc * LOG2E + SHIFT
-    ki = kd.view(np.int64)
-    for r in range(R):
-        xc = min(max(x[r], X_MIN), X_MAX)
-        k = kd[r] - SHIFT
-        t = (xc - k * LN2_HI) - k * LN2_LO
-        p = 1.0 / 6227020800.0
-        p = p * t + 1.0 / 479001600.0
-        p = p * t + 1.0 / 39916800.0
-        p = p * t + 1.0 / 3628800.0
-        p = p * t + 1.0 / 362880.0
-        p = p * t + 1.0 / 40320.0
-        p = p * t + 1.0 / 5040.0
-        p = p * t + 1.0 / 720.0
-        p = p * t + 1.0 / 120.0
-        p = p * t + 1.0 / 24.0
-        p = p * t + 1.0 / 6.0
-        p = p * t + 0.5
-        p = p * t + 1.0
-        p = p * t + 1.0
-        out[r] = p
-        sb[r] = (ki[r] + 1023) << 52
-    scale = sb.view(np.float64)
-    for r in range(R):
-        v = out[r] * scale[r]
-        out[r] = np.inf if x[r] > X_MAX else v
-
+from kernels.vexp import exp_block
 
 @njit(parallel=True, cache=True)
 def draw_sums(codes, nbhd, norm_index, norm_flat, v_off, v_coef, v_nb, p_off, p_coef, p_nb, nb_mun, n_mun,
@@ -83,8 +50,8 @@ def draw_sums(codes, nbhd, norm_index, norm_flat, v_off, v_coef, v_nb, p_off, p_
                 for r in range(R):
                     xv[r] -= v_coef[lv, r]
                     xp[r] -= p_coef[lp, r]
-            _exp_lanes(xv, ev, kd, sb, R)
-            _exp_lanes(xp, ep, kd, sb, R)
+            exp_block(xv, ev, kd, sb, R)
+            exp_block(xp, ep, kd, sb, R)
             norm = norm_flat[norm_index[i]]
             g = nb_mun[nb]
             for r in range(R):

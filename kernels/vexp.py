@@ -6,7 +6,10 @@ with plain arithmetic that LLVM vectorises: the range reduction of glibc/musl
 (x = k ln2 + r with a shift constant, so k's bits come out of the float without a
 conversion), a degree-13 Taylor polynomial on |r| <= ln2/2 (truncation error below
 1e-17 relative), and 2^k assembled in the exponent bits of a reinterpreted int64 array.
-Relative error against ``np.exp`` is a few ulp (tested). exp(x) is +inf above 709 (true value above 8e307),
+Relative error against ``np.exp`` is a few ulp (tested). No fast-math flags: with
+"reassoc", (x log2e + SHIFT) - SHIFT folds to x log2e and the trick breaks, and with
+exact IEEE arithmetic the vector lanes and the scalar tail of a loop agree bit for bit,
+so a value does not depend on its position in a block (the bootstrap relies on this). exp(x) is +inf above 709 (true value above 8e307),
 0 below -708 would need subnormals and returns exp(-708) instead (about 3e-308, which
 makes 1/(1+exp(x)) exactly 1.0); NaN stays NaN.
 """
@@ -16,8 +19,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# No "reassoc" or "afn": (x*log2e + SHIFT) - SHIFT must round, not fold to x*log2e.
-EXP_FASTMATH = {"nsz", "contract"}
 
 LOG2E = 1.4426950408889634
 LN2_HI = 0.6931471803691238       # ln2 split for Cody-Waite reduction (upper bits)
@@ -40,7 +41,7 @@ C3 = 1.0 / 6.0
 C2 = 0.5
 
 
-@njit(cache=True, fastmath=EXP_FASTMATH)
+@njit(cache=True)
 def exp_block(x, out, kd, sb, m):
     """out[:m] = exp(x[:m]); ``kd`` (float64) and ``sb`` (int64) are scratch of at least m
     elements. They must not overlap: the bits are read from one and written to the other."""
