@@ -1,3 +1,65 @@
-"""buig: the Dutch bijstand (BUIG) distribution model on household microdata."""
+"""buig: the Dutch bijstand (BUIG) distribution model on household microdata.
+
+The steps of the main job as functions, importable from ``engine`` (each module is
+imported on first use, so ``import engine`` stays light):
+
+==========================  ===================================================================
+``generate``                a synthetic Netherlands into a folder (:mod:`engine.synth`)
+``read_population``         read and validate a population folder (:mod:`engine.population`)
+``fit_model``               estimate the volume and price components (:mod:`engine.model`);
+``fit_to_folder``           the same, and write the files the bootstrap reads
+``predict_costs``           objective cost per municipality and household type (``engine.predict.predict``)
+``distribute``              a regime's budgets, vangnet and redistribution effects (:mod:`engine.run`)
+``Settings``,               Monte Carlo bands on every budget, and the flags of surpluses the
+``run_bootstrap``,          model does not explain (:mod:`engine.bootstrap`)
+``bands_table``,
+``flags_table``
+``rob_cap``                 the Rob cap at level kappa (:mod:`engine.cap`)
+``write_report``            ``report.html`` of a run folder (:mod:`engine.report`)
+``load_scenario``,          the whole job from a scenario (``engine.run.run``), as ``buig run``
+``run_scenario``
+==========================  ===================================================================
+
+``engine.predict`` and ``engine.run`` are modules, so their main functions are exported
+as ``predict_costs`` and ``run_scenario``.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+_API = {                        # name -> (module, attribute)
+    "generate": ("engine.synth", "generate"),
+    "read_population": ("engine.population", "read_population"),
+    "fit_model": ("engine.model", "fit_model"),
+    "fit_to_folder": ("engine.model", "fit_to_folder"),
+    "read_fit": ("engine.model", "read_fit"),
+    "predict_costs": ("engine.predict", "predict"),
+    "distribute": ("engine.run", "distribute"),
+    "Settings": ("engine.bootstrap", "Settings"),
+    "run_bootstrap": ("engine.bootstrap", "run_bootstrap"),
+    "bands_table": ("engine.bootstrap", "bands_table"),
+    "flags_table": ("engine.bootstrap", "flags_table"),
+    "rob_cap": ("engine.cap", "rob_cap"),
+    "write_report": ("engine.report", "write_report"),
+    "Scenario": ("engine.run", "Scenario"),
+    "load_scenario": ("engine.run", "load_scenario"),
+    "run_scenario": ("engine.run", "run"),
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        module, attr = _API[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -109,12 +109,12 @@ def parse_macrobudget(text: str | None) -> float | str | None:
     return value
 
 
-def compute_budget(pop: Population, regime: Regime, costs: str | Path | None = None,
+def compute_budget(pop: Population, regime: Regime, costs: str | Path | np.ndarray | None = None,
                    macrobudget: float | str | None = None) -> BudgetResult:
     """Run ``regime`` on ``pop``: objective costs, budgets, vangnet and redistribution effects.
 
     The household model takes its objective costs from ``costs`` (a folder with
-    ``municipal_costs.parquet``); the municipal model (2005) fits its regression on the
+    ``municipal_costs.parquet``, or an array in the order of the population's municipalities); the municipal model (2005) fits its regression on the
     population and ignores ``costs``. ``macrobudget`` overrides TB: an amount in EUR, or
     ``"spending"`` for the population's spending in t.
     """
@@ -124,7 +124,13 @@ def compute_budget(pop: Population, regime: Regime, costs: str | Path | None = N
         if costs is None:
             raise ValueError(f"regime {regime.name} uses the household model: give --costs DIR "
                              f"(a folder with {COSTS_FILE}, written by buig predict)")
-        cost = read_costs(costs, data.codes)["objective_cost"]
+        if isinstance(costs, (str, Path)):
+            cost = read_costs(costs, data.codes)["objective_cost"]
+        else:
+            cost = np.asarray(costs, dtype=np.float64)
+            if cost.shape != data.codes.shape or not np.all(np.isfinite(cost) & (cost >= 0)):
+                raise ValueError(f"objective costs: expected {len(data.codes)} finite amounts >= 0 in the order "
+                                 "of the population's municipalities")
     else:
         fitted = mm.fit(data, mm.regime_spec(regime.objective_variables))
         cost, granite = fitted.objective_cost, fitted.granite_share

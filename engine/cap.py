@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 REDISTRIBUTION = ("pro_rata", "deficit")
 
@@ -55,3 +56,13 @@ def rob_cap(budget: np.ndarray, spending: np.ndarray, flagged: np.ndarray, kappa
             base = np.where(excess > 0, 0.0, b)
             received = received + left * base / base.sum()
     return Capped(budget=b - excess + received, clawed_back=excess, received=received)
+
+
+def capped_table(flags: pa.Table, kappa: float, redistribute: str = "pro_rata") -> tuple[pa.Table, Capped]:
+    """``capped_budgets.parquet`` from a flags table (``engine.bootstrap.flags_table``), and the cap."""
+    col = lambda c: flags.column(c).to_numpy(zero_copy_only=False)  # noqa: E731
+    capped = rob_cap(col("budget"), col("actual_spending"), col("flagged"), kappa, redistribute)
+    table = pa.table({"code": flags.column("code"), "name": flags.column("name"), "budget": col("budget"),
+                      "actual_spending": col("actual_spending"), "flagged": flags.column("flagged"),
+                      "clawed_back": capped.clawed_back, "received": capped.received, "capped_budget": capped.budget})
+    return table.replace_schema_metadata({"kappa": repr(kappa), "redistribute": redistribute}), capped

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from engine.design import FACTOR_COLUMNS, Households, Layout, make_layout
+from engine.design import FACTOR_COLUMNS, Households, Layout, households_from_population, make_layout
 from engine.model import ModelFit
+from engine.population import Population
 from engine.schema import CATEGORIES
 from kernels.config import N_VIRTUAL
 from kernels.predict import group_sums, household_values
@@ -151,9 +152,12 @@ class Prediction:
         return self.expected_cost.sum(axis=1)
 
 
-def predict(hh: Households, fit: ModelFit, pd_: PredictionDesign | None = None,
+def predict(hh: Households | Population, fit: ModelFit, pd_: PredictionDesign | None = None,
             tables: Tables | None = None) -> Prediction:
-    """Objective cost per municipality and household type, one pass over the households."""
+    """Objective cost per municipality and household type, one pass over the households
+    (of ``hh``: factor-coded households, or a population)."""
+    if isinstance(hh, Population):
+        hh = households_from_population(hh)
     pd_ = pd_ or prediction_design(hh, fit.norms)
     t = tables or prediction_tables(hh, fit, pd_)
     n_types = len(TYPES)

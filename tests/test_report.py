@@ -1,0 +1,146 @@
+"""report.html: valid, self-contained, one entry per municipality, hostile names escaped."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from html.parser import HTMLParser
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.report import SYNTHETIC_TEXT, Scale, write_report
+from engine.run import load_scenario, run
+
+HOSTILE = ["<script>alert(1)</script>", "\"&'", "Bad</td></tr></table><b>name"]
+HOSTILE_PROVINCE = "<img src=x onerror=alert(2)>"
+VOID = {"meta", "input", "br", "hr", "img", "link", "wbr", "col", "area", "base", "source"}
+
+
+@pytest.fixture(scope="module")
+def hostile_run(small_world, tmp_path_factory):
+    """A run on the small world with three municipalities renamed and one province renamed."""
+    pop = tmp_path_factory.mktemp("hostile_pop")
+    for f in small_world.iterdir():
+        shutil.copy(f, pop / f.name)
+    mun = pq.read_table(pop / "municipalities.parquet")
+    names = mun.column("name").to_pylist()
+    province = mun.column("province").to_pylist()
+    names[:3] = HOSTILE
+    first = province[0]
+    province = [HOSTILE_PROVINCE if p == first else p for p in province]
+    i_name, i_prov = mun.schema.get_field_index("name"), mun.schema.get_field_index("province")
+    mun = mun.set_column(i_name, mun.schema.field(i_name), pa.array(names, pa.string()))
+    mun = mun.set_column(i_prov, mun.schema.field(i_prov), pa.array(province, pa.string()))
+    pq.write_table(mun, pop / "municipalities.parquet")
+    out = tmp_path_factory.mktemp("hostile_run")
+    run(load_scenario(population=str(pop), replicates=20, bootstrap_seed=3), out, workers=0)
+    return pop, out
+
+
+class Checker(HTMLParser):
+    """Tags must balance (void elements and <x/> excepted); collects what the tests look at."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.errors, self.starts, self.attrs, self.text = [], [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.starts.append(tag)
+        self.attrs.append((tag, dict(attrs)))
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.starts.append(tag)
+        self.attrs.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}> "
+                               f"at {self.getpos()}")
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(text: str) -> Checker:
+    c = Checker()
+    c.feed(text)
+    c.close()
+    return c
+
+
+def test_report_is_valid_self_contained_html(hostile_run):
+    _, out = hostile_run
+    text = (out / "report.html").read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    c = _parse(text)
+    assert c.errors == [] and c.stack == []
+    assert "http://" not in text and "https://" not in text
+    for tag, attrs in c.attrs:                                # nothing is fetched
+        assert tag not in ("img", "link", "iframe", "object", "embed"), tag
+        assert "src" not in attrs, (tag, attrs)
+        assert not attrs.get("href", "#").strip() or attrs.get("href", "#").startswith("#")
+    figures = len(re.findall(r"<figure>", text))
+    assert figures >= 4
+    for fig in re.findall(r"<figure>(.*?)</figure>", text, re.S):      # every figure is inline SVG
+        assert "<svg" in fig and "</svg>" in fig
+    for anchor in ("headline", "bands", "funnel", "cap", "vangnet", "rekentool", "scenario"):
+        assert f'<section id="{anchor}">' in text
+
+
+def test_one_rekentool_entry_per_municipality(hostile_run):
+    pop, out = hostile_run
+    text = (out / "report.html").read_text(encoding="utf-8")
+    c = _parse(text)
+    entries = [a for tag, a in c.attrs if tag == "details" and a.get("class") == "mun"]
+    codes = pq.read_table(pop / "municipalities.parquet").column("code").to_pylist()
+    assert len(entries) == len(codes) == 388
+    assert sorted(a["data-name"].split()[-1] for a in entries) == sorted(c.lower() for c in codes)
+    provinces = set(pq.read_table(pop / "municipalities.parquet").column("province").to_pylist())
+    assert sum(1 for tag, a in c.attrs if tag == "details" and a.get("class") == "prov") == len(provinces)
+
+
+def test_names_from_data_are_escaped(hostile_run):
+    _, out = hostile_run
+    text = (out / "report.html").read_text(encoding="utf-8")
+    for raw in HOSTILE + [HOSTILE_PROVINCE]:
+        assert raw not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "&quot;&amp;&#x27;" in text
+    assert "&lt;img src=x onerror=alert(2)&gt;" in text
+    assert text.count("<script>") == 1                        # only the search box's own script
+    c = _parse(text)
+    data = "".join(c.text)
+    for raw in HOSTILE + [HOSTILE_PROVINCE]:                  # ...and the parsed text shows the names as they are
+        assert raw in data
+
+
+def test_synthetic_banner_on_every_section_and_none_on_real_data(hostile_run, tmp_path):
+    pop, out = hostile_run
+    text = (out / "report.html").read_text(encoding="utf-8")
+    assert 'class="banner"' in text and SYNTHETIC_TEXT.split(":")[0] in text
+    sections = re.findall(r"<section id=\"\w+\">(.*?)</section>", text, re.S)
+    assert len(sections) == 7 and all("synthetic data" in s for s in sections)
+    (pop / "truth.json").rename(pop / "truth.json.away")      # the same data, now without its truth
+    try:
+        real = write_report(out, tmp_path / "real.html").read_text(encoding="utf-8")
+    finally:
+        (pop / "truth.json.away").rename(pop / "truth.json")
+    assert 'class="banner"' not in real and "synthetic data" not in real and "planted" not in real
+
+
+def test_scale_ticks():
+    assert Scale(0, 1, 0, 100).ticks() == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert Scale(1_000, 1_000_000, 0, 100, log=True).ticks() == [1e3, 1e4, 1e5, 1e6]
+    s = Scale(-50, 50, 300, 0)
+    assert float(s(0)) == 150 and float(s(1e9)) == 0                       # clipped to the axis
+
+
+def test_the_checker_catches_unbalanced_tags():
+    assert _parse("<div><p>x</div>").errors and _parse("<table><tr><td>x</table>").errors
+    assert not _parse("<div><svg><line x1='0'/></svg><input></div>").errors
