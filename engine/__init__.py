@@ -18,6 +18,8 @@ imported on first use, so ``import engine`` stays light):
 ``write_report``            ``report.html`` of a run folder (:mod:`engine.report`)
 ``load_scenario``,          the whole job from a scenario (``engine.run.run``), as ``buig run``
 ``run_scenario``
+``load_sweep``,             sensitivity sweeps (:mod:`engine.sweep`), as ``buig sweep``
+``run_sweep``
 ==========================  ===================================================================
 
 ``engine.predict`` and ``engine.run`` are modules, so their main functions are exported
@@ -47,6 +49,8 @@ _API = {                        # name -> (module, attribute)
     "Scenario": ("engine.run", "Scenario"),
     "load_scenario": ("engine.run", "load_scenario"),
     "run_scenario": ("engine.run", "run"),
+    "load_sweep": ("engine.sweep", "load_sweep"),
+    "run_sweep": ("engine.sweep", "run_sweep"),
 }
 
 __all__ = sorted(_API)

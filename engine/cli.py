@@ -7,6 +7,7 @@
                                                         objective cost per municipality
     buig run      [SCENARIO.toml] --out DIR             the main job: population -> fit -> predict -> budgets
                                                         -> bootstrap -> flags -> cap -> report.html
+    buig sweep    SWEEP.toml [--out DIR]                a grid of scenario variants as Dask tasks
 
 Every subcommand has ``--help``. Errors in the input are reported as one line naming the
 table, column and first offending row, with exit status 2; nothing is written then.
@@ -189,6 +190,16 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from engine.sweep import format_comparison, load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep, **_scenario_overrides(args))
+    result = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler,
+                       progress=lambda label: Progress(label, args.quiet), say=lambda text: _say(args, text))
+    _say(args, "\n" + format_comparison(result))
+    return 0
+
+
 def cmd_budget(args) -> int:
     from engine.budget import compute_budget, parse_macrobudget, write_budget
     from engine.population import read_population
@@ -329,6 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed S: the synthetic population's seed S and the bootstrap's seed S + 1")
     add_dask(p)
 
+    p = add("sweep", cmd_sweep, "Sensitivity sweep: a grid of scenario variants (model spec, regime parameters, "
+                                "kappa), each run with its bootstrap as a Dask task; writes comparison.csv and one "
+                                "output folder per variant.")
+    p.add_argument("sweep", help="sweep TOML file (examples: scripts/sweep_thresholds.toml, scripts/sweep_kappa.toml)")
+    p.add_argument("--out", default=None, help="output folder (default: the sweep file's `out`, else "
+                                               "sweep-<file name>)")
+    p.add_argument("--households", type=int, default=None, help="override the households of the synthetic population")
+    p.add_argument("--replicates", type=int, default=None, help="override the bootstrap replicates of every variant")
+    p.add_argument("--seed", type=int, default=None, help="seed S: population seed S and bootstrap seed S + 1")
+    add_dask(p)
     return parser
 
 
