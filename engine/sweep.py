@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Callable
 
 from engine.outputs import write_json
-from engine.run import FIELDS, Scenario, _read_toml, load_scenario, run, statistics, with_overrides, write_regime
+from engine.run import (FIELDS, Scenario, _read_toml, check_scheduler, load_scenario, run, statistics, with_overrides,
+                        write_regime)
 
 STAT_COLUMNS = ("tb", "municipalities", "mean_abs_effect_pct", "within_10_pct", "within_15_pct",
                 "median_band_width_pct", "flagged", "capped", "clawed_back_eur", "vangnet_eur",
@@ -169,6 +170,8 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, *, workers: int | Non
     from engine.population import read_population
     from engine.synth import generate
 
+    if workers != 0:
+        check_scheduler(scheduler)
     t0 = time.perf_counter()
     tell = say or (lambda text: None)
     stem = sweep.path.stem if sweep.path else "sweep"

@@ -176,3 +176,10 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, str(README), "exec"), {"__name__": "readme"})
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_unreachable_scheduler_fails_before_any_work(tmp_path, capsys):
+    rc = main(["run", "--households", "1000", "--scheduler", "tcp://127.0.0.1:1", "--quiet", "--out",
+               str(tmp_path / "o")])
+    assert rc == 1 and "cannot reach the Dask scheduler" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
