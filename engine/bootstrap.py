@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
 from engine.design import households_from_population
 from engine.model import ModelFit, fit_model, read_fit
@@ -101,6 +102,10 @@ class Context:
     """Everything a batch needs, built once per process (population, fit, regime, tables)."""
 
     def __init__(self, settings: Settings):
+        with threadpool_limits(limits=1, user_api="blas"):   # bit-identical in any process
+            self._init(settings)
+
+    def _init(self, settings: Settings):
         self.settings = settings
         self.pop = read_population(settings.population)
         self.hh = households_from_population(self.pop)
@@ -152,6 +157,10 @@ class Context:
 
     def run_batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Replicates start .. stop-1: arrays (stop - start, n_mun) of REPLICATE_COLUMNS."""
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._run_batch(start, stop)
+
+    def _run_batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
         tables, noise = [], []
         for r in range(start, stop):
             rng = self.rng(r)

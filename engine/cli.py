@@ -83,6 +83,9 @@ def cmd_fit(args) -> int:
     for c in (fit.volume, fit.price):
         extra = f", {len(c.dropped_municipalities)} municipalities without variation left out" if c.dropped_municipalities else ""
         extra += f", {c.n_clipped} fractions clipped to [0, 1]" if c.n_clipped else ""
+        if c.unestimable_terms:
+            extra += (f"; NOT ESTIMABLE (no households in the sample, predicted at the reference level): "
+                      f"{', '.join(c.unestimable_terms)}")
         _say(args, f"{c.name}: {c.n_obs:,} households, {len(c.term_names)} terms, {c.iterations} Newton iterations, "
                    f"log-likelihood {c.loglik:,.2f}, gradient norm {c.gradient_norm:.1e}, {c.seconds:.1f} s{extra}")
     _say(args, f"wrote coefficients.parquet, fit.json, covariances.npz to {args.out} ({time.perf_counter() - t0:.1f} s)")

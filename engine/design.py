@@ -123,7 +123,8 @@ class Layout:
         a number replaces every municipality's effect by it (prediction).
         """
         level_coef = np.where(self.level_param >= 0, theta[np.maximum(self.level_param, 0)], 0.0)
-        nb_eta = theta[0] + nb_cont[:, self.cont_cols] @ theta[self.cont_param]
+        # an explicit sum, not BLAS: the same bits whatever the number of BLAS threads
+        nb_eta = theta[0] + (nb_cont[:, self.cont_cols] * theta[self.cont_param]).sum(axis=1)
         if self.fe_start >= 0:
             if fe_value is None:
                 fe = np.concatenate([[0.0], theta[self.fe_start:]])

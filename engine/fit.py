@@ -13,7 +13,9 @@ of prediction: they are replaced there by one common effect (``fe_common``) chos
 the national number of predicted households equals the observed one.
 
 Separation: a factor level whose sample has no (or only) outcomes would get an infinite
-coefficient; it is reported as an error naming the term. A municipality whose sample has
+coefficient; it is reported as an error naming the term. A level with no households at
+all in the sample is not estimable: its term is left out (NaN; prediction uses the
+reference level for it) and listed in ``unestimable_terms``. A municipality whose sample has
 no (or only) outcomes carries no information on the other coefficients given its fixed
 effect: its rows are left out and it is listed in ``dropped_municipalities``.
 """
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from engine.design import ComponentDesign, component_design
 from kernels.config import N_VIRTUAL
@@ -68,6 +71,7 @@ class ComponentFit:
     seconds: float
     fe_common: float = 0.0
     history: list = field(default_factory=list)
+    unestimable_terms: tuple[str, ...] = ()   # levels without households in the sample (NaN)
 
     def se(self, kind: str = "cluster") -> np.ndarray:
         cov = {"model": self.cov_model, "robust": self.cov_robust, "cluster": self.cov_cluster}[kind]
@@ -77,7 +81,8 @@ class ComponentFit:
         return {"n_obs": self.n_obs, "n_params": len(self.term_names), "n_clusters": self.n_clusters,
                 "iterations": self.iterations, "loglik": self.loglik, "gradient_norm": self.gradient_norm,
                 "converged": True, "n_clipped": self.n_clipped, "fe_common": self.fe_common,
-                "dropped_municipalities": list(self.dropped_municipalities), "seconds": self.seconds,
+                "dropped_municipalities": list(self.dropped_municipalities),
+                "unestimable_terms": list(self.unestimable_terms), "seconds": self.seconds,
                 "history": self.history}
 
 
@@ -153,7 +158,10 @@ def _collinear_message(H: np.ndarray, names) -> str:
 
 def _separation_checks(ev: _Evaluator, st0: PassStats, p0: float, names) -> tuple[np.ndarray, np.ndarray]:
     """Level and municipality sums of weight and outcome recovered from the first pass
-    (at constant p0): returns (dropped municipality mask, active parameter mask)."""
+    (at constant p0): returns (dropped municipality mask, active parameter mask).
+
+    A factor level with no households in the sample is not estimable: its term is left
+    out (inactive, NaN, predicted at the reference level) and reported."""
     d, lay = ev.d, ev.d.layout
     q = p0 * (1 - p0)
     w_lev = st0.a_nbl.sum(axis=0) / q
@@ -163,14 +171,15 @@ def _separation_checks(ev: _Evaluator, st0: PassStats, p0: float, names) -> tupl
         if par < 0:
             continue
         if w_lev[l] <= tol:
-            raise EstimationError(f"{d.spec.name}: term {names[par]} has no households in the estimation sample; "
-                                  "merge the level or drop the factor in the model spec")
+            continue        # no households with this level: not estimable (left out, reported)
         if y_lev[l] <= tol or y_lev[l] >= w_lev[l] - tol:
             kind = "no" if y_lev[l] <= tol else "only"
             raise EstimationError(f"{d.spec.name}: separation: term {names[par]} has {kind} households with the "
                                   f"outcome ({w_lev[l]:.0f} households); its coefficient would be infinite")
     dropped = np.zeros(ev.n_mun, dtype=bool)
     active = np.ones(lay.n_params, dtype=bool)
+    absent = lay.level_param[(lay.level_param >= 0) & (w_lev <= tol)]
+    active[absent] = False
     if lay.fe_start >= 0:
         w_nb = st0.a_nb / q
         y_nb = st0.g_nb + p0 * w_nb
@@ -217,7 +226,15 @@ def common_effect(d: ComponentDesign, params: np.ndarray) -> float:
     return float(c)
 
 
-def fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
+def fit_component(*args, **kwargs) -> ComponentFit:
+    """Estimate one component (see :func:`_fit_component`) with single-threaded BLAS, so
+    that the estimates do not depend on the number of BLAS threads (a Dask worker has 1):
+    bit-identical everywhere. The dense algebra is K x K with K ~ 400: threads gain nothing."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_component(*args, **kwargs)
+
+
+def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
                   mun_codes: np.ndarray | None = None, start: np.ndarray | None = None,
                   step_tol: float = 1e-10) -> ComponentFit:
     """Estimate one component by Newton with step-halving (from ``start`` if given: a warm
@@ -272,7 +289,10 @@ def fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
         gnorm = float(np.abs(st.g[act]).max()) / wt_sum
         history.append({"iteration": it, "loglik": st.ll, "gradient_norm": gnorm, "step": t})
 
-    params = np.where(active | ~np.isin(np.arange(K), _dropped_params(lay, dropped)), theta, np.nan)
+    level_terms = lay.level_param[lay.level_param >= 0]
+    unestimable = level_terms[~active[level_terms]]
+    left_out = np.concatenate([_dropped_params(lay, dropped), unestimable])
+    params = np.where(active | ~np.isin(np.arange(K), left_out), theta, np.nan)
     # covariances on the active parameters
     n_obs = int(np.count_nonzero(weight)) if weight is not None else (
         int(np.count_nonzero(d.weight)) if d.weight.size else d.n)
@@ -299,4 +319,5 @@ def fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
                         cov_cluster=cluster, loglik=float(st.ll), iterations=it, gradient_norm=gnorm, n_obs=n_obs,
                         n_clusters=G, n_clipped=d.n_clipped,
                         dropped_municipalities=tuple(str(c) for c in codes[np.flatnonzero(dropped)]),
+                        unestimable_terms=tuple(names[i] for i in unestimable),
                         seconds=time.perf_counter() - t0, fe_common=fe_common, history=history)

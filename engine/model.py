@@ -115,7 +115,8 @@ def read_fit(path: str | Path, spec: ModelSpec | str | Path | None = None) -> Mo
             loglik=s["loglik"], iterations=s["iterations"], gradient_norm=s["gradient_norm"], n_obs=s["n_obs"],
             n_clusters=s["n_clusters"], n_clipped=s["n_clipped"],
             dropped_municipalities=tuple(s["dropped_municipalities"]), seconds=s["seconds"],
-            fe_common=s["fe_common"], history=s.get("history", []))
+            fe_common=s["fe_common"], history=s.get("history", []),
+            unestimable_terms=tuple(s.get("unestimable_terms", [])))
         fe = [t[len("municipality["):-1] for t in terms if t.startswith("municipality[")]
         if fe:
             mun_codes = np.array(["?"] + fe, dtype=object)

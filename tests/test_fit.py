@@ -172,6 +172,40 @@ def test_level_separation_is_an_error(big12):
         fit_component(component_design(hh2, load_spec().volume))
 
 
+def test_level_without_households_is_reported_not_estimable(big12):
+    hh = households_from_population(big12)
+    codes = hh.codes.copy()
+    codes[codes[:, 2] == 5, 2] = 0                          # nobody is antillean any more
+    hh2 = dataclasses.replace(hh, codes=codes)
+    f = fit_component(component_design(hh2, _spec("volume")))
+    i = f.term_names.index("migration[antillean]")
+    assert f.unestimable_terms == ("migration[antillean]",) and np.isnan(f.params[i])
+    assert np.isfinite(np.delete(f.params, i)).all() and np.isnan(f.se("cluster")[i])
+    assert f.gradient_norm < 1e-8
+
+
+def test_fit_is_bit_identical_for_any_number_of_blas_threads(small_world, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    outs = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+        out = tmp_path / f"fit{threads}"
+        res = subprocess.run([sys.executable, "-m", "engine.cli", "fit", "--population", str(small_world),
+                              "--out", str(out), "--quiet"], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        outs.append(out)
+    a, b = (read_fit(o) for o in outs)
+    for comp in ("volume", "price"):
+        ca, cb = a.component(comp), b.component(comp)
+        np.testing.assert_array_equal(ca.params, cb.params)
+        for kind in ("model", "robust", "cluster"):
+            np.testing.assert_array_equal(getattr(ca, f"cov_{kind}"), getattr(cb, f"cov_{kind}"))
+        assert ca.fe_common == cb.fe_common
+
+
 def test_collinear_design_names_terms(big12):
     hh = households_from_population(big12)
     nb_cont = hh.nb_cont.copy()
