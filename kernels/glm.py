@@ -1,17 +1,15 @@
 """Numba kernels for the factor-coded logit and fractional logit.
 
-The design of a component is factor-coded (DESIGN.md, section 2): per row a small code
-for each of F factors (columns ``cols`` of ``codes``) and a neighbourhood index. Every
-non-factor term (intercept, continuous neighbourhood factors, municipality fixed effect)
-depends only on the neighbourhood, so the linear predictor is
+The design of a component is factor-coded (DESIGN.md, section 2): per row a few joint
+codes of the household factors (engine.design.JOINT_GROUPS) and a neighbourhood index.
+Every non-factor term (intercept, continuous neighbourhood factors, municipality fixed
+effect) depends only on the neighbourhood, so the linear predictor is
 
-    eta_i = nb_eta[nbhd_i] + sum_k level_coef[lev_off_k + codes[i, cols_k]]
+    eta_i = nb_eta[nbhd_i] + sum_k j_coef[j_off_k + joint[i, k]]
 
-and the Hessian X'WX is assembled from sufficient statistics accumulated in one pass:
-
-- ``a_nb[j]``          sum of w over rows in neighbourhood j
-- ``a_nbl[j, l]``      sum of w over rows in neighbourhood j with factor level l
-- ``a_pair[...]``      sum of w over rows with level i of factor a and level j of factor b (a < b)
+and the Hessian X'WX is assembled (engine.fit) from sufficient statistics of one pass:
+sums of w per neighbourhood, per (municipality, joint code), per (continuous column,
+joint code) and per pair of joint codes; a sparse 0/1 map takes joint codes to levels.
 
 Rows are split into ``n_virtual`` (kernels.config.N_VIRTUAL) fixed contiguous ranges, each with its own
 accumulators, reduced in range order after the parallel loop: no shared scatter-adds
@@ -46,45 +44,48 @@ def range_bounds(n, n_virtual):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def logit_pass(codes, cols, lev_off, n_lev, level_coef, nbhd, nb_eta, n_nb, y, wt, mode,
-               cluster_of_nb, n_clusters, pair_off, n_pair, n_virtual):
-    """One pass over the rows at the current coefficients.
+def logit_pass(joint, j_off, j_size, j_coef, nbhd, nb_eta, n_nb, nb_cont, nb_mun, n_mun, y, wt, mode, clusters,
+               pair_off, n_pair, n_virtual):
+    """One pass over the rows at the current coefficients, on joint codes (m, J).
 
     mode 0: w = wt * p (1 - p)        (Hessian of the (quasi) log-likelihood)
     mode 1: w = (wt * (y - p))^2      (meat of the HC sandwich)
-    Always: r = wt * (y - p) for the score, and the log-likelihood.
-    ``wt`` of length 0 means unit weights. With ``n_clusters`` > 0 the score is also
-    summed per (cluster, level), clusters given per neighbourhood.
+    Always r = wt * (y - p) for the score, and the log-likelihood. ``wt`` of length 0
+    means unit weights. With ``clusters`` the score is also summed per (municipality, code).
 
-    Returns ll, g_lev (L,), g_nb (n_nb,), a_nb (n_nb,), a_nbl (n_nb, L), a_pair (n_pair,),
-    s_cl (max(n_clusters, 1), L).
+    Returns ll, g_j (Lj,), g_nb (n_nb,), a_nb (n_nb,), a_mj (n_mun, Lj) sums of w per
+    municipality and joint code, a_xj (n_cont, Lj) sums of w x per continuous column and
+    joint code, a_pair (n_pair,) sums of w per pair of joint codes of different groups,
+    s_mj (n_mun or 1, Lj).
     """
     n = nbhd.shape[0]
-    F = cols.shape[0]
-    L = level_coef.shape[0]
+    J = joint.shape[1]
+    L = j_coef.shape[0]
+    C = nb_cont.shape[1]
     V = n_virtual
-    nc = max(n_clusters, 1)
     ll_v = np.zeros(V)
-    g_lev_v = np.zeros((V, L))
+    g_v = np.zeros((V, L))
     g_nb_v = np.zeros((V, n_nb))
     a_nb_v = np.zeros((V, n_nb))
-    a_nbl_v = np.zeros((V, n_nb, L))
+    a_mj_v = np.zeros((V, n_mun, L))
+    a_xj_v = np.zeros((V, C, L))
     a_pair_v = np.zeros((V, max(n_pair, 1)))
-    s_cl_v = np.zeros((V, nc, L))
+    s_mj_v = np.zeros((V, n_mun if clusters else 1, L))
     bounds = range_bounds(n, V)
     has_wt = wt.shape[0] > 0
     for v in prange(V):
-        idx = np.empty(F, dtype=np.int64)
-        lvl = np.empty(F, dtype=np.int64)
+        idx = np.empty(J, dtype=np.int64)
+        lvl = np.empty(J, dtype=np.int64)
         ll = 0.0
         for i in range(bounds[v], bounds[v + 1]):
             nb = nbhd[i]
+            g = nb_mun[nb]
             eta = nb_eta[nb]
-            for k in range(F):
-                c = np.int64(codes[i, cols[k]])
+            for k in range(J):
+                c = np.int64(joint[i, k])
                 lvl[k] = c
-                idx[k] = lev_off[k] + c
-                eta += level_coef[idx[k]]
+                idx[k] = j_off[k] + c
+                eta += j_coef[idx[k]]
             p, logp, log1mp = log_sigmoid_pair(eta)
             wi = wt[i] if has_wt else 1.0
             yi = y[i]
@@ -96,23 +97,23 @@ def logit_pass(codes, cols, lev_off, n_lev, level_coef, nbhd, nb_eta, n_nb, y, w
             ll += wi * (yi * logp + (1.0 - yi) * log1mp)
             a_nb_v[v, nb] += w
             g_nb_v[v, nb] += r
-            for k in range(F):
-                a_nbl_v[v, nb, idx[k]] += w
-                g_lev_v[v, idx[k]] += r
-            if n_clusters > 0:
-                cl = cluster_of_nb[nb]
-                for k in range(F):
-                    s_cl_v[v, cl, idx[k]] += r
-            for a in range(F):
-                for b in range(a + 1, F):
-                    a_pair_v[v, pair_off[a * F + b] + lvl[a] * n_lev[b] + lvl[b]] += w
+            for k in range(J):
+                a_mj_v[v, g, idx[k]] += w
+                g_v[v, idx[k]] += r
+                for c in range(C):
+                    a_xj_v[v, c, idx[k]] += w * nb_cont[nb, c]
+                if clusters:
+                    s_mj_v[v, g, idx[k]] += r
+            for a in range(J):
+                for b in range(a + 1, J):
+                    a_pair_v[v, pair_off[a * J + b] + lvl[a] * j_size[b] + lvl[b]] += w
         ll_v[v] = ll
     # reduce the virtual ranges in a fixed order
     ll = 0.0
     for v in range(V):
         ll += ll_v[v]
-    return (ll, _reduce(g_lev_v), _reduce(g_nb_v), _reduce(a_nb_v), _reduce(a_nbl_v),
-            _reduce(a_pair_v), _reduce(s_cl_v))
+    return (ll, _reduce(g_v), _reduce(g_nb_v), _reduce(a_nb_v), _reduce(a_mj_v), _reduce(a_xj_v),
+            _reduce(a_pair_v), _reduce(s_mj_v))
 
 
 @njit(cache=True)

@@ -13,7 +13,7 @@ import statsmodels.api as sm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.design import component_design, dense_design, households_from_population
+from engine.design import JOINT_OFF, JOINT_SIZES, component_design, dense_design, households_from_population
 from engine.fit import EstimationError, _Evaluator, fit_component
 from engine.model import fit_model, fit_to_folder, read_fit
 from engine.norms import load_norms
@@ -92,18 +92,27 @@ def test_kernel_and_assembly_match_numpy(big12):
 def test_raw_kernel_histograms_match_bincount(big12):
     hh = households_from_population(big12)
     d = component_design(hh, load_spec().volume)
+    ev = _Evaluator(d)
     lay = d.layout
     theta = np.zeros(lay.n_params)
     level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
-    out = logit_pass(d.codes, lay.cols, lay.lev_off, lay.n_lev, level_coef, d.nbhd, nb_eta, hh.n_nb, d.y,
-                     np.zeros(0), 0, d.nb_mun, 0, lay.pair_off, lay.n_pair, N_VIRTUAL)
-    a_nb, a_nbl, a_pair = out[3], out[4], out[5]
-    np.testing.assert_allclose(a_nb, 0.25 * np.bincount(d.nbhd, minlength=hh.n_nb))
-    c0, c1 = d.codes[:, lay.cols[0]], d.codes[:, lay.cols[1]]
-    np.testing.assert_allclose(a_nbl[:, lay.lev_off[1]:lay.lev_off[1] + lay.n_lev[1]].sum(0),
-                               0.25 * np.bincount(c1, minlength=lay.n_lev[1]))
-    pair01 = 0.25 * np.bincount(c0.astype(int) * lay.n_lev[1] + c1, minlength=lay.n_lev[0] * lay.n_lev[1])
-    np.testing.assert_allclose(a_pair[:lay.n_lev[0] * lay.n_lev[1]], pair01)
+    out = logit_pass(d.joint, JOINT_OFF, np.asarray(JOINT_SIZES), ev.M @ level_coef, d.nbhd, nb_eta, hh.n_nb,
+                     d.nb_cont, d.nb_mun, ev.n_mun, d.y, np.zeros(0), 0, True, ev.pair_off, ev.n_pair, N_VIRTUAL)
+    g_j, a_nb, a_mj, a_xj, a_pair, s_mj = out[1], out[3], out[4], out[5], out[6], out[7]
+    q = 0.25                                                # p = 1/2 everywhere
+    mun = d.nb_mun[d.nbhd]
+    np.testing.assert_allclose(a_nb, q * np.bincount(d.nbhd, minlength=hh.n_nb))
+    j0, j1 = d.joint[:, 0].astype(int), d.joint[:, 1].astype(int) + JOINT_OFF[1]
+    np.testing.assert_allclose(a_mj[:, j1[0]], q * np.bincount(mun, weights=j1 == j1[0], minlength=ev.n_mun))
+    np.testing.assert_allclose(a_xj[0, :JOINT_SIZES[0]],
+                               q * np.bincount(j0, weights=d.nb_cont[d.nbhd, 0], minlength=JOINT_SIZES[0]))
+    pair01 = q * np.bincount(j0 * JOINT_SIZES[1] + d.joint[:, 1], minlength=JOINT_SIZES[0] * JOINT_SIZES[1])
+    np.testing.assert_allclose(a_pair[:JOINT_SIZES[0] * JOINT_SIZES[1]], pair01)
+    r = d.y - 0.5
+    np.testing.assert_allclose(g_j[:JOINT_SIZES[0]], np.bincount(j0, weights=r, minlength=JOINT_SIZES[0]),
+                               atol=1e-9)
+    np.testing.assert_allclose(s_mj[:, j1[0]], np.bincount(mun, weights=r * (j1 == j1[0]), minlength=ev.n_mun),
+                               atol=1e-9)
 
 
 def _statsmodels_fit(X, y, groups, glm: bool):
