@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from engine.design import FACTOR_COLUMNS, Households, Layout, households_from_population, make_layout
+from engine.design import (FACTOR_COLUMNS, JOINT_GROUPS, JOINT_OFF, JOINT_SIZES, Households, Layout,
+                           households_from_population, joint_codes, make_layout)
 from engine.model import ModelFit
 from engine.population import Population
 from engine.schema import CATEGORIES
@@ -28,18 +29,6 @@ from kernels.config import N_VIRTUAL
 from kernels.predict import group_sums, household_values
 
 TYPES = CATEGORIES["household_type"]
-
-
-def combo_groups(n_levels: list[int], limit: int = 256) -> list[list[int]]:
-    """Pack consecutive factors into groups whose joint number of levels fits a uint8."""
-    groups, cur, size = [], [], 1
-    for k, n in enumerate(n_levels):
-        if cur and size * n > limit:
-            groups.append(cur)
-            cur, size = [], 1
-        cur.append(k)
-        size *= n
-    return groups + ([cur] if cur else [])
 
 
 @dataclass(frozen=True)
@@ -65,38 +54,16 @@ class PredictionDesign:
 
 
 def prediction_design(hh: Households, norms) -> PredictionDesign:
-    n_levels = [len(CATEGORIES[f]) for f in FACTOR_COLUMNS]
-    groups = combo_groups(n_levels)
-    combo = np.empty((hh.n, len(groups)), dtype=np.uint8)
-    for g, members in enumerate(groups):
-        code = np.zeros(hh.n, dtype=np.int32)
-        for k in members:
-            code = code * n_levels[k] + hh.codes[:, k]
-        combo[:, g] = code
-    assert groups[0][0] == FACTOR_COLUMNS.index("household_type")
-    type_div = int(np.prod([n_levels[k] for k in groups[0][1:]]))
-    return PredictionDesign(combo=combo, groups=tuple(tuple(g) for g in groups), nbhd=hh.nbhd, nb_mun=hh.nb_mun,
+    assert JOINT_GROUPS[0][0] == FACTOR_COLUMNS.index("household_type")
+    type_div = JOINT_SIZES[0] // len(CATEGORIES["household_type"])
+    return PredictionDesign(combo=joint_codes(hh.codes), groups=JOINT_GROUPS, nbhd=hh.nbhd, nb_mun=hh.nb_mun,
                             norm_index=hh.norm_index(norms).astype(np.uint16),
                             type_of_code=np.arange(256, dtype=np.int64) // type_div, n_mun=hh.n_mun)
 
 
-def combo_tables(pd_: PredictionDesign, lay: Layout, level_coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def combo_tables(lay: Layout, level_coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, table) of the joint codes for one component's level coefficients."""
-    n_levels = [len(CATEGORIES[f]) for f in FACTOR_COLUMNS]
-    effect = {int(c): level_coef[lay.lev_off[k]:lay.lev_off[k] + lay.n_lev[k]] for k, c in enumerate(lay.cols)}
-    offsets, tables = [], []
-    off = 0
-    for members in pd_.groups:
-        size = int(np.prod([n_levels[k] for k in members]))
-        digits = np.indices([n_levels[k] for k in members]).reshape(len(members), size)
-        t = np.zeros(size)
-        for d, k in zip(digits, members):
-            if k in effect:
-                t += effect[k][d]
-        offsets.append(off)
-        tables.append(t)
-        off += size
-    return np.asarray(offsets, dtype=np.int64), np.concatenate(tables)
+    return JOINT_OFF, lay.joint_map() @ level_coef
 
 
 @dataclass(frozen=True)
@@ -130,8 +97,8 @@ def prediction_tables(hh: Households, fit: ModelFit, pd_: PredictionDesign, volu
                                 fe_value=fit.volume.fe_common if v_lay.fe_start >= 0 else None)
     p_coef, p_nb = p_lay.tables(np.nan_to_num(pp), hh.nb_cont, hh.nb_mun,
                                 fe_value=fit.price.fe_common if p_lay.fe_start >= 0 else None)
-    v_off, v_tab = combo_tables(pd_, v_lay, v_coef)
-    p_off, p_tab = combo_tables(pd_, p_lay, p_coef)
+    v_off, v_tab = combo_tables(v_lay, v_coef)
+    p_off, p_tab = combo_tables(p_lay, p_coef)
     return Tables(v_off, v_tab, v_nb, p_off, p_tab, p_nb, fit.norms.table().ravel())
 
 
