@@ -1,0 +1,369 @@
+"""Coverage of the 95% budget bands over repeated synthetic worlds (issue 5).
+
+For each of ``--worlds`` synthetic Netherlands (seeds ``--seed``, ``--seed + 1``, ...):
+
+1. generate ``--households`` households (``engine.synth.generate``, with its truth);
+2. fit the model (``engine.model.fit_to_folder``);
+3. run the parametric bootstrap (``engine.bootstrap.run_bootstrap``, ``--replicates`` draws);
+4. compute each municipality's **true expected budget**: the truth's ``objective_cost``
+   (``truth.json``: the true coefficients with the common effect that reproduces the
+   national expected count, i.e. the model's prediction rule applied to the truth)
+   distributed with the same regime, historical shares and TB as the estimate;
+5. check whether the 2.5-97.5% band of the budget (``bands_table``) covers it, and the
+   same for the budget share and the objective share O_g / sum O.
+
+Coverage is reported per world, overall and by size class of the regime (historical
+<= 15k inhabitants, pro rata 15-40k, objective >= 40k). **Degenerate bands** (width 0, as
+for a municipality without historical spending, whose budget is 0 in every replicate)
+are excluded from every rate. Municipalities at or below 15k inhabitants get a purely
+historical budget: their band only moves with the normalisation sum (one number shared
+by all of them), so they cover or miss together; the headline rate is therefore given
+for the municipalities with an objective weight (> 15k) and separately with them.
+
+Diagnostics, to explain a coverage that is off rather than hide it:
+
+- ``expected_coverage_finite_B``: what a perfect bootstrap gives with B replicates and
+  ``numpy.quantile``'s interpolation: a new draw lands between the interpolated order
+  statistics k1 = 1 + 0.025 (B - 1) and k2 = 1 + 0.975 (B - 1) with probability
+  (k2 - k1) / (B + 1) (0.9405 for B = 200, 0.948 for B = 1000).
+- coefficient z-scores (estimate - truth) / cluster-robust se of the volume terms that
+  enter prediction and of the price terms: their mean square per world should be about 1;
+  above 1 means the covariance the draws come from is too small.
+- coverage against a second target, ``realised``: the truth's coefficients with the
+  common effect recalibrated to the *realised* national count (the estimate's own rule:
+  ``fe_common`` is fitted to realised counts, the truth's ``objective_cost`` to expected
+  counts). If coverage against it differs, the level definition matters.
+- the z-score of the budget share (point - truth) / bootstrap sd, its mean (bias) and sd
+  (should be about 1) over the municipalities of each world.
+
+Outputs in ``--out``: ``coverage_worlds.csv`` (one row per world), ``coverage_municipalities.csv``
+(one row per world and municipality), ``coverage_terms.csv`` (one row per world and
+coefficient: estimate, truth, cluster-robust se, z), ``coverage_summary.json``, and a readable table on
+stdout. Worlds are generated into ``--out/worlds/`` and removed after use unless ``--keep``.
+
+    python scripts/coverage_study.py --out /tmp/coverage                 # 20 worlds of 1,000,000 households
+    python scripts/coverage_study.py --worlds 30 --households 500000 --replicates 1000 --out /tmp/cov
+
+About 10-15 s per world of 1,000,000 households with 1,000 replicates on 2 cores (so the
+default study takes 4-5 minutes). Runs in this process by default (``--workers 0``: Numba
+uses all cores); ``--workers N`` uses a Dask LocalCluster instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+LEVEL = 0.95
+CLASSES = ("historical", "pro_rata", "objective")
+
+
+def expected_coverage_finite_b(replicates: int, level: float = LEVEL) -> float:
+    """Probability that a new draw of the bootstrap distribution falls inside the
+    ``numpy.quantile`` (linear) interval of ``replicates`` draws: (k2 - k1) / (B + 1)."""
+    a = (1 - level) / 2
+    k1 = 1 + a * (replicates - 1)
+    k2 = 1 + (1 - a) * (replicates - 1)
+    return (k2 - k1) / (replicates + 1)
+
+
+def size_classes(inhabitants: np.ndarray, regime) -> np.ndarray:
+    """0 historical (<= historical_up_to), 1 pro rata, 2 objective (>= objective_from)."""
+    n = np.asarray(inhabitants, dtype=np.float64)
+    return np.where(n <= regime.historical_up_to, 0, np.where(n < regime.objective_from, 1, 2))
+
+
+def true_parameters(fit, truth: dict) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+    """The truth's coefficients in the fit's term order: (volume, price, volume terms
+    compared, price terms compared). The volume intercept is the truth's common effect."""
+    from engine import truth as T
+
+    v, p = fit.volume, fit.price
+    vp, pp = np.zeros(len(v.term_names)), np.zeros(len(p.term_names))
+    v_cmp, p_cmp = [], []
+    for i, t in enumerate(v.term_names):
+        if t == "intercept":
+            vp[i] = truth["volume"]["common_effect"]
+        elif not t.startswith("municipality["):
+            vp[i] = T.VOLUME.get(t, 0.0)
+            v_cmp.append(i)
+    for i, t in enumerate(p.term_names):
+        pp[i] = T.PRICE.get(t, 0.0)
+        p_cmp.append(i)
+    return vp, pp, v_cmp, p_cmp
+
+
+def realised_level_cost(ctx, vp: np.ndarray, pp: np.ndarray) -> tuple[np.ndarray, float]:
+    """Objective cost per municipality with the true coefficients and the common effect
+    recalibrated so that the predicted national count equals the realised one."""
+    from engine.predict import predict, prediction_tables
+
+    fit0 = dataclasses.replace(ctx.fit, volume=dataclasses.replace(ctx.fit.volume, fe_common=0.0))
+    target = float(ctx.hh.outcome(ctx.fit.spec.volume.outcome).sum())
+
+    def at(c: float):
+        v = vp.copy()
+        v[0] = c
+        pr = predict(ctx.hh, fit0, ctx.pd, prediction_tables(ctx.hh, fit0, ctx.pd, v, pp))
+        return pr.predicted.sum() - target, pr.objective_cost
+
+    c0 = float(vp[0])
+    f0, cost = at(c0)
+    c1 = c0 + 0.01
+    for _ in range(30):                      # secant: the count is smooth and monotone in c
+        f1, cost = at(c1)
+        if abs(f1) < 1e-9 * target or f1 == f0:
+            break
+        c0, c1, f0 = c1, c1 - f1 * (c1 - c0) / (f1 - f0), f1
+    return cost, c1
+
+
+def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dict]]:
+    """Generate, fit, bootstrap and score one world: its summary row, its rows per
+    municipality and its rows per coefficient (z-score against the truth)."""
+    from engine.bootstrap import Settings, bands_table, context, run_bootstrap
+    from engine.model import fit_to_folder
+    from engine.population import read_population
+    from engine.rules import distribute
+    from engine.synth import generate
+
+    world = root / f"world-{seed}"
+    t0 = time.perf_counter()
+    generate(world / "population", households=args.households, seed=seed, planted=args.planted,
+             planted_effect=args.planted_effect, policy_sd=args.policy_sd)
+    t1 = time.perf_counter()
+    fit_to_folder(read_population(world / "population"), world / "fit", spec=args.spec)
+    t2 = time.perf_counter()
+    settings = Settings(population=str(world / "population"), coefficients=str(world / "fit"), regime=args.regime,
+                        method="parametric", seed=seed)
+    res = run_bootstrap(settings, world / "bootstrap", replicates=args.replicates, batch_size=args.batch_size,
+                        workers=args.workers)
+    t3 = time.perf_counter()
+    ctx = context(settings)
+    truth = ctx.pop.truth
+    if truth is None:
+        raise ValueError(f"{world / 'population'} has no truth.json")
+    by_code = {m["code"]: m for m in truth["municipalities"]}
+    codes = ctx.hh.mun_codes
+    true_cost = np.array([by_code[c]["objective_cost"] for c in codes])
+
+    def targets(cost):
+        b = distribute(ctx.regime, cost, ctx.hist, ctx.inhabitants, ctx.tb).budget
+        return b, b / b.sum(), cost / cost.sum()
+
+    true_budget, true_share, true_oshare = targets(true_cost)
+    vp, pp, v_cmp, p_cmp = true_parameters(ctx.fit, truth)
+    real_cost, real_c = realised_level_cost(ctx, vp, pp)
+    real_budget, real_share, _ = targets(real_cost)
+
+    bands = bands_table(res)
+    col = lambda c: bands.column(c).to_numpy()  # noqa: E731
+    b_lo, b_hi = col("budget_q2_5"), col("budget_q97_5")
+    s_lo, s_hi = col("share_q2_5"), col("share_q97_5")
+    oshare = res.values["objective_cost"] / res.values["objective_cost"].sum(axis=1, keepdims=True)
+    o_lo, o_hi = np.quantile(oshare, [0.025, 0.975], axis=0)
+    point_budget = res.point_budget
+    point_share = point_budget / point_budget.sum()
+    share_sd = res.values["share"].std(axis=0, ddof=1)
+
+    degenerate = (b_hi - b_lo) <= 1e-12 * np.maximum(np.abs(point_budget), 1.0)
+    cls = size_classes(ctx.inhabitants, ctx.regime)
+    cover = {
+        "budget": (b_lo <= true_budget) & (true_budget <= b_hi),
+        "share": (s_lo <= true_share) & (true_share <= s_hi),
+        "objective_share": (o_lo <= true_oshare) & (true_oshare <= o_hi),
+        "budget_realised": (b_lo <= real_budget) & (real_budget <= b_hi),
+        "share_realised": (s_lo <= real_share) & (real_share <= s_hi),
+    }
+    z_share = np.where(degenerate, np.nan, (point_share - true_share) / np.where(share_sd > 0, share_sd, np.nan))
+
+    v, p = ctx.fit.volume, ctx.fit.price
+    zv = (v.params[v_cmp] - vp[v_cmp]) / v.se("cluster")[v_cmp]
+    zp = (p.params[p_cmp] - pp[p_cmp]) / p.se("cluster")[p_cmp]
+
+    ok = ~degenerate
+    objective = ok & (cls > 0)
+    row = {"seed": seed, "households": args.households, "replicates": args.replicates,
+           "municipalities": len(codes), "degenerate": int(degenerate.sum()),
+           "evaluated_gt15k": int(objective.sum()), "evaluated_all": int(ok.sum())}
+    for name, c in cover.items():
+        row[f"{name}_cov_gt15k"] = float(c[objective].mean())
+        row[f"{name}_cov_all"] = float(c[ok].mean())
+        for k, label in enumerate(CLASSES):
+            m = ok & (cls == k)
+            row[f"{name}_cov_{label}"] = float(c[m].mean()) if m.any() else float("nan")
+    zs = z_share[objective]
+    row.update({
+        "z_share_mean_gt15k": float(np.mean(zs)), "z_share_sd_gt15k": float(np.std(zs, ddof=1)),
+        "z2_volume": float(np.mean(zv ** 2)), "z2_price": float(np.mean(zp ** 2)),
+        "n_volume_terms": len(zv), "n_price_terms": len(zp),
+        "common_effect_fit": float(v.params[0] + v.fe_common), "common_effect_truth": float(vp[0]),
+        "common_effect_truth_realised": float(real_c),
+        "objective_cost_point_over_truth": float(res.values["objective_cost"].mean(axis=0).sum() / true_cost.sum()),
+        "median_rel_halfwidth_gt15k": float(np.median((b_hi - b_lo)[objective] / 2 / point_budget[objective])),
+        "seconds_generate": t1 - t0, "seconds_fit": t2 - t1, "seconds_bootstrap": t3 - t2,
+    })
+    names = bands.column("name").to_pylist()
+    mun_rows = [{"seed": seed, "code": c, "name": names[g], "inhabitants": int(ctx.inhabitants[g]),
+                 "size_class": CLASSES[cls[g]], "degenerate": bool(degenerate[g]),
+                 "planted": bool(by_code[c]["planted"]), "true_budget": true_budget[g], "point_budget": point_budget[g],
+                 "budget_q2_5": b_lo[g], "budget_q97_5": b_hi[g], "covered": bool(cover["budget"][g]),
+                 "true_share": true_share[g], "share_q2_5": s_lo[g], "share_q97_5": s_hi[g],
+                 "share_covered": bool(cover["share"][g]), "objective_share_covered": bool(cover["objective_share"][g]),
+                 "z_share": z_share[g]}
+                for g, c in enumerate(codes)]
+    term_rows = [{"seed": seed, "component": comp.name, "term": comp.term_names[i], "estimate": comp.params[i],
+                  "truth": truth_params[i], "se_cluster": comp.se("cluster")[i], "z": z}
+                 for comp, truth_params, idx, zs in ((v, vp, v_cmp, zv), (p, pp, p_cmp, zp))
+                 for i, z in zip(idx, zs)]
+    if not args.keep:
+        shutil.rmtree(world, ignore_errors=True)
+    return row, mun_rows, term_rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def summarise(worlds: list[dict], muns: list[dict], replicates: int) -> dict:
+    """Pooled coverage over all worlds (municipality-worlds), with a binomial standard error."""
+    out = {"worlds": len(worlds), "replicates": replicates,
+           "expected_coverage_finite_B": expected_coverage_finite_b(replicates)}
+    ok = [m for m in muns if not m["degenerate"]]
+    for what, key in (("budget", "covered"), ("share", "share_covered"), ("objective_share", "objective_share_covered")):
+        for label, sel in (("gt15k", lambda m: m["size_class"] != "historical"), ("all", lambda m: True),
+                           *((c, (lambda c: lambda m: m["size_class"] == c)(c)) for c in CLASSES)):
+            xs = [m[key] for m in ok if sel(m)]
+            if xs:
+                p = float(np.mean(xs))
+                out[f"{what}_{label}"] = {"coverage": p, "n": len(xs)}
+        per_world = [w[f"{what}_cov_gt15k"] for w in worlds]
+        out[f"{what}_gt15k"]["per_world_min"] = float(np.min(per_world))
+        out[f"{what}_gt15k"]["per_world_max"] = float(np.max(per_world))
+        sd = float(np.std(per_world, ddof=1)) if len(per_world) > 1 else float("nan")
+        out[f"{what}_gt15k"]["per_world_sd"] = sd
+        # municipalities of one world miss together (one coefficient error moves them all):
+        # the standard error of the pooled rate is that of the mean of the per-world rates
+        out[f"{what}_gt15k"]["se_between_worlds"] = sd / np.sqrt(len(per_world))
+    for what in ("budget_realised", "share_realised"):
+        out[f"{what}_gt15k"] = {"coverage": float(np.mean([w[f"{what}_cov_gt15k"] for w in worlds]))}
+    out["degenerate_per_world"] = sorted({w["degenerate"] for w in worlds})
+    out["z2_volume_mean"] = float(np.mean([w["z2_volume"] for w in worlds]))
+    out["z2_price_mean"] = float(np.mean([w["z2_price"] for w in worlds]))
+    out["n_volume_terms"], out["n_price_terms"] = worlds[0]["n_volume_terms"], worlds[0]["n_price_terms"]
+    out["z_share_mean_gt15k"] = float(np.mean([w["z_share_mean_gt15k"] for w in worlds]))
+    out["z_share_sd_gt15k"] = float(np.mean([w["z_share_sd_gt15k"] for w in worlds]))
+    out["planted_budget_coverage"] = float(np.mean([m["covered"] for m in ok if m["planted"]])) if any(
+        m["planted"] for m in ok) else float("nan")
+    return out
+
+
+def format_report(worlds: list[dict], s: dict) -> str:
+    lines = [f"{'seed':>10} {'budget>15k':>10} {'budget all':>10} {'pro rata':>9} {'objective':>9} {'historical':>10} "
+             f"{'share>15k':>9} {'O-share':>8} {'z2 vol':>7} {'z2 price':>8} {'z mean':>7} {'z sd':>5} {'s':>6}"]
+    for w in worlds:
+        lines.append(f"{w['seed']:>10} {w['budget_cov_gt15k']:>10.3f} {w['budget_cov_all']:>10.3f} "
+                     f"{w['budget_cov_pro_rata']:>9.3f} {w['budget_cov_objective']:>9.3f} "
+                     f"{w['budget_cov_historical']:>10.3f} {w['share_cov_gt15k']:>9.3f} "
+                     f"{w['objective_share_cov_gt15k']:>8.3f} {w['z2_volume']:>7.2f} {w['z2_price']:>8.2f} "
+                     f"{w['z_share_mean_gt15k']:>7.2f} {w['z_share_sd_gt15k']:>5.2f} "
+                     f"{w['seconds_generate'] + w['seconds_fit'] + w['seconds_bootstrap']:>6.1f}")
+    g = s["budget_gt15k"]
+    lines += ["",
+              f"{s['worlds']} worlds, {s['replicates']} parametric replicates each; a perfect bootstrap with this many "
+              f"replicates covers {s['expected_coverage_finite_B']:.4f} (finite-B quantiles)",
+              f"degenerate bands excluded (width 0; per world: {s['degenerate_per_world']})",
+              f"budget coverage, municipalities > 15k inhabitants: {g['coverage']:.4f} (n = {g['n']}; per world "
+              f"{g['per_world_min']:.3f} .. {g['per_world_max']:.3f}, sd {g['per_world_sd']:.3f}; standard error of the "
+              f"rate over worlds {g['se_between_worlds']:.3f})"]
+    for what in ("budget", "share", "objective_share"):
+        parts = [f"{lab} {s[f'{what}_{lab}']['coverage']:.4f} (n {s[f'{what}_{lab}']['n']})"
+                 for lab in ("gt15k", "all", *CLASSES) if f"{what}_{lab}" in s]
+        lines.append(f"  {what:<16} " + "; ".join(parts))
+    lines += [f"  against the truth at the realised level: budget {s['budget_realised_gt15k']['coverage']:.4f}, "
+              f"share {s['share_realised_gt15k']['coverage']:.4f} (> 15k)",
+              f"  planted municipalities: budget coverage {s['planted_budget_coverage']:.3f}",
+              f"coefficient z-scores (estimate - truth) / cluster-robust se, mean square over worlds: volume "
+              f"{s['z2_volume_mean']:.2f} ({s['n_volume_terms']} terms), price {s['z2_price_mean']:.2f} "
+              f"({s['n_price_terms']} terms); 1 if the covariance is right",
+              f"budget share z = (point - truth) / bootstrap sd (> 15k): mean {s['z_share_mean_gt15k']:+.2f}, "
+              f"sd {s['z_share_sd_gt15k']:.2f} (averaged over worlds)"]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python scripts/coverage_study.py",
+                                description="How often the 95%% budget bands cover the true expected budget, "
+                                            "over repeated synthetic worlds.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder (CSV, JSON; worlds/ while running)")
+    p.add_argument("--worlds", type=int, default=20, help="number of synthetic worlds")
+    p.add_argument("--households", type=int, default=1_000_000, help="households per world")
+    p.add_argument("--replicates", type=int, default=1000, help="parametric bootstrap replicates per world")
+    p.add_argument("--seed", type=int, default=1000, help="seed of the first world (then +1, +2, ...); also "
+                                                           "the bootstrap seed of that world")
+    p.add_argument("--planted", type=int, default=10, help="planted strong-policy municipalities per world")
+    p.add_argument("--planted-effect", type=float, default=-0.7, help="planted effect on the log-odds")
+    p.add_argument("--policy-sd", type=float, default=0.05, help="sd of the natural policy effects")
+    p.add_argument("--spec", default="2019", help="model spec")
+    p.add_argument("--regime", default="2019", help="regime of the household model")
+    p.add_argument("--batch-size", type=int, default=100, help="replicates per batch")
+    p.add_argument("--workers", type=int, default=0, help="0: in this process (Numba on all cores); N: Dask workers")
+    p.add_argument("--keep", action="store_true", help="keep each world's population, fit and replicates")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worlds < 1 or args.replicates < 2:
+        raise SystemExit("--worlds must be >= 1 and --replicates >= 2")
+    out = Path(args.out)
+    root = out / "worlds"
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()
+    worlds, muns, terms = [], [], []
+    for i in range(args.worlds):
+        row, rows, trows = study_world(args.seed + i, args, root)
+        worlds.append(row)
+        muns += rows
+        terms += trows
+        print(f"world {i + 1}/{args.worlds} (seed {row['seed']}): budget coverage > 15k {row['budget_cov_gt15k']:.3f}, "
+              f"all {row['budget_cov_all']:.3f}; "
+              f"{row['seconds_generate'] + row['seconds_fit'] + row['seconds_bootstrap']:.1f} s", flush=True)
+    s = summarise(worlds, muns, args.replicates)
+    s.update({"households": args.households, "seconds": time.perf_counter() - t0, "cores": os.cpu_count(),
+              "loadavg_start": load0, "loadavg_end": os.getloadavg(), "seed": args.seed,
+              "planted": args.planted, "planted_effect": args.planted_effect, "policy_sd": args.policy_sd})
+    _write_csv(out / "coverage_worlds.csv", worlds)
+    _write_csv(out / "coverage_municipalities.csv", muns)
+    _write_csv(out / "coverage_terms.csv", terms)
+    tmp = out / f".coverage_summary.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(s, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "coverage_summary.json")
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    print()
+    print(format_report(worlds, s))
+    print(f"\n{s['seconds']:.0f} s on {os.cpu_count()} cores, load average {load0[0]:.2f} at start, "
+          f"{s['loadavg_end'][0]:.2f} at end; wrote coverage_worlds.csv, coverage_municipalities.csv, "
+          f"coverage_terms.csv, coverage_summary.json to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
