@@ -39,19 +39,23 @@ C5 = 1.0 / 120.0
 C4 = 1.0 / 24.0
 C3 = 1.0 / 6.0
 C2 = 0.5
+POW2 = 2.0 ** np.arange(-1022, 1024).astype(np.float64)   # 2^k at index k + 1022
 
 
 @njit(cache=True)
 def exp_block(x, out, kd, sb, m):
-    """out[:m] = exp(x[:m]); ``kd`` (float64) and ``sb`` (int64) are scratch of at least m
-    elements. They must not overlap: the bits are read from one and written to the other."""
+    """out[:m] = exp(x[:m]); ``kd`` (float64) and ``sb`` (int64) are scratch of at least m.
+
+    2^k comes from the constant table POW2 (no reinterpretation of memory through views:
+    LLVM's type-based alias analysis may reorder a float store and an int load of the
+    same bytes, which gave wrong results in a fresh compile)."""
     for j in range(m):
         xc = min(max(x[j], X_MIN), X_MAX)
-        kd[j] = xc * LOG2E + SHIFT
-    ki = kd.view(np.int64)
+        kd[j] = (xc * LOG2E + SHIFT) - SHIFT          # round to the nearest integer
+        sb[j] = np.int64(kd[j]) + 1022
     for j in range(m):
         xc = min(max(x[j], X_MIN), X_MAX)
-        k = kd[j] - SHIFT
+        k = kd[j]
         r = (xc - k * LN2_HI) - k * LN2_LO
         p = C13
         p = p * r + C12
@@ -67,11 +71,7 @@ def exp_block(x, out, kd, sb, m):
         p = p * r + C2
         p = p * r + 1.0
         p = p * r + 1.0
-        out[j] = p
-        sb[j] = (ki[j] + 1023) << 52
-    scale = sb.view(np.float64)
-    for j in range(m):
-        v = out[j] * scale[j]
+        v = p * POW2[sb[j]]
         out[j] = np.inf if x[j] > X_MAX else v
 
 
