@@ -3,15 +3,19 @@
 Numba's pip build has no SVML, so ``np.exp`` in a loop stays scalar (about 10 ns a call on
 this machine) and dominated the prediction pass. ``exp_block`` computes exp over a block
 with plain arithmetic that LLVM vectorises: the range reduction of glibc/musl
-(x = k ln2 + r with a shift constant, so k's bits come out of the float without a
-conversion), a degree-13 Taylor polynomial on |r| <= ln2/2 (truncation error below
-1e-17 relative), and 2^k assembled in the exponent bits of a reinterpreted int64 array.
-Relative error against ``np.exp`` is a few ulp (tested). No fast-math flags: with
-"reassoc", (x log2e + SHIFT) - SHIFT folds to x log2e and the trick breaks, and with
-exact IEEE arithmetic the vector lanes and the scalar tail of a loop agree bit for bit,
-so a value does not depend on its position in a block (the bootstrap relies on this). exp(x) is +inf above 709 (true value above 8e307),
-0 below -708 would need subnormals and returns exp(-708) instead (about 3e-308, which
-makes 1/(1+exp(x)) exactly 1.0); NaN stays NaN.
+(x = k ln2 + r, k rounded with a shift constant), a degree-13 Taylor polynomial on
+|r| <= ln2/2 (truncation error below 1e-17 relative), and 2^k from a constant table.
+Relative error against ``np.exp`` is a few ulp (tested).
+
+No fast-math, and set so explicitly: Numba otherwise compiles a callee with its caller's
+flags (the prediction kernels' FASTMATH), and with "reassoc" (x log2e + SHIFT) - SHIFT
+folds to x log2e and the trick breaks (exp came out up to 2x wrong in a fresh compile).
+With exact IEEE arithmetic the vector lanes and the scalar tail of a loop agree bit for
+bit, so a value does not depend on its position in a block (the bootstrap relies on this).
+
+exp(x) is +inf above 709 (true value above 8e307); below -708 it would need subnormals
+and returns exp(-708) instead (about 3e-308, which makes 1/(1+exp(x)) exactly 1.0); NaN
+stays NaN.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ C2 = 0.5
 POW2 = 2.0 ** np.arange(-1022, 1024).astype(np.float64)   # 2^k at index k + 1022
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def exp_block(x, out, kd, sb, m):
     """out[:m] = exp(x[:m]); ``kd`` (float64) and ``sb`` (int64) are scratch of at least m.
 
@@ -75,7 +79,7 @@ def exp_block(x, out, kd, sb, m):
         out[j] = np.inf if x[j] > X_MAX else v
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def exp_array(x):
     """exp of a 1-d array with exp_block (for tests and small callers)."""
     n = x.shape[0]
