@@ -203,12 +203,26 @@ def context(settings: Settings) -> Context:
     return _CONTEXTS[key]
 
 
-def batch_task(settings: Settings, start: int, stop: int, numba_threads: int) -> dict[str, np.ndarray]:
-    """A Dask task: one batch of replicates, with Numba limited to its share of the cores."""
-    import numba
+def batch_task(settings: Settings, start: int, stop: int, dask_threads: dict[str, int]) -> dict[str, np.ndarray]:
+    """A Dask task: one batch of replicates, with Numba limited to its share of the cores.
 
-    numba.set_num_threads(max(1, min(numba_threads, numba.config.NUMBA_NUM_THREADS)))
+    ``dask_threads`` maps each worker host to the Dask threads of all workers on it; the
+    task gives Numba this host's cores divided by that, so the two never oversubscribe."""
+    import numba
+    from distributed import get_worker
+
+    host = get_worker().address.rsplit(":", 1)[0].split("://")[-1]
+    threads = (os.cpu_count() or 1) // max(1, dask_threads.get(host, 1))
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     return context(settings).run_batch(start, stop)
+
+
+def dask_threads_per_host(client) -> dict[str, int]:
+    """Host -> Dask threads of all the cluster's workers on that host."""
+    counts: dict[str, int] = {}
+    for w in client.scheduler_info(n_workers=-1)["workers"].values():
+        counts[w["host"]] = counts.get(w["host"], 0) + int(w["nthreads"])
+    return counts
 
 
 # --------------------------------------------------------------------------- files
@@ -307,13 +321,15 @@ def _client(workers: int, scheduler: str | None):
 
 
 def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, batch_size: int = 25,
-                  workers: int | None = None, scheduler: str | None = None, progress=None) -> BootstrapResult:
+                  workers: int | None = None, scheduler: str | None = None, progress=None,
+                  client=None) -> BootstrapResult:
     """Run (or resume) a bootstrap into ``out``; finished batches are written as they complete.
 
     ``workers=0`` runs in this process without Dask; otherwise a ``LocalCluster`` of
     ``workers`` single-threaded processes on loopback (default: the number of cores), or the
-    scheduler at ``scheduler`` / ``DASK_SCHEDULER_ADDRESS``. Numba threads per worker are
-    cores / workers, so Dask threads x Numba threads never exceed the cores.
+    scheduler at ``scheduler`` / ``DASK_SCHEDULER_ADDRESS``, or an open ``client`` (left
+    open: its workers keep the population loaded between runs). Numba threads per task are
+    a host's cores / the Dask threads on that host, so the two never oversubscribe.
     """
     if settings.method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {settings.method!r}")
@@ -340,17 +356,24 @@ def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, ba
     elif todo:
         from dask.distributed import as_completed
 
-        with _client(workers, scheduler) as client:
-            n_workers = max(1, len(client.scheduler_info()["workers"]))
-            threads = max(1, cores // n_workers) if not scheduler else 0
-            futures = {client.submit(batch_task, settings, a, b, threads or cores, pure=False,
-                                     key=f"buig-batch-{a}-{b}-{os.getpid()}"): (a, b) for a, b in todo}
+        own = client is None
+        client = _client(workers, scheduler) if own else client
+        try:
+            threads = dask_threads_per_host(client)
+            futures = {client.submit(batch_task, settings, a, b, threads, pure=False,
+                                     key=f"buig-batch-{a}-{b}-{os.getpid()}-{time.time_ns()}"): (a, b)
+                       for a, b in todo}
             for fut in as_completed(futures):
                 a, b = futures[fut]
                 _write_batch(out, a, b, fut.result(), codes)
                 done_n += b - a
                 if progress:
                     progress(done_n, replicates)
+        finally:
+            if own:
+                client.close()
+                if client.cluster is not None:
+                    client.cluster.close()
     values = read_replicates(out, replicates, codes)
     return BootstrapResult(settings=settings, replicates=replicates, codes=codes,
                            names=np.asarray(ctx.pop.municipalities.column("name").to_pylist(), dtype=object),

@@ -1,0 +1,99 @@
+"""Cluster bootstrap on Dask: 2 workers vs 1 worker on the same refits (scaling efficiency).
+
+Each timed call is ``engine.bootstrap.run_bootstrap(method="cluster")`` into a fresh
+folder on an open ``LocalCluster`` (loopback, one Dask thread per worker): per replicate
+the municipalities are resampled, both components refitted warm from the full-sample
+estimate, and the whole distribution run on the full population; batches of
+``BATCH`` replicates are Dask tasks and are written as Parquet as they finish.
+
+- buig: 2 workers, Numba on 1 thread in each (the cores divided by the Dask threads).
+- one_worker: 1 worker with Numba held to 1 thread (``NUMBA_NUM_THREADS=1``): the
+  one-core baseline, so one_worker / buig is the speed-up of the second worker
+  (efficiency = ratio / 2).
+- one_worker_2threads: 1 worker whose Numba uses both cores (how far Numba's own
+  threads get on the same refits).
+
+Setup starts the cluster and fits the full sample (untimed); the warm-up runs one
+replicate per worker so every worker has read the population, built its context and
+compiled the kernels before the timed calls. Peak RSS is the driver's only (the workers
+are other processes; each holds its own copy of the population).
+"""
+
+from __future__ import annotations
+
+from benchmarks.protocol import Floor, Impl
+
+REPEAT = 1
+TIMEOUT = 3600
+SEED = 5
+REPLICATES = {"small": 16, "full": 100}
+BATCH = 2
+# A second worker on a 2-core machine: about 1.9x at small scale (load ~2). Floor well below.
+FLOORS = [Floor(peer="one_worker", min_ratio=1.4, scales=("small",)),
+          Floor(peer="one_worker", min_ratio=1.5, scales=("full",))]
+
+
+def _setup(ctx, workers: int, numba_threads: int | None):
+    from dask.distributed import Client, LocalCluster
+
+    from engine.bootstrap import Settings, run_bootstrap
+
+    fit = ctx.shared / "fit"
+    if not (fit / "coefficients.parquet").exists():
+        from engine.model import fit_to_folder
+        from engine.population import read_population
+
+        fit_to_folder(read_population(ctx.dataset), fit)
+    settings = Settings(population=str(ctx.dataset), coefficients=str(fit), regime="2019", method="cluster",
+                        seed=SEED)
+    env = {"NUMBA_NUM_THREADS": str(numba_threads)} if numba_threads else {}
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, env=env)
+    client = Client(cluster)
+    state = {"ctx": ctx, "settings": settings, "client": client, "cluster": cluster, "calls": 0,
+             "replicates": REPLICATES.get(ctx.scale, 16), "workers": workers}
+    # warm-up: one replicate per worker, so each has loaded the data and compiled
+    run_bootstrap(settings, ctx.tmp / "warmup", replicates=workers, batch_size=1, client=client)
+    return state
+
+
+def _run(state):
+    from engine.bootstrap import run_bootstrap
+
+    state["calls"] += 1
+    return run_bootstrap(state["settings"], state["ctx"].tmp / f"run-{state['calls']}",
+                         replicates=state["replicates"], batch_size=BATCH, client=state["client"])
+
+
+def _warmup(state):
+    """Already warm from setup (every worker ran a replicate); a no-op, so nothing is timed twice."""
+
+
+def _extras(state, result, timing):
+    import numpy as np
+
+    r = state["replicates"]
+    out = {"replicates": r, "batch_size": BATCH, "workers": state["workers"],
+           "refits_per_s": r / timing["median_s"], "seconds_per_refit": timing["median_s"] / r}
+    budget = result.values["budget"]
+    if state["ctx"].impl == "buig":
+        state["ctx"].save("budget", budget)
+    else:
+        ref = state["ctx"].load("budget")
+        if ref is not None:
+            out["identical_to_buig"] = bool(np.array_equal(ref, budget))
+    state["client"].close()
+    state["cluster"].close()
+    return out
+
+
+def _impl(name, workers, numba_threads, note, role=""):
+    return Impl(name, setup=lambda ctx: _setup(ctx, workers, numba_threads), run=_run, warmup=_warmup,
+                extras=_extras, note=note, **({"role": role} if role else {}))
+
+
+IMPLEMENTATIONS = [
+    _impl("buig", 2, None, "run_bootstrap(method='cluster') on a 2-worker LocalCluster, Numba 1 thread each"),
+    _impl("one_worker", 1, 1, "the same on a 1-worker LocalCluster with NUMBA_NUM_THREADS=1 (one core)"),
+    _impl("one_worker_2threads", 1, None, "the same on a 1-worker LocalCluster, Numba on both cores"),
+]
