@@ -203,17 +203,20 @@ def context(settings: Settings) -> Context:
     return _CONTEXTS[key]
 
 
-def batch_task(settings: Settings, start: int, stop: int, dask_threads: dict[str, int]) -> dict[str, np.ndarray]:
-    """A Dask task: one batch of replicates, with Numba limited to its share of the cores.
-
-    ``dask_threads`` maps each worker host to the Dask threads of all workers on it; the
-    task gives Numba this host's cores divided by that, so the two never oversubscribe."""
+def limit_numba_to_host_share(dask_threads: dict[str, int]) -> None:
+    """In a Dask worker: Numba threads = this host's cores / the Dask threads of all workers on
+    it (``dask_threads``, from :func:`dask_threads_per_host`), so the two never oversubscribe."""
     import numba
     from distributed import get_worker
 
     host = get_worker().address.rsplit(":", 1)[0].split("://")[-1]
     threads = (os.cpu_count() or 1) // max(1, dask_threads.get(host, 1))
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
+def batch_task(settings: Settings, start: int, stop: int, dask_threads: dict[str, int]) -> dict[str, np.ndarray]:
+    """A Dask task: one batch of replicates, with Numba limited to its share of the host's cores."""
+    limit_numba_to_host_share(dask_threads)
     return context(settings).run_batch(start, stop)
 
 
@@ -307,6 +310,23 @@ class BootstrapResult:
     values: dict[str, np.ndarray]       # REPLICATE_COLUMNS -> (replicates, n_mun)
     seconds: float
     computed: int                       # replicates computed in this run (the rest were resumed)
+
+
+def use_tls(ca_file: str | None, cert: str | None, key: str | None) -> None:
+    """Connect to Dask schedulers over TLS only, with these PEM files (Dask's own settings
+    ``distributed.comm.tls.*`` and ``require-encryption``, set for this process; they can
+    equally come from Dask's configuration files or ``DASK_DISTRIBUTED__COMM__TLS__*``)."""
+    import dask
+
+    files = {"--tls-ca-file": ca_file, "--tls-cert": cert, "--tls-key": key}
+    missing = [flag for flag, f in files.items() if not f]
+    if missing:
+        raise ValueError(f"TLS needs all of --tls-ca-file, --tls-cert and --tls-key; missing {', '.join(missing)}")
+    for flag, f in files.items():
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"{flag}: no such file: {f}")
+    dask.config.set({"distributed.comm.tls.ca-file": str(ca_file), "distributed.comm.tls.client.cert": str(cert),
+                     "distributed.comm.tls.client.key": str(key), "distributed.comm.require-encryption": True})
 
 
 def _client(workers: int, scheduler: str | None):

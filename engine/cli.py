@@ -251,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scheduler", default=None,
                        help="address of a Dask scheduler (or set DASK_SCHEDULER_ADDRESS); workers must see the same "
                             "paths")
+        p.add_argument("--tls-ca-file", default=None,
+                       help="TLS to a tls:// scheduler: the CA certificate (PEM) that signed the cluster's certificates")
+        p.add_argument("--tls-cert", default=None, help="TLS: this client's certificate (PEM)")
+        p.add_argument("--tls-key", default=None, help="TLS: this client's private key (PEM)")
 
     def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
@@ -360,6 +364,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if any(getattr(args, k, None) for k in ("tls_ca_file", "tls_cert", "tls_key")):
+            from engine.bootstrap import use_tls
+
+            if not (args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+                raise ValueError("--tls-ca-file, --tls-cert and --tls-key secure the connection to a scheduler: "
+                                 "give its address with --scheduler tls://HOST:PORT")
+            use_tls(args.tls_ca_file, args.tls_cert, args.tls_key)
+        address = getattr(args, "scheduler", None) or os.environ.get("DASK_SCHEDULER_ADDRESS") or ""
+        if address.startswith("tls://"):
+            import dask
+
+            if not dask.config.get("distributed.comm.tls.ca-file", None):
+                raise ValueError(f"the scheduler at {address} speaks TLS: give --tls-ca-file, --tls-cert and --tls-key "
+                                 "(or set them in Dask's configuration, distributed.comm.tls.*)")
         return args.fn(args)
     except PopulationError as exc:
         print(f"buig: invalid input: {exc}", file=sys.stderr)

@@ -146,16 +146,13 @@ def load_sweep(path: str | Path, **overrides) -> Sweep:
 
 # --------------------------------------------------------------------------- tasks
 
-def _limit_threads(threads: int) -> None:
-    if threads > 0:
-        import numba
+def variant_task(scenario: Scenario, out: str, coefficients: str, dask_threads: dict[str, int] | None = None) -> dict:
+    """One variant's run (its bootstrap in this process); returns its statistics. As a Dask
+    task (``dask_threads`` given) Numba gets this worker's share of the host's cores."""
+    if dask_threads:
+        from engine.bootstrap import limit_numba_to_host_share
 
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-
-
-def variant_task(scenario: Scenario, out: str, coefficients: str, threads: int = 0) -> dict:
-    """A Dask task: one variant's run (its bootstrap in this process); returns its statistics."""
-    _limit_threads(threads)
+        limit_numba_to_host_share(dask_threads)
     return statistics(run(scenario, out, workers=0, coefficients=coefficients))
 
 
@@ -221,12 +218,11 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, *, workers: int | Non
     else:
         from dask.distributed import as_completed
 
-        from engine.bootstrap import _client
+        from engine.bootstrap import _client, dask_threads_per_host
 
         cores = os.cpu_count() or 1
         with _client(cores if workers is None else workers, scheduler) as client:
-            n_workers = max(1, len(client.scheduler_info()["workers"]))
-            threads = max(1, cores // n_workers) if not (scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")) else 0
+            threads = dask_threads_per_host(client)
             tag = f"{os.getpid()}-{time.time_ns()}"
             futures = {client.submit(variant_task, s, folders[i], fit_dirs[s.spec], threads, pure=False,
                                      key=f"buig-variant-{i}-{tag}"): i for i, s in enumerate(variants)}

@@ -34,6 +34,18 @@ def log_sigmoid_pair(eta):
     return e / (1.0 + e), eta - l1, -l1
 
 
+@njit(cache=True, inline="always")
+def loglik_term(y, logp, log1mp):
+    """y log p + (1 - y) log(1 - p), with 0 (not NaN) for a term whose weight is 0, so a
+    probability of exactly 0 or 1 (an infinite linear predictor) never turns ll into NaN."""
+    ll = 0.0
+    if y > 0.0:
+        ll += y * logp
+    if y < 1.0:
+        ll += (1.0 - y) * log1mp
+    return ll
+
+
 @njit(cache=True)
 def range_bounds(n, n_virtual):
     """Start of each of ``n_virtual`` contiguous row ranges (length n_virtual + 1)."""
@@ -94,7 +106,7 @@ def logit_pass(joint, j_off, j_size, j_coef, nbhd, nb_eta, n_nb, nb_cont, nb_mun
                 w = wi * p * (1.0 - p)
             else:
                 w = r * r
-            ll += wi * (yi * logp + (1.0 - yi) * log1mp)
+            ll += wi * loglik_term(yi, logp, log1mp)
             a_nb_v[v, nb] += w
             g_nb_v[v, nb] += r
             for k in range(J):

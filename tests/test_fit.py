@@ -305,3 +305,31 @@ def test_recovers_the_truth_on_a_million_households(tmp_path):
     z = np.abs(np.array(z))
     assert len(z) > 400
     assert np.mean(z <= 3) >= 0.95, f"{np.mean(z <= 3):.3f} of {len(z)} within 3 s.e."
+
+
+def test_probabilities_of_exactly_zero_or_one_give_no_nan():
+    from numba import njit
+
+    from kernels.glm import log_sigmoid_pair, loglik_term
+
+    @njit
+    def terms(eta, y):
+        out = np.empty((eta.size, 4))
+        for i in range(eta.size):
+            p, logp, log1mp = log_sigmoid_pair(eta[i])
+            out[i] = p, logp, log1mp, loglik_term(y[i], logp, log1mp)
+        return out
+
+    eta = np.array([-np.inf, -1e4, -800.0, -40.0, 0.0, 40.0, 800.0, 1e4, np.inf])
+    for y in (0.0, 1.0, 0.3):
+        got = terms(eta, np.full(eta.size, y))
+        assert not np.isnan(got).any(), (y, got)
+        p, ll = got[:, 0], got[:, 3]
+        assert ((p >= 0) & (p <= 1)).all() and p[0] == 0 and p[-1] == 1 and p[4] == 0.5
+        assert (ll <= 0).all()
+        finite = slice(1, -1)
+        want = -y * np.logaddexp(0, -eta[finite]) - (1 - y) * np.logaddexp(0, eta[finite])
+        np.testing.assert_allclose(ll[finite], want, rtol=1e-12, atol=1e-300)
+    assert terms(eta[[0, -1]], np.array([0.0, 1.0]))[:, 3].tolist() == [0.0, 0.0]       # certain and right
+    assert terms(eta[[0, -1]], np.array([1.0, 0.0]))[:, 3].tolist() == [-np.inf, -np.inf]  # certain and wrong
+

@@ -15,13 +15,15 @@ from engine.run import load_scenario, run
 
 HOSTILE = ["<script>alert(1)</script>", "\"&'", "Bad</td></tr></table><b>name"]
 HOSTILE_PROVINCE = "<img src=x onerror=alert(2)>"
+HOSTILE_FOLDER = "<svg onload=alert(3)>&'"      # a legal folder name; reaches the report through scenario.toml
 VOID = {"meta", "input", "br", "hr", "img", "link", "wbr", "col", "area", "base", "source"}
 
 
 @pytest.fixture(scope="module")
 def hostile_run(small_world, tmp_path_factory):
     """A run on the small world with three municipalities renamed and one province renamed."""
-    pop = tmp_path_factory.mktemp("hostile_pop")
+    pop = tmp_path_factory.mktemp("hostile_pop") / HOSTILE_FOLDER
+    pop.mkdir()
     for f in small_world.iterdir():
         shutil.copy(f, pop / f.name)
     mun = pq.read_table(pop / "municipalities.parquet")
@@ -108,8 +110,9 @@ def test_one_rekentool_entry_per_municipality(hostile_run):
 def test_names_from_data_are_escaped(hostile_run):
     _, out = hostile_run
     text = (out / "report.html").read_text(encoding="utf-8")
-    for raw in HOSTILE + [HOSTILE_PROVINCE]:
+    for raw in HOSTILE + [HOSTILE_PROVINCE, HOSTILE_FOLDER]:
         assert raw not in text
+    assert "&lt;svg onload=alert(3)&gt;&amp;" in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "&quot;&amp;&#x27;" in text
     assert "&lt;img src=x onerror=alert(2)&gt;" in text
