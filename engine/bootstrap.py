@@ -27,6 +27,7 @@ actual spending lies below the lower end of the band, i.e. ``p_explained < level
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -40,7 +41,7 @@ from threadpoolctl import threadpool_limits
 
 from engine.design import households_from_population
 from engine.model import ModelFit, fit_model, read_fit
-from engine.outputs import write_json
+from engine.outputs import remove_stale, temporary_name, write_json
 from engine.population import read_population
 from engine.predict import prediction_design, prediction_tables, predict
 from engine.redistribution import effects
@@ -191,16 +192,19 @@ class Context:
         return out
 
 
-_CONTEXTS: dict[tuple, Context] = {}
+_CONTEXTS: dict[tuple, tuple[str | None, Context]] = {}
 
 
-def context(settings: Settings) -> Context:
-    """The process's Context for these settings (built once: workers load the data themselves)."""
+def context(settings: Settings, inputs: str | None = None) -> Context:
+    """The process's Context for these settings (built once: workers load the data themselves).
+    With ``inputs`` (:func:`inputs_digest`) it is rebuilt when the files behind the same paths
+    changed since; without, the cached one is returned whatever its inputs."""
     key = tuple(sorted(settings.key().items()))
-    if key not in _CONTEXTS:
+    cached = _CONTEXTS.get(key)
+    if cached is None or (inputs is not None and cached[0] != inputs):
         _CONTEXTS.clear()
-        _CONTEXTS[key] = Context(settings)
-    return _CONTEXTS[key]
+        _CONTEXTS[key] = (inputs, Context(settings))
+    return _CONTEXTS[key][1]
 
 
 def limit_numba_to_host_share(dask_threads: dict[str, int]) -> None:
@@ -214,10 +218,11 @@ def limit_numba_to_host_share(dask_threads: dict[str, int]) -> None:
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
-def batch_task(settings: Settings, start: int, stop: int, dask_threads: dict[str, int]) -> dict[str, np.ndarray]:
+def batch_task(settings: Settings, start: int, stop: int, dask_threads: dict[str, int],
+               inputs: str | None = None) -> dict[str, np.ndarray]:
     """A Dask task: one batch of replicates, with Numba limited to its share of the host's cores."""
     limit_numba_to_host_share(dask_threads)
-    return context(settings).run_batch(start, stop)
+    return context(settings, inputs).run_batch(start, stop)
 
 
 def dask_threads_per_host(client) -> dict[str, int]:
@@ -240,19 +245,23 @@ def _write_batch(out: Path, start: int, stop: int, result: dict[str, np.ndarray]
                       "code": np.tile(codes, n).tolist(),
                       **{c: result[c].ravel() for c in REPLICATE_COLUMNS}})
     path = _batch_file(out, start, stop)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path)
     pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 
 def _done_ranges(out: Path) -> list[tuple[int, int]]:
+    """The finished batches: files ``replicates-START-STOP.parquet`` only (a batch is renamed into
+    place when written whole; temporary names start with a dot and never count)."""
     done = []
     for f in sorted((out / "batches").glob("replicates-*-*.parquet")):
         try:
             a, b = f.stem.split("-")[1:]
-            done.append((int(a), int(b)))
+            a, b = int(a), int(b)
         except ValueError:
             continue
+        if 0 <= a < b and f.name == _batch_file(out, a, b).name:
+            done.append((a, b))
     return done
 
 
@@ -273,14 +282,62 @@ def plan_batches(replicates: int, batch_size: int, done: list[tuple[int, int]]) 
     return todo
 
 
-def _check_settings(out: Path, settings: Settings) -> None:
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def inputs_digest(settings: Settings) -> str:
+    """SHA-256 of the files behind ``settings`` that replicates depend on: the population tables,
+    the fit (coefficients.parquet, covariances.npz, fit.json without its timings, the model spec
+    file it names) and the regime file. Batches are resumed only for the same digest, so files
+    replaced under the same paths (a regenerated population, a refit) never mix with old batches."""
+    from engine.population import TABLE_NAMES
+    from engine.rules import HERE as REGIMES
+
+    h = hashlib.sha256()
+
+    def add(label: str, data: str) -> None:
+        h.update(f"{label}\0{data}\0".encode())
+
+    pop, coef = Path(settings.population), Path(settings.coefficients)
+    for name in TABLE_NAMES:
+        f = pop / f"{name}.parquet"
+        add(name, _file_digest(f) if f.is_file() else "missing")
+    for name in ("coefficients.parquet", "covariances.npz"):
+        f = coef / name
+        add(name, _file_digest(f) if f.is_file() else "missing")
+    try:
+        info = json.loads((coef / "fit.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = None
+    if isinstance(info, dict):
+        for comp in ("volume", "price"):
+            if isinstance(info.get(comp), dict):
+                info[comp].pop("seconds", None)
+        spec = Path(str(info.get("spec", {}).get("file", "")))
+        add("spec", _file_digest(spec) if spec.is_file() else "missing")
+    add("fit.json", json.dumps(info, sort_keys=True))
+    text = str(settings.regime)
+    regime = REGIMES / f"{text}.toml" if "/" not in text and (REGIMES / f"{text}.toml").exists() else Path(text)
+    add("regime", _file_digest(regime) if regime.is_file() else "missing")
+    return h.hexdigest()
+
+
+def _check_settings(out: Path, settings: Settings, inputs: str) -> None:
+    """Refuse a folder of another bootstrap; discard the batches of the same settings on other input
+    files (they would mix with new ones); record the settings and inputs of this run."""
     f = out / "bootstrap.json"
     if f.exists():
-        old = json.loads(f.read_text(encoding="utf-8")).get("settings")
-        if old != settings.key():
-            raise ValueError(f"{out} holds replicates of another bootstrap ({old}); use a new --out folder")
-    else:
-        write_json(f, {"settings": settings.key()})
+        old = json.loads(f.read_text(encoding="utf-8"))
+        if old.get("settings") != settings.key():
+            raise ValueError(f"{out} holds replicates of another bootstrap ({old.get('settings')}); use a new "
+                             "--out folder")
+        if old.get("inputs") == inputs:
+            return
+        for a, b in _done_ranges(out):           # deleted before the new record: a kill here loses nothing
+            _batch_file(out, a, b).unlink(missing_ok=True)
+    write_json(f, {"settings": settings.key(), "inputs": inputs})
 
 
 def read_replicates(out: Path, replicates: int, codes: np.ndarray) -> dict[str, np.ndarray]:
@@ -310,6 +367,7 @@ class BootstrapResult:
     values: dict[str, np.ndarray]       # REPLICATE_COLUMNS -> (replicates, n_mun)
     seconds: float
     computed: int                       # replicates computed in this run (the rest were resumed)
+    inputs: str = ""                    # inputs_digest(settings)
 
 
 def use_tls(ca_file: str | None, cert: str | None, key: str | None) -> None:
@@ -358,11 +416,14 @@ def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, ba
     out = Path(out)
     t0 = time.perf_counter()
     (out / "batches").mkdir(parents=True, exist_ok=True)
-    _check_settings(out, settings)
+    remove_stale(out)                            # temporary files of a killed run
+    remove_stale(out / "batches")
+    inputs = inputs_digest(settings)
+    _check_settings(out, settings, inputs)
     todo = plan_batches(replicates, batch_size, _done_ranges(out))
     cores = os.cpu_count() or 1
     workers = cores if workers is None else workers
-    ctx = context(settings)                      # the driver needs the codes and the point budget
+    ctx = context(settings, inputs)              # the driver needs the codes and the point budget
     codes = ctx.hh.mun_codes
     done_n = replicates - sum(b - a for a, b in todo)
     if progress:
@@ -380,7 +441,7 @@ def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, ba
         client = _client(workers, scheduler) if own else client
         try:
             threads = dask_threads_per_host(client)
-            futures = {client.submit(batch_task, settings, a, b, threads, pure=False,
+            futures = {client.submit(batch_task, settings, a, b, threads, inputs, pure=False,
                                      key=f"buig-batch-{a}-{b}-{os.getpid()}-{time.time_ns()}"): (a, b)
                        for a, b in todo}
             for fut in as_completed(futures):
@@ -398,7 +459,8 @@ def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, ba
     return BootstrapResult(settings=settings, replicates=replicates, codes=codes,
                            names=np.asarray(ctx.pop.municipalities.column("name").to_pylist(), dtype=object),
                            point_budget=ctx.point_budget.budget, spending=ctx.spending, between_sd=ctx.between_sd,
-                           values=values, seconds=time.perf_counter() - t0, computed=sum(b - a for a, b in todo))
+                           values=values, seconds=time.perf_counter() - t0, computed=sum(b - a for a, b in todo),
+                           inputs=inputs)
 
 
 # --------------------------------------------------------------------------- summaries
@@ -436,13 +498,18 @@ def replicates_table(res: BootstrapResult) -> pa.Table:
 
 
 def write_results(res: BootstrapResult, out: str | Path, level: float = 0.01) -> None:
-    """replicates.parquet, bands.parquet, flags.parquet (each atomically) and bootstrap.json."""
+    """replicates.parquet, bands.parquet, flags.parquet (each atomically) and bootstrap.json.
+
+    ``bootstrap.json`` names ``replicates`` only while the three tables belong to it: it is
+    rewritten without them before the first table is replaced, and in full after the last."""
     out = Path(out)
+    record = {"settings": res.settings.key(), "inputs": res.inputs}
+    write_json(out / "bootstrap.json", record)
     for name, table in (("replicates", replicates_table(res)), ("bands", bands_table(res)),
                         ("flags", flags_table(res, level))):
-        tmp = out / f".{name}.parquet.tmp-{os.getpid()}"
+        tmp = temporary_name(out / f"{name}.parquet")
         pq.write_table(table, tmp)
         os.replace(tmp, out / f"{name}.parquet")
-    write_json(out / "bootstrap.json", {"settings": res.settings.key(), "replicates": res.replicates,
-                                         "flag_level": level, "between_sd": res.between_sd,
-                                         "seconds": res.seconds, "computed": res.computed})
+    write_json(out / "bootstrap.json", {**record, "replicates": res.replicates, "flag_level": level,
+                                         "between_sd": res.between_sd, "seconds": res.seconds,
+                                         "computed": res.computed})

@@ -193,14 +193,18 @@ def _budget(k: _Keys) -> tuple[float | None, tuple[tuple[str, float], ...]]:
         macro = None
     else:
         macro = k.get("budget.macrobudget", float)
-        if macro < 0:
-            raise k.error("budget.macrobudget", f"{macro} is negative")
+        if macro <= 0:
+            raise k.error("budget.macrobudget", f"{macro} is negative" if macro < 0 else "0 is not positive")
     deductions = []
     for name in k.get("budget.deductions", dict):
         v = k.get(f"budget.deductions.{name}", float)
         if v < 0:
             raise k.error(f"budget.deductions.{name}", f"{v} is negative")
         deductions.append((name, v))
+    if macro is not None and sum(v for _, v in deductions) >= macro:
+        raise k.error("budget.deductions", f"the deductions (EUR {sum(v for _, v in deductions):,.2f}) are not "
+                                           f"below the macrobudget (EUR {macro:,.2f}): nothing would be left to "
+                                           "distribute")
     return macro, tuple(deductions)
 
 
@@ -218,8 +222,13 @@ def load_regime(name_or_path: str | Path) -> Regime:
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"regime file {path}: not valid TOML: {exc}") from None
+    return parse_regime(data, path)
+
+
+def parse_regime(data: dict, path: Path) -> Regime:
+    """Validate the parsed TOML ``data`` of a regime; errors name ``path`` and the key."""
     k = _Keys(path, data)
     lower = k.get("objective_weight.historical_up_to", float)
     upper = k.get("objective_weight.objective_from", float)

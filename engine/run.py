@@ -15,12 +15,18 @@ applied), ``population/`` (synthetic only), ``coefficients.parquet``, ``fit.json
 ``budgets.parquet``, ``redistribution.csv``, ``replicates.parquet``, ``bands.parquet``,
 ``flags.parquet``, ``bootstrap.json`` and ``batches/``, ``capped_budgets.parquet``,
 ``report.html`` and ``run.json`` (stage times, machine).
+
+Every file is written under a temporary name and renamed (:mod:`engine.outputs`), and
+``run.json`` is the completion record: :func:`run` deletes it before it replaces the first
+output and writes it after the last, so a folder with ``run.json`` holds the outputs of that
+one run only, even after a run into it was killed; without it the folder may mix two runs.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -36,7 +42,7 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from engine.outputs import atomic_dir, write_json
+from engine.outputs import atomic_dir, remove_stale, write_json
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_SCENARIO = SCENARIOS / "default.toml"
@@ -202,7 +208,7 @@ def _read_toml(path: Path, what: str) -> dict:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{what} file {path}: not valid TOML: {exc}") from None
 
 
@@ -213,6 +219,8 @@ def _known_keys() -> str:
 def _apply_tables(values: dict, data: dict, where: str, base: Path | None) -> None:
     """Set ``values`` (field -> value) from the nested tables of a scenario file."""
     for section, table in data.items():
+        if any(s == section for s, _ in FIELDS) and not isinstance(table, dict):
+            raise ValueError(f"{where}: '{section}' must be a table ([{section}] with its keys), not {table!r}")
         if not isinstance(table, dict) or not any(s == section for s, _ in FIELDS):
             raise ValueError(f"{where}: unknown section {section!r}; a scenario has the tables "
                              f"population, model, regime, bootstrap and cap (keys: {_known_keys()})")
@@ -223,10 +231,19 @@ def _apply_tables(values: dict, data: dict, where: str, base: Path | None) -> No
             values[name] = _typed(where, f"{section}.{key}", _resolve(section, key, value, base), kind)
 
 
+@functools.cache
+def _synthetic_municipalities() -> int:
+    from engine.synth import load_geography
+
+    return len(load_geography().mun_code)
+
+
 def validate_scenario(s: Scenario, where: str = "scenario") -> Scenario:
-    """Check the values that the stages would reject late; the error names the key."""
+    """Check the values that the stages would reject late, the model spec and the regime with its
+    overrides included; the error names the key."""
     from engine.bootstrap import METHODS
     from engine.cap import REDISTRIBUTION
+    from engine.spec import load_spec
 
     def bad(key: str, problem: str) -> ValueError:
         return ValueError(f"{where}: key '{key}': {problem}")
@@ -243,8 +260,8 @@ def validate_scenario(s: Scenario, where: str = "scenario") -> Scenario:
             raise bad(key, f"a seed must be >= 0, not {v}")
     if not 0 < s.flag_level < 1:
         raise bad("bootstrap.flag_level", f"must lie between 0 and 1, not {s.flag_level}")
-    if not s.kappa >= 0:
-        raise bad("cap.kappa", f"must be >= 0, not {s.kappa}")
+    if not 0 <= s.kappa <= 1:                 # a surplus never exceeds the budget: kappa >= 1 caps nothing
+        raise bad("cap.kappa", f"must lie between 0 and 1 (a fraction of the budget), not {s.kappa}")
     if s.between_sd != "auto" and (isinstance(s.between_sd, bool) or not isinstance(s.between_sd, (int, float))
                                    or not s.between_sd >= 0):
         raise bad("bootstrap.between_sd", f"must be \"auto\" or a number >= 0, not {s.between_sd!r}")
@@ -253,6 +270,19 @@ def validate_scenario(s: Scenario, where: str = "scenario") -> Scenario:
                        ("population.policy_sd", s.policy_sd)):
             if not v >= 0:
                 raise bad(key, f"must be >= 0, not {v}")
+        if s.households < _synthetic_municipalities():
+            raise bad("population.households", f"the synthetic Netherlands needs at least "
+                      f"{_synthetic_municipalities()} households (one per municipality), not {s.households}")
+    try:
+        load_spec(s.spec)
+    except (FileNotFoundError, ValueError) as exc:
+        raise bad("model.spec", str(exc)) from None
+    try:
+        regime_toml(s)
+    except FileNotFoundError as exc:
+        raise bad("regime.name", str(exc)) from None
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     return s
 
 
@@ -336,36 +366,46 @@ def merged_regime(s: Scenario) -> dict:
         dotted = ".".join(parts)
         in_map = any(".".join(parts[:i]) in REGIME_MAPS for i in range(1, len(parts)))
         if not (known or dotted in REGIME_OPTIONAL or in_map):
-            raise ValueError(f"scenario: regime override '{dotted}' is not a key of the regime file {path}; "
+            raise ValueError(f"regime override '{dotted}' is not a key of the regime file {path}; "
                              "see that file for its keys")
         node = data
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ValueError(f"scenario: regime override '{dotted}': {p!r} is not a table in {path}")
+                raise ValueError(f"regime override '{dotted}': {p!r} is not a table in {path}")
         node[parts[-1]] = copy.deepcopy(value)
     return data
 
 
-def write_regime(s: Scenario, out: Path) -> Path:
-    """``out/regime.toml``: the regime used (overrides applied), validated by ``load_regime``."""
-    from engine.rules import load_regime
+def regime_toml(s: Scenario) -> str:
+    """The text of ``OUT/regime.toml``: the scenario's regime file with its overrides applied,
+    validated in memory (errors name the regime file and the key; nothing is written)."""
+    from engine.rules import parse_regime
 
-    path = out / "regime.toml"
-    header = (f"Regime used by this run: {regime_file(s)}"
-              + (" with the scenario's regime.overrides applied." if s.regime_overrides else "."))
-    tmp = out / f".regime.toml.tmp-{os.getpid()}"
-    tmp.write_text(dump_toml(merged_regime(s), header), encoding="utf-8")
+    path = regime_file(s)
+    data = merged_regime(s)
     try:
-        regime = load_regime(tmp)
+        regime = parse_regime(data, path)
     except ValueError as exc:
-        tmp.unlink()
-        raise ValueError(f"{exc} (after the scenario's regime.overrides)") from None
+        raise ValueError(f"{exc} (after the scenario's regime.overrides)" if s.regime_overrides else str(exc)) from None
     if regime.objective_model != "household":
-        tmp.unlink()
         raise ValueError(f"regime {regime.name} uses the municipal model (objective.model = "
                          f"{regime.objective_model!r}); buig run needs a regime of the household model such "
                          "as 2019 (use `buig budget --regime 2005` for the municipal model)")
+    header = (f"Regime used by this run: {path}"
+              + (" with the scenario's regime.overrides applied." if s.regime_overrides else "."))
+    try:
+        return dump_toml(data, header)
+    except TypeError as exc:                       # e.g. a TOML date in an override
+        raise ValueError(f"regime.overrides: {exc}") from None
+
+
+def write_regime(s: Scenario, out: Path) -> Path:
+    """``out/regime.toml``: the regime used (overrides applied), validated before it is written."""
+    path = out / "regime.toml"
+    text = regime_toml(s)
+    tmp = out / f".regime.toml.tmp-{os.getpid()}"
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
@@ -497,17 +537,26 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
         raise FileNotFoundError(f"population folder {pop_dir} does not exist: give a folder with households.parquet, "
                                 "neighbourhoods.parquet and municipalities.parquet (see README), or leave "
                                 "--population out to generate the synthetic Netherlands")
+    # Every input is checked before anything is written: a run that fails on bad input leaves OUT as it was.
+    validate_scenario(scenario)
+    if not scenario.synthetic:
+        pop = read_population(pop_dir)
+        lap("read + validate")
     out.mkdir(parents=True, exist_ok=True)
-    regime_path = write_regime(scenario, out)          # a bad regime or override fails before any work
+    remove_stale(out)                        # temporary files of a killed run
+    # run.json is the completion record: gone before the first output is replaced, written after the
+    # last, so that while it exists every output in OUT belongs to the run it describes.
+    (out / "run.json").unlink(missing_ok=True)
+    regime_path = write_regime(scenario, out)
     _write_scenario(out, scenario)
     if scenario.synthetic:
         tell(f"population: generating the synthetic Netherlands ({scenario.households:,} households) into {pop_dir}")
         generate(pop_dir, households=scenario.households, seed=scenario.population_seed, planted=scenario.planted,
                  planted_effect=scenario.planted_effect, policy_sd=scenario.policy_sd, progress=bar("synth"))
-    lap("population")
-    pop = read_population(pop_dir)
+        lap("population")
+        pop = read_population(pop_dir)
+        lap("read + validate")
     households, synthetic = pop.households.num_rows, pop.synthetic
-    lap("read + validate")
 
     if coefficients is None:
         tell(f"fit: model spec {scenario.spec}")

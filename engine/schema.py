@@ -49,6 +49,7 @@ class Column:
     min: float | None = None
     max: float | None = None
     code: bool = False  # a CBS code (string, possibly dictionary-encoded)
+    pattern: str | None = None  # regular expression every value must match in full (key codes)
 
     def field(self) -> pa.Field:
         meta = {"doc": self.doc}
@@ -84,7 +85,7 @@ TABLES: dict[str, tuple[Column, ...]] = {
         _cat("duration_class", "benefit duration on the reference date"),
     ),
     "neighbourhoods": (
-        Column("code", pa.string(), "CBS wijk code", code=True),
+        Column("code", pa.string(), "CBS wijk code", code=True, pattern="WK[0-9]{6}"),
         Column("name", pa.string(), "name"),
         Column("municipality", pa.string(), "CBS municipality code", code=True),
         Column("urbanity", pa.int8(), "CBS stedelijkheid, 1 (very strongly urban) to 5 (not urban)", 1, 5),
@@ -93,7 +94,7 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("jobs_access", pa.float64(), "jobs reachable within commuting distance per person in the labour force", 0, None),
     ),
     "municipalities": (
-        Column("code", pa.string(), "CBS municipality code", code=True),
+        Column("code", pa.string(), "CBS municipality code", code=True, pattern="GM[0-9]{4}"),
         Column("name", pa.string(), "name"),
         Column("province", pa.string(), "province"),
         Column("region", pa.string(), "labour-market region code"),
@@ -101,7 +102,7 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("households", pa.int64(), "households 18-AOW on 1 Jan t-1", 0, None),
         Column("households_t2", pa.int64(), "households 18-AOW on 1 Jan t-2", 0, None),
         Column("jobs_availability", pa.float64(), "regional jobs per person in the labour force", 0, None),
-        Column("job_growth", pa.float64(), "average yearly regional job growth, fraction"),
+        Column("job_growth", pa.float64(), "average yearly regional job growth, fraction", -1, 1),
         Column("granieten_voorraad", pa.int64(), "persons more than 4 years on bijstand at the frozen base date", 0, None),
         Column("spending_t2", pa.float64(), "actual bijstand + LKS spending in t-2, EUR", 0, None),
         Column("spending_t", pa.float64(), "actual bijstand + LKS spending in t, EUR", 0, None),
@@ -205,6 +206,16 @@ def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | N
     for col in cols:
         if col.name not in names:
             raise PopulationError(table_name, col.name, None, "required column is missing")
+    known, seen = {c.name for c in cols}, set()
+    for name in table.column_names:
+        if name not in known:
+            raise PopulationError(table_name, name, None, "is not a column of the schema (engine/schema.py); "
+                                  "remove it or rename it")
+        if name in seen:
+            raise PopulationError(table_name, name, None, "the column appears more than once")
+        seen.add(name)
+    if table.num_rows == 0:
+        raise PopulationError(table_name, None, None, "the table has no rows")
     for col in cols:
         arr = table.column(col.name)
         if not _type_ok(col, arr.type):
@@ -213,6 +224,12 @@ def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | N
         first = _first(arr.is_null())
         if first is not None:
             raise PopulationError(table_name, col.name, first, "missing value")
+        if col.pattern is not None:
+            values = as_strings(arr)
+            first = _first(pc.invert(pc.match_substring_regex(values, f"^(?:{col.pattern})$")))
+            if first is not None:
+                raise PopulationError(table_name, col.name, first,
+                                      f"code {values[first].as_py()!r} is not of the form {col.pattern}")
         if col.code or _is_string_like(arr.type):
             continue
         if pa.types.is_floating(arr.type):

@@ -90,7 +90,7 @@ def load_spec(name_or_path: str | Path = "2019") -> ModelSpec:
     try:
         with path.open("rb") as fh:
             d = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"model spec {path}: {exc}") from None
     for key in ("volume", "price"):
         if key not in d:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.outputs import write_json
+from engine.outputs import remove_stale, write_json
 from engine.run import (FIELDS, Scenario, _read_toml, check_scheduler, load_scenario, run, statistics, with_overrides,
                         write_regime)
 
@@ -195,6 +195,8 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, *, workers: int | Non
     fit_dirs = {spec: str((out / "fits" / f"{i + 1:02d}-{_slug(Path(spec).stem)}").resolve())
                 for i, spec in enumerate(specs)}
     folders = [str((out / "variants" / v.folder).resolve()) for v in sweep.variants]
+    remove_stale(out)                                   # temporary files of a killed sweep
+    (out / "comparison.csv").unlink(missing_ok=True)    # written last: present = every variant of this sweep
     write_json(out / "sweep.json", {"sweep": str(sweep.path), "population": str(pop_dir), "keys": list(sweep.keys),
                                     "variants": [{"name": v.name, "folder": f, "changes": v.changes}
                                                  for v, f in zip(sweep.variants, folders)]})
