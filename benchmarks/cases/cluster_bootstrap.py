@@ -28,7 +28,8 @@ TIMEOUT = 3600
 SEED = 5
 REPLICATES = {"small": 16, "full": 100}
 BATCH = 2
-# A second worker on a 2-core machine: about 1.9x at small scale (load ~2). Floor well below.
+# A second worker on a 2-core machine: 1.72x at small scale (load ~2); at full scale 1.90x on a quiet
+# machine and 1.53x while other jobs ran. Floors well below the quiet figures.
 FLOORS = [Floor(peer="one_worker", min_ratio=1.4, scales=("small",)),
           Floor(peer="one_worker", min_ratio=1.5, scales=("full",))]
 
