@@ -108,15 +108,18 @@ class Context:
 
     def _init(self, settings: Settings):
         self.settings = settings
-        self.pop = read_population(settings.population)
-        self.hh = households_from_population(self.pop)
+        pop = read_population(settings.population)
+        self.hh = households_from_population(pop)
+        # the households' Arrow table is not needed once coded: a worker keeps the compact arrays only
+        self.municipalities, self.truth = pop.municipalities, pop.truth
+        del pop
         self.fit = read_fit(settings.coefficients)
         self.regime = regime = load_regime(settings.regime)
         if regime.objective_model != "household":
             raise ValueError(f"regime {regime.name} uses the municipal model; the bootstrap needs a regime "
                              "of the household model (such as 2019)")
         self.pd = prediction_design(self.hh, self.fit.norms)
-        mun = self.pop.municipalities
+        mun = self.municipalities
         col = lambda c: mun.column(c).to_numpy().astype(np.float64)  # noqa: E731
         self.inhabitants, self.spending = col("inhabitants"), col("spending_t")
         self.hist = historical_shares(col("spending_t2"), col("households"), col("households_t2"),
@@ -457,7 +460,7 @@ def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, ba
                     client.cluster.close()
     values = read_replicates(out, replicates, codes)
     return BootstrapResult(settings=settings, replicates=replicates, codes=codes,
-                           names=np.asarray(ctx.pop.municipalities.column("name").to_pylist(), dtype=object),
+                           names=np.asarray(ctx.municipalities.column("name").to_pylist(), dtype=object),
                            point_budget=ctx.point_budget.budget, spending=ctx.spending, between_sd=ctx.between_sd,
                            values=values, seconds=time.perf_counter() - t0, computed=sum(b - a for a, b in todo),
                            inputs=inputs)

@@ -149,7 +149,7 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
                         workers=args.workers)
     t3 = time.perf_counter()
     ctx = context(settings)
-    truth = ctx.pop.truth
+    truth = ctx.truth
     if truth is None:
         raise ValueError(f"{world / 'population'} has no truth.json")
     by_code = {m["code"]: m for m in truth["municipalities"]}

@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     settings, res = prepare(args)
     ctx = context(settings)
-    truth = Truth.from_json(ctx.pop.truth, res.codes) if ctx.pop.truth is not None else None
+    truth = Truth.from_json(ctx.truth, res.codes) if ctx.truth is not None else None
     flags = flags_table(res, args.level)
     flagged = flags.column("flagged").to_numpy(zero_copy_only=False)
     names = np.asarray(res.names, dtype=object)

@@ -131,7 +131,7 @@ def test_flags_find_planted_municipalities(tmp_path):
     s = Settings(population=str(tmp_path / "pop"), coefficients=str(tmp_path / "fit"), regime="2019", seed=1)
     res = run_bootstrap(s, tmp_path / "boot", replicates=200, batch_size=50, workers=0)
     f = flags_table(res, level=0.01).to_pydict()
-    planted = set(context(s).pop.truth["planted"])
+    planted = set(context(s).truth["planted"])
     flagged = {c for c, x in zip(f["code"], f["flagged"]) if x}
     assert len(flagged & planted) >= 0.8 * len(planted)
 
