@@ -45,7 +45,7 @@ from engine.outputs import remove_stale, temporary_name, write_json
 from engine.population import read_population
 from engine.predict import prediction_design, prediction_tables, predict
 from engine.redistribution import effects
-from engine.rules import Regime, distribute, historical_shares, load_regime, total_budget
+from engine.rules import distribute, historical_shares, load_regime, total_budget
 from kernels.bootstrap import draw_sums
 from kernels.config import N_VIRTUAL
 

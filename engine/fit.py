@@ -31,7 +31,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from engine.design import JOINT_OFF, JOINT_SIZES, ComponentDesign, component_design
+from engine.design import JOINT_OFF, JOINT_SIZES, ComponentDesign
 from kernels.config import N_VIRTUAL
 from kernels.glm import linear_predictor, logit_pass
 

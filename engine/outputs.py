@@ -85,9 +85,14 @@ def atomic_dir(out: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write JSON to ``path`` atomically (temporary name, then rename)."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (temporary name, then rename)."""
     path = Path(path)
     tmp = temporary_name(path)
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write JSON to ``path`` atomically (temporary name, then rename)."""
+    write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")

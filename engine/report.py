@@ -17,7 +17,6 @@ import csv
 import html
 import json
 import math
-import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.cap import rob_cap
+from engine.outputs import write_text
 from engine.rules import Regime, load_regime
 
 SYNTHETIC_TEXT = ("SYNTHETIC POPULATION: these households, municipalities' spending and budgets were generated "
@@ -291,7 +291,7 @@ def _regime_classes(d: RunData) -> np.ndarray:
 def section_headline(d: RunData) -> str:
     b, f, c = d.budgets, d.flags, d.capped
     s = d.scenario
-    bs, cap = s.get("bootstrap", {}), s.get("cap", {})
+    bs = s.get("bootstrap", {})
     flagged = np.asarray(f["flagged"], dtype=bool)
     figures = [
         ("Macro budget to distribute (TB)", f"EUR {_eur(d.tb)}"),
@@ -690,7 +690,5 @@ def write_report(out: str | Path, path: str | Path | None = None) -> Path:
     out = Path(out)
     target = Path(path) if path is not None else out / "report.html"
     text = render(load_run(out))
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    write_text(target, text)
     return target

@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from engine.outputs import atomic_dir, remove_stale, write_json
+from engine.outputs import atomic_dir, remove_stale, write_json, write_text
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_SCENARIO = SCENARIOS / "default.toml"
@@ -403,10 +403,7 @@ def regime_toml(s: Scenario) -> str:
 def write_regime(s: Scenario, out: Path) -> Path:
     """``out/regime.toml``: the regime used (overrides applied), validated before it is written."""
     path = out / "regime.toml"
-    text = regime_toml(s)
-    tmp = out / f".regime.toml.tmp-{os.getpid()}"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, regime_toml(s))
     return path
 
 
@@ -476,9 +473,7 @@ def _check_folder(out: Path, s: Scenario) -> None:
 
 
 def _write_scenario(out: Path, s: Scenario) -> None:
-    tmp = out / f".scenario.toml.tmp-{os.getpid()}"
-    tmp.write_text(s.to_toml(), encoding="utf-8")
-    os.replace(tmp, out / "scenario.toml")
+    write_text(out / "scenario.toml", s.to_toml())
 
 
 def _copy_fit(src: Path, out: Path) -> None:

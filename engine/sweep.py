@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.outputs import remove_stale, write_json
+from engine.outputs import remove_stale, temporary_name, write_json
 from engine.run import (FIELDS, Scenario, _read_toml, check_scheduler, load_scenario, run, statistics, with_overrides,
                         write_regime)
 
@@ -237,7 +237,7 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, *, workers: int | Non
     table = [{"variant": v.name, "folder": f"variants/{v.folder}",
               **{k: v.changes.get(k, "") for k in sweep.keys}, **row}
              for v, row in zip(sweep.variants, rows)]
-    tmp = out / f".comparison.csv.tmp-{os.getpid()}"
+    tmp = temporary_name(out / "comparison.csv")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=["variant", "folder", *sweep.keys, *STAT_COLUMNS])
         w.writeheader()
