@@ -39,10 +39,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from engine.design import households_from_population
+from engine.design import read_households
 from engine.model import ModelFit, fit_model, read_fit
 from engine.outputs import remove_stale, temporary_name, write_json
-from engine.population import read_population
 from engine.predict import prediction_design, prediction_tables, predict
 from engine.redistribution import effects
 from engine.rules import distribute, historical_shares, load_regime, total_budget
@@ -108,11 +107,8 @@ class Context:
 
     def _init(self, settings: Settings):
         self.settings = settings
-        pop = read_population(settings.population)
-        self.hh = households_from_population(pop)
-        # the households' Arrow table is not needed once coded: a worker keeps the compact arrays only
-        self.municipalities, self.truth = pop.municipalities, pop.truth
-        del pop
+        # the households are read in batches straight into their codes: a worker never holds their table
+        self.hh, self.municipalities, self.truth = read_households(settings.population)
         self.fit = read_fit(settings.coefficients)
         self.regime = regime = load_regime(settings.regime)
         if regime.objective_model != "household":

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 
 from engine.norms import Norms
@@ -119,20 +120,49 @@ class Households:
         raise ValueError(f"unknown outcome {name!r}")
 
 
+ROW_ARRAYS = ("bijstand", "lks", "benefit_paid", "adults_sharing", "adults_sharing_under_27")
+
+
+def _neighbourhood_values(nb) -> np.ndarray:
+    return np.ascontiguousarray(np.column_stack([nb.column(c).to_numpy().astype(np.float64) for c in CONTINUOUS]))
+
+
 def households_from_population(pop: Population) -> Households:
     h = pop.households
     codes = np.empty((h.num_rows, len(FACTOR_COLUMNS)), dtype=np.uint8)
     for k, c in enumerate(FACTOR_COLUMNS):
         codes[:, k] = h.column(c).to_numpy()
-    nb = pop.neighbourhoods
-    nb_cont = np.column_stack([nb.column(c).to_numpy().astype(np.float64) for c in CONTINUOUS])
-    return Households(
-        codes=codes, nbhd=pop.household_neighbourhood.astype(np.int32),
-        nb_mun=pop.neighbourhood_municipality.astype(np.int32), nb_cont=np.ascontiguousarray(nb_cont),
-        mun_codes=pop.municipality_codes, bijstand=h.column("bijstand").to_numpy(),
-        lks=h.column("lks").to_numpy(), benefit_paid=h.column("benefit_paid").to_numpy(),
-        adults_sharing=h.column("adults_sharing").to_numpy(),
-        adults_sharing_under_27=h.column("adults_sharing_under_27").to_numpy())
+    return Households(codes=codes, nbhd=pop.household_neighbourhood.astype(np.int32),
+                      nb_mun=pop.neighbourhood_municipality.astype(np.int32),
+                      nb_cont=_neighbourhood_values(pop.neighbourhoods), mun_codes=pop.municipality_codes,
+                      **{c: h.column(c).to_numpy() for c in ROW_ARRAYS})
+
+
+def read_households(path, batch_rows: int = 1 << 20) -> tuple[Households, pa.Table, dict | None]:
+    """The factor-coded households of a population folder, read and validated in batches
+    (:func:`engine.population.stream_population`): memory for the arrays and one batch, never
+    the whole households table. Returns the households, the municipalities table and the
+    truth (``None`` for real data); equal to :func:`households_from_population` of
+    :func:`engine.population.read_population`, with the same errors on bad input."""
+    from engine.population import stream_population
+    from engine.schema import TABLES
+
+    src = stream_population(path, batch_rows)
+    n = src.num_rows
+    dtypes = {c.name: c.type.to_pandas_dtype() for c in TABLES["households"] if c.name in ROW_ARRAYS}
+    codes = np.empty((n, len(FACTOR_COLUMNS)), dtype=np.uint8)
+    nbhd = np.empty(n, dtype=np.int32)
+    rows = {c: np.empty(n, dtype=dtypes[c]) for c in ROW_ARRAYS}
+    for start, batch, _, hn in src:
+        stop = start + batch.num_rows
+        for k, c in enumerate(FACTOR_COLUMNS):
+            codes[start:stop, k] = batch.column(c).to_numpy()
+        nbhd[start:stop] = hn
+        for c in ROW_ARRAYS:
+            rows[c][start:stop] = batch.column(c).to_numpy()
+    hh = Households(codes=codes, nbhd=nbhd, nb_mun=src.neighbourhood_municipality.astype(np.int32),
+                    nb_cont=_neighbourhood_values(src.neighbourhoods), mun_codes=src.municipality_codes, **rows)
+    return hh, src.municipalities, src.truth
 
 
 @dataclass(frozen=True)

@@ -247,14 +247,14 @@ def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | N
                 raise PopulationError(table_name, col.name, first,
                                       f"value {arr[first].as_py()} is above the maximum {col.max:g}")
     key = "id" if table_name == "households" else "code"
-    _check_unique(table_name, key, table.column(key))
+    check_unique(table_name, key, table.column(key))
     if table_name == "households":
         _check_households(table, municipalities, neighbourhoods)
     elif table_name == "neighbourhoods" and municipalities is not None:
         code_positions(table_name, "municipality", table.column("municipality"), municipalities, "municipalities")
 
 
-def _check_unique(table_name: str, column: str, arr) -> None:
+def check_unique(table_name: str, column: str, arr) -> None:
     if _is_string_like(arr.type):
         values = np.asarray(as_strings(arr).to_pylist(), dtype=object)
     else:
