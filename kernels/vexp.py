@@ -50,9 +50,7 @@ POW2 = 2.0 ** np.arange(-1022, 1024).astype(np.float64)   # 2^k at index k + 102
 def exp_block(x, out, kd, sb, m):
     """out[:m] = exp(x[:m]); ``kd`` (float64) and ``sb`` (int64) are scratch of at least m.
 
-    2^k comes from the constant table POW2 (no reinterpretation of memory through views:
-    LLVM's type-based alias analysis may reorder a float store and an int load of the
-    same bytes, which gave wrong results in a fresh compile)."""
+    2^k comes from the constant table POW2, indexed by k + 1022 in ``sb``."""
     for j in range(m):
         xc = min(max(x[j], X_MIN), X_MAX)
         kd[j] = (xc * LOG2E + SHIFT) - SHIFT          # round to the nearest integer
