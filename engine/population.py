@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.schema import PopulationError, check_unique, code_positions, validate
+from engine.schema import PopulationError, check_unique, validate
 
 TABLE_NAMES = ("municipalities", "neighbourhoods", "households")
 
@@ -47,6 +47,10 @@ class Population:
         return np.asarray(self.municipalities.column("code").to_pylist(), dtype=object)
 
 
+def _unreadable(table: str, file: Path, exc: Exception) -> PopulationError:
+    return PopulationError(table, None, None, f"cannot read {file}: {' '.join(str(exc).split())}")
+
+
 def _read_table(path: Path, name: str, columns=None) -> pa.Table:
     file = path / f"{name}.parquet"
     if not file.exists():
@@ -55,28 +59,20 @@ def _read_table(path: Path, name: str, columns=None) -> pa.Table:
         with pq.ParquetFile(file) as f:
             return f.read(columns=columns)
     except (pa.ArrowException, OSError) as exc:
-        raise PopulationError(name, None, None, f"cannot read {file}: {' '.join(str(exc).split())}") from None
+        raise _unreadable(name, file, exc) from None
 
 
 def _geography(neighbourhoods: pa.Table, municipalities: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Validate the two small tables; return the municipality codes and each neighbourhood's municipality row."""
     validate("municipalities", municipalities)
     codes = np.asarray(municipalities.column("code").to_pylist(), dtype=object)
-    validate("neighbourhoods", neighbourhoods, municipalities=codes)
-    nm = code_positions("neighbourhoods", "municipality", neighbourhoods.column("municipality"), codes, "municipalities")
+    nm = validate("neighbourhoods", neighbourhoods, municipalities=codes)["municipality"]
     return codes, nm
 
 
-def _household_positions(households: pa.Table, codes: np.ndarray, neighbourhoods: pa.Table):
-    """Per household the row of its municipality and of its neighbourhood (int32)."""
-    nb_codes = np.asarray(neighbourhoods.column("code").to_pylist(), dtype=object)
-    hm = code_positions("households", "municipality", households.column("municipality"), codes, "municipalities")
-    hn = code_positions("households", "neighbourhood", households.column("neighbourhood"), nb_codes, "neighbourhoods")
-    return hm, hn
-
-
-def _every_municipality_has_households(hm: np.ndarray, codes: np.ndarray) -> None:
-    empty = np.flatnonzero(np.bincount(hm, minlength=len(codes)) == 0)
+def _every_municipality_has_households(counts: np.ndarray, codes: np.ndarray) -> None:
+    """``counts``: households per municipality row."""
+    empty = np.flatnonzero(counts == 0)
     if empty.size:
         raise PopulationError("municipalities", "code", int(empty[0]),
                               f"municipality {codes[empty[0]]} has no households")
@@ -86,9 +82,9 @@ def from_tables(households: pa.Table, neighbourhoods: pa.Table, municipalities: 
                 truth: dict | None = None, path: Path | None = None) -> Population:
     """Validate three in-memory tables and index them into a :class:`Population`."""
     codes, nm = _geography(neighbourhoods, municipalities)
-    validate("households", households, municipalities=codes, neighbourhoods=neighbourhoods)
-    hm, hn = _household_positions(households, codes, neighbourhoods)
-    _every_municipality_has_households(hm, codes)
+    rows = validate("households", households, municipalities=codes, neighbourhoods=neighbourhoods)
+    hm, hn = rows["municipality"], rows["neighbourhood"]
+    _every_municipality_has_households(np.bincount(hm, minlength=len(codes)), codes)
     return Population(households, neighbourhoods, municipalities, hm, hn, nm, truth, path)
 
 
@@ -155,31 +151,31 @@ class HouseholdBatches:
         file = self.path / "households.parquet"
         codes = self.municipality_codes
         ids = np.empty(self.num_rows, dtype=np.int64)
-        hm_all = np.empty(self.num_rows, dtype=np.int32)
+        counts = np.zeros(len(codes), dtype=np.int64)
         start = 0
         try:
             # codes as dictionaries: mapped to rows once per distinct code, not once per household
             with pq.ParquetFile(file, read_dictionary=["municipality", "neighbourhood"]) as f:
                 for batch in self._tables(f):
                     try:
-                        validate("households", batch, municipalities=codes, neighbourhoods=self.neighbourhoods)
-                        hm, hn = _household_positions(batch, codes, self.neighbourhoods)
+                        rows = validate("households", batch, municipalities=codes,
+                                        neighbourhoods=self.neighbourhoods)
                     except PopulationError as e:
                         raise PopulationError(e.table, e.column, None if e.row is None else e.row + start,
                                               e.problem) from None
                     stop = start + batch.num_rows
                     ids[start:stop] = batch.column("id").to_numpy()
-                    hm_all[start:stop] = hm
+                    hm, hn = rows["municipality"], rows["neighbourhood"]
+                    counts += np.bincount(hm, minlength=len(codes))
                     yield start, batch, hm, hn
                     start = stop
         except (pa.ArrowException, OSError) as exc:
-            raise PopulationError("households", None, None,
-                                  f"cannot read {file}: {' '.join(str(exc).split())}") from None
+            raise _unreadable("households", file, exc) from None
         if start != self.num_rows:
             raise PopulationError("households", None, None, f"{file} holds {start} rows, its footer says "
                                   f"{self.num_rows}")
         check_unique("households", "id", pa.array(ids))
-        _every_municipality_has_households(hm_all, codes)
+        _every_municipality_has_households(counts, codes)
 
 
 def stream_population(path: str | Path, batch_rows: int = 1 << 20) -> HouseholdBatches:
@@ -198,7 +194,7 @@ def stream_population(path: str | Path, batch_rows: int = 1 << 20) -> HouseholdB
         with pq.ParquetFile(file) as f:
             empty, rows = f.schema_arrow.empty_table(), f.metadata.num_rows
     except (pa.ArrowException, OSError) as exc:
-        raise PopulationError("households", None, None, f"cannot read {file}: {' '.join(str(exc).split())}") from None
+        raise _unreadable("households", file, exc) from None
     try:
         validate("households", empty)            # the columns, before any batch is read
     except PopulationError as e:

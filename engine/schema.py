@@ -194,12 +194,13 @@ def code_positions(table_name: str, column: str, values, reference: np.ndarray,
 
 
 def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | None = None,
-             neighbourhoods: pa.Table | None = None) -> None:
+             neighbourhoods: pa.Table | None = None) -> dict[str, np.ndarray]:
     """Check one table against its schema; raise :class:`PopulationError` on the first problem.
 
     ``municipalities`` (codes) and ``neighbourhoods`` (the validated table) enable the
     cross-table checks: every referenced code must exist, and a household's
-    neighbourhood must lie in its municipality.
+    neighbourhood must lie in its municipality. Returns, per code column so checked, the
+    row of each value in the referenced table (int32), for the caller to reuse.
     """
     cols = TABLES[table_name]
     names = set(table.column_names)
@@ -249,9 +250,11 @@ def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | N
     key = "id" if table_name == "households" else "code"
     check_unique(table_name, key, table.column(key))
     if table_name == "households":
-        _check_households(table, municipalities, neighbourhoods)
-    elif table_name == "neighbourhoods" and municipalities is not None:
-        code_positions(table_name, "municipality", table.column("municipality"), municipalities, "municipalities")
+        return _check_households(table, municipalities, neighbourhoods)
+    if table_name == "neighbourhoods" and municipalities is not None:
+        return {"municipality": code_positions(table_name, "municipality", table.column("municipality"),
+                                               municipalities, "municipalities")}
+    return {}
 
 
 def check_unique(table_name: str, column: str, arr) -> None:
@@ -272,7 +275,7 @@ def check_unique(table_name: str, column: str, arr) -> None:
         raise PopulationError(table_name, column, int(rows[0]), f"duplicate value {value!r}")
 
 
-def _check_households(table: pa.Table, municipalities, neighbourhoods) -> None:
+def _check_households(table: pa.Table, municipalities, neighbourhoods) -> dict[str, np.ndarray]:
     sharing = table.column("adults_sharing").to_numpy()
     under = table.column("adults_sharing_under_27").to_numpy()
     first = _first(under > sharing)
@@ -293,13 +296,14 @@ def _check_households(table: pa.Table, municipalities, neighbourhoods) -> None:
     if first is not None:
         raise PopulationError("households", "duration_class", first,
                               "benefit duration for a household with neither bijstand nor LKS")
+    rows = {}
     if municipalities is not None:
-        mpos = code_positions("households", "municipality", table.column("municipality"),
-                              municipalities, "municipalities")
+        rows["municipality"] = mpos = code_positions("households", "municipality", table.column("municipality"),
+                                                     municipalities, "municipalities")
     if neighbourhoods is not None:
-        npos = code_positions("households", "neighbourhood", table.column("neighbourhood"),
-                              np.asarray(neighbourhoods.column("code").to_pylist(), dtype=object),
-                              "neighbourhoods")
+        rows["neighbourhood"] = npos = code_positions(
+            "households", "neighbourhood", table.column("neighbourhood"),
+            np.asarray(neighbourhoods.column("code").to_pylist(), dtype=object), "neighbourhoods")
         if municipalities is not None:
             nb_mun = code_positions("neighbourhoods", "municipality", neighbourhoods.column("municipality"),
                                     municipalities, "municipalities")
@@ -307,3 +311,4 @@ def _check_households(table: pa.Table, municipalities, neighbourhoods) -> None:
             if first is not None:
                 raise PopulationError("households", "neighbourhood", first,
                                       "neighbourhood lies in another municipality than the household")
+    return rows
