@@ -364,14 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if any(getattr(args, k, None) for k in ("tls_ca_file", "tls_cert", "tls_key")):
+        address = getattr(args, "scheduler", None) or os.environ.get("DASK_SCHEDULER_ADDRESS") or ""
+        tls = [getattr(args, k, None) for k in ("tls_ca_file", "tls_cert", "tls_key")]
+        if any(tls):
             from engine.bootstrap import use_tls
 
-            if not (args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+            if not address:
                 raise ValueError("--tls-ca-file, --tls-cert and --tls-key secure the connection to a scheduler: "
                                  "give its address with --scheduler tls://HOST:PORT")
-            use_tls(args.tls_ca_file, args.tls_cert, args.tls_key)
-        address = getattr(args, "scheduler", None) or os.environ.get("DASK_SCHEDULER_ADDRESS") or ""
+            use_tls(*tls)
         if address.startswith("tls://"):
             import dask
 

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from engine.norms import Norms
 from engine.population import Population
-from engine.schema import CATEGORIES
+from engine.schema import CATEGORIES, TABLES
 from engine.spec import CONTINUOUS, ComponentSpec
 
 FACTOR_COLUMNS = ("household_type", "age_class", "migration", "education", "housing", "health",
@@ -145,7 +145,6 @@ def read_households(path, batch_rows: int = 1 << 20) -> tuple[Households, pa.Tab
     truth (``None`` for real data); equal to :func:`households_from_population` of
     :func:`engine.population.read_population`, with the same errors on bad input."""
     from engine.population import stream_population
-    from engine.schema import TABLES
 
     src = stream_population(path, batch_rows)
     n = src.num_rows

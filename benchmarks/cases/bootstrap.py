@@ -31,7 +31,8 @@ SEED = 11
 FLOORS = [Floor(peer="numpy", min_ratio=4.0, scales=("small",))]
 
 
-def _settings(ctx):
+def fitted_settings(ctx, method: str = "parametric", seed: int = SEED):
+    """Bootstrap settings on the case's dataset, fitted once per run into the case's shared folder."""
     from engine.bootstrap import Settings
 
     fit = ctx.shared / "fit"
@@ -40,14 +41,13 @@ def _settings(ctx):
         from engine.population import read_population
 
         fit_to_folder(read_population(ctx.dataset), fit)
-    return Settings(population=str(ctx.dataset), coefficients=str(fit), regime="2019", method="parametric",
-                    seed=SEED)
+    return Settings(population=str(ctx.dataset), coefficients=str(fit), regime="2019", method=method, seed=seed)
 
 
 def setup_buig(ctx):
     from engine.bootstrap import Context
 
-    return {"ctx": ctx, "bctx": Context(_settings(ctx))}
+    return {"ctx": ctx, "bctx": Context(fitted_settings(ctx))}
 
 
 def run_buig(state):
@@ -67,7 +67,7 @@ def setup_numpy(ctx):
     from engine.bootstrap import Context
     from engine.predict import prediction_tables
 
-    bctx = Context(_settings(ctx))
+    bctx = Context(fitted_settings(ctx))
     pd_ = bctx.pd
     t0 = prediction_tables(bctx.hh, bctx.fit, pd_)
     combo = pd_.combo.astype(np.intp)

@@ -37,16 +37,10 @@ FLOORS = [Floor(peer="one_worker", min_ratio=1.4, scales=("small",)),
 def _setup(ctx, workers: int, numba_threads: int | None):
     from dask.distributed import Client, LocalCluster
 
-    from engine.bootstrap import Settings, run_bootstrap
+    from benchmarks.cases.bootstrap import fitted_settings
+    from engine.bootstrap import run_bootstrap
 
-    fit = ctx.shared / "fit"
-    if not (fit / "coefficients.parquet").exists():
-        from engine.model import fit_to_folder
-        from engine.population import read_population
-
-        fit_to_folder(read_population(ctx.dataset), fit)
-    settings = Settings(population=str(ctx.dataset), coefficients=str(fit), regime="2019", method="cluster",
-                        seed=SEED)
+    settings = fitted_settings(ctx, method="cluster", seed=SEED)
     env = {"NUMBA_NUM_THREADS": str(numba_threads)} if numba_threads else {}
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address=None, env=env)
@@ -88,9 +82,9 @@ def _extras(state, result, timing):
     return out
 
 
-def _impl(name, workers, numba_threads, note, role=""):
+def _impl(name, workers, numba_threads, note):
     return Impl(name, setup=lambda ctx: _setup(ctx, workers, numba_threads), run=_run, warmup=_warmup,
-                extras=_extras, note=note, **({"role": role} if role else {}))
+                extras=_extras, note=note)
 
 
 IMPLEMENTATIONS = [
