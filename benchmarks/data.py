@@ -1,6 +1,6 @@
 """The benchmark datasets: one synthetic population per scale, cached in ``bench-data/``.
 
-``bench-data/<scale>-seed<seed>/`` holds what ``engine.synth.generate`` writes plus
+``bench-data/<scale>-seed<seed>/`` holds what ``engine.world.synth.generate`` writes plus
 ``dataset.json`` (households, seed, and a fingerprint of the generator's source and
 input data). A folder is reused when that marker matches; it is (re)generated when it is
 missing or was made by a different generator. Generation runs in a subprocess so the
@@ -28,7 +28,7 @@ BENCH_DATA = ROOT / "bench-data"
 SCALES = {"small": 300_000, "full": 7_794_075}
 DEFAULT_SEED = 0
 MARKER = "dataset.json"
-_GENERATOR_SOURCES = ("engine/synth.py", "engine/truth.py", "engine/schema.py", "engine/norms", "engine/data")
+_GENERATOR_SOURCES = ("engine/world", "engine/model/schema.py", "engine/model/norms.py", "engine/data/norms", "engine/data/cbs")
 
 
 def fingerprint(root: Path = ROOT) -> str:
@@ -98,7 +98,7 @@ def child_env(extra_path=()) -> dict:
 
 
 def _generate_into(folder: Path, households: int, seed: int, generator: str) -> None:
-    from engine.synth import generate
+    from engine.world.synth import generate
 
     t0 = time.perf_counter()
     generate(folder, households=households, seed=seed)

@@ -4,25 +4,25 @@ The steps of the main job as functions, importable from ``engine`` (each module 
 imported on first use, so ``import engine`` stays light):
 
 ==========================  ===================================================================
-``generate``                a synthetic Netherlands into a folder (:mod:`engine.synth`)
-``read_population``         read and validate a population folder (:mod:`engine.population`)
-``fit_model``               estimate the volume and price components (:mod:`engine.model`);
+``generate``                a synthetic Netherlands into a folder (:mod:`engine.world.synth`)
+``read_population``         read and validate a population folder (:mod:`engine.model.population`)
+``fit_model``               estimate the volume and price components (:mod:`engine.model.fitted`);
 ``fit_to_folder``           the same, and write the files the bootstrap reads
 ``predict_costs``           objective cost per municipality and household type (``engine.predict.predict``)
-``distribute``              a regime's budgets, vangnet and redistribution effects (:mod:`engine.run`)
+``distribute``              a regime's budgets, vangnet and redistribution effects (:mod:`engine.app.pipeline`)
 ``Settings``,               Monte Carlo bands on every budget, and the flags of surpluses the
-``run_bootstrap``,          model does not explain (:mod:`engine.bootstrap`)
+``run_bootstrap``,          model does not explain (:mod:`engine.uncertainty.bootstrap`)
 ``bands_table``,
 ``flags_table``
-``rob_cap``                 the Rob cap at level kappa (:mod:`engine.cap`)
-``write_report``            ``report.html`` of a run folder (:mod:`engine.report`)
-``load_scenario``,          the whole job from a scenario (``engine.run.run``), as ``buig run``
+``rob_cap``                 the Rob cap at level kappa (:mod:`engine.rules.cap`)
+``write_report``            ``report.html`` of a run folder (:mod:`engine.app.report.page`)
+``load_scenario``,          the whole job from a scenario (``engine.app.pipeline.run``), as ``buig run``
 ``run_scenario``
-``load_sweep``,             sensitivity sweeps (:mod:`engine.sweep`), as ``buig sweep``
+``load_sweep``,             sensitivity sweeps (:mod:`engine.app.sweep`), as ``buig sweep``
 ``run_sweep``
 ==========================  ===================================================================
 
-``engine.predict`` and ``engine.run`` are modules, so their main functions are exported
+``engine.model.predict`` and ``engine.app.pipeline`` are modules, so their main functions are exported
 as ``predict_costs`` and ``run_scenario``.
 """
 
@@ -33,24 +33,24 @@ import importlib
 __version__ = "0.1.0"
 
 _API = {                        # name -> (module, attribute)
-    "generate": ("engine.synth", "generate"),
-    "read_population": ("engine.population", "read_population"),
-    "fit_model": ("engine.model", "fit_model"),
-    "fit_to_folder": ("engine.model", "fit_to_folder"),
-    "read_fit": ("engine.model", "read_fit"),
-    "predict_costs": ("engine.predict", "predict"),
-    "distribute": ("engine.run", "distribute"),
-    "Settings": ("engine.bootstrap", "Settings"),
-    "run_bootstrap": ("engine.bootstrap", "run_bootstrap"),
-    "bands_table": ("engine.bootstrap", "bands_table"),
-    "flags_table": ("engine.bootstrap", "flags_table"),
-    "rob_cap": ("engine.cap", "rob_cap"),
-    "write_report": ("engine.report", "write_report"),
-    "Scenario": ("engine.run", "Scenario"),
-    "load_scenario": ("engine.run", "load_scenario"),
-    "run_scenario": ("engine.run", "run"),
-    "load_sweep": ("engine.sweep", "load_sweep"),
-    "run_sweep": ("engine.sweep", "run_sweep"),
+    "generate": ("engine.world.synth", "generate"),
+    "read_population": ("engine.model.population", "read_population"),
+    "fit_model": ("engine.model.fitted", "fit_model"),
+    "fit_to_folder": ("engine.model.fitted", "fit_to_folder"),
+    "read_fit": ("engine.model.fitted", "read_fit"),
+    "predict_costs": ("engine.model.predict", "predict"),
+    "distribute": ("engine.app.pipeline", "distribute"),
+    "Settings": ("engine.uncertainty.settings", "Settings"),
+    "run_bootstrap": ("engine.uncertainty.bootstrap", "run_bootstrap"),
+    "bands_table": ("engine.uncertainty.summaries", "bands_table"),
+    "flags_table": ("engine.uncertainty.summaries", "flags_table"),
+    "rob_cap": ("engine.rules.cap", "rob_cap"),
+    "write_report": ("engine.app.report.page", "write_report"),
+    "Scenario": ("engine.app.scenario", "Scenario"),
+    "load_scenario": ("engine.app.scenario", "load_scenario"),
+    "run_scenario": ("engine.app.pipeline", "run"),
+    "load_sweep": ("engine.app.sweep", "load_sweep"),
+    "run_sweep": ("engine.app.sweep", "run_sweep"),
 }
 
 __all__ = sorted(_API)

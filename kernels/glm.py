@@ -1,13 +1,13 @@
 """Numba kernels for the factor-coded logit and fractional logit.
 
 The design of a component is factor-coded (DESIGN.md, section 2): per row a few joint
-codes of the household factors (engine.design.JOINT_GROUPS) and a neighbourhood index.
+codes of the household factors (engine.model.design.JOINT_GROUPS) and a neighbourhood index.
 Every non-factor term (intercept, continuous neighbourhood factors, municipality fixed
 effect) depends only on the neighbourhood, so the linear predictor is
 
     eta_i = nb_eta[nbhd_i] + sum_k j_coef[j_off_k + joint[i, k]]
 
-and the Hessian X'WX is assembled (engine.fit) from sufficient statistics of one pass:
+and the Hessian X'WX is assembled (engine.model.fit) from sufficient statistics of one pass:
 sums of w per neighbourhood, per (municipality, joint code), per (continuous column,
 joint code) and per pair of joint codes; a sparse 0/1 map takes joint codes to levels.
 

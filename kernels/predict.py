@@ -2,7 +2,7 @@
 
 Per household h: p = logistic(volume eta), f = logistic(price eta), N = norm_flat[norm_index],
 each eta a sum of look-ups (see kernels.glm); ``codes`` are usually the joint codes of
-engine.predict.PredictionDesign, whose first column starts with the household type.
+engine.model.predict.PredictionDesign, whose first column starts with the household type.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 For each of ``--worlds`` synthetic Netherlands (seeds ``--seed``, ``--seed + 1``, ...):
 
-1. generate ``--households`` households (``engine.synth.generate``, with its truth);
-2. fit the model (``engine.model.fit_to_folder``);
-3. run the parametric bootstrap (``engine.bootstrap.run_bootstrap``, ``--replicates`` draws);
+1. generate ``--households`` households (``engine.world.synth.generate``, with its truth);
+2. fit the model (``engine.model.fitted.fit_to_folder``);
+3. run the parametric bootstrap (``engine.uncertainty.bootstrap.run_bootstrap``, ``--replicates`` draws);
 4. compute each municipality's **true expected budget**: the truth's ``objective_cost``
    (``truth.json``: the true coefficients with the common effect that reproduces the
    national expected count, i.e. the model's prediction rule applied to the truth)
@@ -85,7 +85,7 @@ def size_classes(inhabitants: np.ndarray, regime) -> np.ndarray:
 def true_parameters(fit, truth: dict) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
     """The truth's coefficients in the fit's term order: (volume, price, volume terms
     compared, price terms compared). The volume intercept is the truth's common effect."""
-    from engine import truth as T
+    from engine.world import truth as T
 
     v, p = fit.volume, fit.price
     vp, pp = np.zeros(len(v.term_names)), np.zeros(len(p.term_names))
@@ -105,7 +105,7 @@ def true_parameters(fit, truth: dict) -> tuple[np.ndarray, np.ndarray, list[int]
 def realised_level_cost(ctx, vp: np.ndarray, pp: np.ndarray) -> tuple[np.ndarray, float]:
     """Objective cost per municipality with the true coefficients and the common effect
     recalibrated so that the predicted national count equals the realised one."""
-    from engine.predict import predict, prediction_tables
+    from engine.model.predict import predict, prediction_tables
 
     fit0 = dataclasses.replace(ctx.fit, volume=dataclasses.replace(ctx.fit.volume, fe_common=0.0))
     target = float(ctx.hh.outcome(ctx.fit.spec.volume.outcome).sum())
@@ -130,11 +130,14 @@ def realised_level_cost(ctx, vp: np.ndarray, pp: np.ndarray) -> tuple[np.ndarray
 def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dict]]:
     """Generate, fit, bootstrap and score one world: its summary row, its rows per
     municipality and its rows per coefficient (z-score against the truth)."""
-    from engine.bootstrap import Settings, bands_table, context, run_bootstrap
-    from engine.model import fit_to_folder
-    from engine.population import read_population
-    from engine.rules import distribute
-    from engine.synth import generate
+    from engine.uncertainty.bootstrap import run_bootstrap
+    from engine.uncertainty.draws import context
+    from engine.uncertainty.settings import Settings
+    from engine.uncertainty.summaries import bands_table
+    from engine.model.fitted import fit_to_folder
+    from engine.model.population import read_population
+    from engine.rules.budget import allocate
+    from engine.world.synth import generate
 
     world = root / f"world-{seed}"
     t0 = time.perf_counter()
@@ -157,7 +160,7 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
     true_cost = np.array([by_code[c]["objective_cost"] for c in codes])
 
     def targets(cost):
-        b = distribute(ctx.regime, cost, ctx.hist, ctx.inhabitants, ctx.tb).budget
+        b = allocate(ctx.regime, cost, ctx.hist, ctx.inhabitants, ctx.tb).budget
         return b, b / b.sum(), cost / cost.sum()
 
     true_budget, true_share, true_oshare = targets(true_cost)

@@ -2,12 +2,12 @@
 
 Given a population (or ``--households N``: a synthetic one generated into ``--out``), a
 fit (``--coefficients``, or fitted into ``--out/fit``) and a bootstrap (``--bootstrap``, an
-output folder of ``buig bootstrap``, resumed or run with ``engine.bootstrap.run_bootstrap``),
+output folder of ``buig bootstrap``, resumed or run with ``engine.uncertainty.bootstrap.run_bootstrap``),
 the flags at ``--level`` are fixed (a surplus is unexplained when ``p_explained < level``)
 and for every kappa of the grid:
 
 - **capped**: flagged municipalities whose surplus B - S exceeds kappa * B
-  (``engine.cap.rob_cap``); **euros clawed back** (and as % of TB);
+  (``engine.rules.cap.rob_cap``); **euros clawed back** (and as % of TB);
 - **who receives them**, for both redistribution rules (``pro_rata``: to every municipality
   not capped, by budget; ``deficit``: to deficit municipalities first): the number of
   recipients, the top recipients and the top recipients' share of the pool;
@@ -109,7 +109,7 @@ def sweep(budget: np.ndarray, spending: np.ndarray, flagged: np.ndarray, replica
 
     ``replicates``: (R, n_mun) budgets of the bootstrap replicates; the flags stay fixed.
     """
-    from engine.cap import rob_cap
+    from engine.rules.cap import rob_cap
 
     tb = float(budget.sum())
     rows, stab = [], []
@@ -171,7 +171,7 @@ def sweep(budget: np.ndarray, spending: np.ndarray, flagged: np.ndarray, replica
 
 def flag_curve(res, planted: np.ndarray, levels: list[float]) -> list[dict]:
     """Precision and recall of the flags on the planted municipalities at each level."""
-    from engine.bootstrap import flags_table
+    from engine.uncertainty.summaries import flags_table
 
     out = []
     for level in levels:
@@ -248,16 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prepare(args) -> tuple:
     """Population, fit and bootstrap (generated, fitted, run or resumed as needed)."""
-    from engine.bootstrap import Settings, run_bootstrap
-    from engine.model import fit_to_folder
-    from engine.population import read_population
+    from engine.uncertainty.bootstrap import run_bootstrap
+    from engine.uncertainty.settings import Settings
+    from engine.model.fitted import fit_to_folder
+    from engine.model.population import read_population
 
     out = Path(args.out)
     population = args.population
     if population is None:
         population = str(out / "population")
         if not (Path(population) / "households.parquet").exists():
-            from engine.synth import generate
+            from engine.world.synth import generate
 
             print(f"generating a synthetic world of {args.households:,} households (seed {args.world_seed}) "
                   f"into {population}", flush=True)
@@ -286,7 +287,8 @@ def prepare(args) -> tuple:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engine.bootstrap import context, flags_table
+    from engine.uncertainty.draws import context
+    from engine.uncertainty.summaries import flags_table
 
     kappas, levels = parse_grid(args.kappas), parse_grid(args.levels)
     if any(k < 0 for k in kappas):

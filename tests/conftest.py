@@ -19,7 +19,7 @@ SMALL_SEED = 7
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A 30,000-household synthetic Netherlands (all 388 municipalities)."""
-    from engine.synth import generate
+    from engine.world.synth import generate
 
     out = tmp_path_factory.mktemp("small_world")
     generate(out, households=SMALL_HOUSEHOLDS, seed=SMALL_SEED)
@@ -28,6 +28,6 @@ def small_world(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_population(small_world):
-    from engine.population import read_population
+    from engine.model.population import read_population
 
     return read_population(small_world)

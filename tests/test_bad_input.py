@@ -1,6 +1,6 @@
 """Bad input, generated with hypothesis: malformed populations, scenario files and regime files.
 
-Every case goes through the command line (``engine.cli.main`` in this process) and must give
+Every case goes through the command line (``engine.app.cli.main`` in this process) and must give
 exactly one error line naming the table (or file), the column (or key) and the first
 offending row the test planted, exit with status 2, and leave the population and output
 folders as they were: the same files with the same bytes, nothing new (no ``.buig-tmp-*``),
@@ -33,13 +33,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.bootstrap import METHODS
-from engine.cap import REDISTRIBUTION
-from engine.cli import main
-from engine.population import TABLE_NAMES
-from engine.rules import HERE as REGIMES
-from engine.run import FIELDS, dump_toml
-from engine.schema import MAX_ADULTS_SHARING, TABLES
+from engine.uncertainty.settings import METHODS
+from engine.rules.cap import REDISTRIBUTION
+from engine.app.cli import main
+from engine.model.population import TABLE_NAMES
+from engine.io.config import DATA
+
+REGIMES = DATA / "regimes"
+from engine.app.scenario import FIELDS
+from engine.io.config import dump_toml
+from engine.model.schema import MAX_ADULTS_SHARING, TABLES
 from test_schema import _set
 
 TRIED: collections.Counter = collections.Counter()        # cases run, by kind
@@ -371,7 +374,7 @@ def test_a_cut_parquet_file_fails_cleanly_in_a_fresh_process(world, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("keep")
     before = _snapshot(tmp_path)
-    res = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--population", str(pop), "--replicates", "2",
+    res = subprocess.run([sys.executable, "-m", "engine", "run", "--population", str(pop), "--replicates", "2",
                           "--out", str(out)], capture_output=True, text=True)
     assert res.returncode == 2, res.stderr
     assert res.stderr.splitlines() == [res.stderr.strip()]
@@ -461,7 +464,11 @@ def missing_file(draw, file):
     name = draw(st.from_regex(r"no-such-[a-z0-9]{1,8}", fullmatch=True))
     if section == "population":
         return {section: {key: name}}, [f"population folder {file.parent / name} does not exist"]
-    return {section: {key: name}}, [f"scenario {file}: key '{section}.{key}': ", str(file.parent / name)]
+    kind = "spec" if section == "model" else "regime"
+    if draw(st.booleans()):                          # a bare name means a built-in, never a file here
+        return {section: {key: name}}, [f"scenario {file}: key '{section}.{key}': ", f"no built-in {kind} '{name}'"]
+    return ({section: {key: name + ".toml"}},
+            [f"scenario {file}: key '{section}.{key}': ", str(file.parent / (name + ".toml"))])
 
 
 def _not_toml(b: bytes) -> bool:

@@ -8,11 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.bootstrap import (Settings, bands_table, context, flags_table, plan_batches, run_bootstrap,
-                              write_results)
-from engine.cap import rob_cap
-from engine.model import fit_to_folder
-from engine.rules import distribute
+from engine.uncertainty.bootstrap import run_bootstrap
+from engine.uncertainty.draws import context
+from engine.uncertainty.settings import Settings
+from engine.uncertainty.store import plan_batches
+from engine.uncertainty.summaries import bands_table, flags_table, write_results
+from engine.rules.cap import rob_cap
+from engine.model.fitted import fit_to_folder
+from engine.rules.budget import allocate
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +76,12 @@ def test_parametric_bands_agree_with_the_delta_method(fitted_world, tmp_path):
     """Budget sd per municipality from 300 draws vs the delta method J V J' (finite differences)."""
     res = run_bootstrap(fitted_world, tmp_path / "d", replicates=300, batch_size=100, workers=0)
     ctx = context(fitted_world)
-    from engine.predict import predict, prediction_tables
+    from engine.model.predict import predict, prediction_tables
 
     def budget(vp, pp):
         t = prediction_tables(ctx.hh, ctx.fit, ctx.pd, vp, pp)
         cost = predict(ctx.hh, ctx.fit, ctx.pd, t).objective_cost
-        return distribute(ctx.regime, cost, ctx.hist, ctx.inhabitants, ctx.tb).budget
+        return allocate(ctx.regime, cost, ctx.hist, ctx.inhabitants, ctx.tb).budget
 
     v, p = ctx.fit.volume, ctx.fit.price
     base_v, base_p = v.params.copy(), p.params.copy()
@@ -122,8 +125,8 @@ def test_outputs_and_flags_consistent_with_bands(fitted_world, tmp_path):
 
 @pytest.mark.slow
 def test_flags_find_planted_municipalities(tmp_path):
-    from engine.population import read_population
-    from engine.synth import generate
+    from engine.model.population import read_population
+    from engine.world.synth import generate
 
     generate(tmp_path / "pop", households=1_000_000, seed=3)
     fit_to_folder(read_population(tmp_path / "pop"), tmp_path / "fit")

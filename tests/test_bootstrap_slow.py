@@ -2,7 +2,7 @@
 
 Issue 5: "cluster bootstrap standard errors agree with cluster-robust ones within 10%".
 200 cluster refits (municipalities resampled with replacement, warm start, frequency
-weights: ``engine.bootstrap.Context.cluster_fit``) on a 300,000-household synthetic world;
+weights: ``engine.uncertainty.bootstrap.Context.cluster_fit``) on a 300,000-household synthetic world;
 the sd of each refitted coefficient that enters prediction (volume terms without the
 intercept and the fixed effects; all price terms) is compared with its cluster-robust
 standard error from the full-sample fit. About 5-8 minutes on 2 cores.
@@ -25,10 +25,11 @@ HOUSEHOLDS = 300_000
 
 @pytest.fixture(scope="module")
 def cluster_refits(tmp_path_factory):
-    from engine.bootstrap import Context, Settings
-    from engine.model import fit_to_folder
-    from engine.population import read_population
-    from engine.synth import generate
+    from engine.uncertainty.draws import Context
+    from engine.uncertainty.settings import Settings
+    from engine.model.fitted import fit_to_folder
+    from engine.model.population import read_population
+    from engine.world.synth import generate
 
     root = tmp_path_factory.mktemp("cluster_se")
     generate(root / "pop", households=HOUSEHOLDS, seed=21)

@@ -33,15 +33,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.bootstrap import Settings, _done_ranges, plan_batches, run_bootstrap, write_results
-from engine.cli import main
-from engine.outputs import remove_stale, temporary_pid
-from engine.run import OUTPUTS
+from engine.uncertainty.bootstrap import run_bootstrap
+from engine.uncertainty.settings import Settings
+from engine.uncertainty.store import done_ranges, plan_batches
+from engine.uncertainty.summaries import write_results
+from engine.app.cli import main
+from engine.io.outputs import remove_stale, temporary_pid
+from engine.app.pipeline import OUTPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 # subprocesses (the CLI, dask workers that unpickle engine functions) import this checkout's engine
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-CLI = [sys.executable, "-m", "engine.cli"]
+CLI = [sys.executable, "-m", "engine"]
 N_MUN = 388
 
 # buig run: a finished run of an old population, then reruns on the new one under the same path
@@ -71,8 +74,8 @@ def test_temporary_names_are_never_batches_and_only_dead_writers_are_removed(tmp
                "replicates-20-25.parquet": True, "replicates-000030-000025.parquet": True}     # not ours, not batches
     for name in planted:
         (batches / name).mkdir() if "buig-tmp" in name else (batches / name).write_bytes(b"torn")
-    assert _done_ranges(tmp_path) == [(0, 5), (5, 10)]
-    assert plan_batches(20, 5, _done_ranges(tmp_path)) == [(10, 15), (15, 20)]
+    assert done_ranges(tmp_path) == [(0, 5), (5, 10)]
+    assert plan_batches(20, 5, done_ranges(tmp_path)) == [(10, 15), (15, 20)]
     removed = remove_stale(batches)
     assert sorted(p.name for p in removed) == sorted(n for n, keep in planted.items() if not keep)
     assert {p.name for p in batches.iterdir()} == {"replicates-000000-000005.parquet",
@@ -199,7 +202,7 @@ def _check_run_folder(out: Path, old: dict, new: dict, where: str) -> tuple[str,
 def _prepare(root: Path, new_population: Path) -> dict:
     """``root/out`` holding a finished run of an old population, whose files the new population then
     replaces under the same path; ``ref``: an undisturbed run on the new one, timed as a subprocess."""
-    from engine.synth import generate
+    from engine.world.synth import generate
 
     world = root / "world"
     generate(world, households=30_000, seed=8)                          # the old population
@@ -315,7 +318,7 @@ def test_run_killed_right_after_each_rename_stays_consistent(small_world, tmp_pa
 @pytest.fixture(scope="module")
 def boot(small_world, small_population, tmp_path_factory):
     """Settings of a bootstrap on the small world and its undisturbed result (in this process)."""
-    from engine.model import fit_to_folder
+    from engine.model.fitted import fit_to_folder
 
     coef = tmp_path_factory.mktemp("faults_fit")
     fit_to_folder(small_population, coef)
@@ -329,8 +332,8 @@ def boot(small_world, small_population, tmp_path_factory):
 def test_a_population_replaced_under_the_same_path_is_never_mixed_with_old_batches(boot, small_world, tmp_path):
     """A rerun after the population files changed (same path, same settings) recomputes every batch,
     also in a process that still holds the old population in memory."""
-    from engine import bootstrap
-    from engine.synth import generate
+    from engine.uncertainty import draws
+    from engine.world.synth import generate
 
     settings, _, _ = boot
     world = tmp_path / "world"
@@ -343,7 +346,7 @@ def test_a_population_replaced_under_the_same_path_is_never_mixed_with_old_batch
         shutil.copyfile(f, world / f.name)
     again = run_bootstrap(s, out, replicates=20, batch_size=5, workers=0)
     assert again.computed == 20                              # the old batches were discarded, not resumed
-    bootstrap._CONTEXTS.clear()
+    draws._CONTEXTS.clear()
     fresh = run_bootstrap(s, tmp_path / "fresh", replicates=20, batch_size=10, workers=0)
     assert not np.array_equal(first.values["budget"], fresh.values["budget"])
     for c in fresh.values:

@@ -13,12 +13,12 @@ import statsmodels.api as sm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.design import JOINT_OFF, JOINT_SIZES, component_design, dense_design, households_from_population
-from engine.fit import EstimationError, _Evaluator, fit_component
-from engine.model import fit_model, fit_to_folder, read_fit
-from engine.norms import load_norms
-from engine.population import from_tables
-from engine.spec import ComponentSpec, load_spec
+from engine.model.design import JOINT_OFF, JOINT_SIZES, component_design, dense_design, households_from_population
+from engine.model.fit import EstimationError, _Evaluator, fit_component
+from engine.model.fitted import fit_model, fit_to_folder, read_fit
+from engine.model.norms import load_norms
+from engine.model.population import from_tables
+from engine.model.spec import ComponentSpec, load_spec
 from kernels.config import N_VIRTUAL
 from kernels.glm import linear_predictor, logit_pass
 
@@ -202,7 +202,7 @@ def test_fit_is_bit_identical_for_any_number_of_blas_threads(small_world, tmp_pa
     for threads in ("1", "2"):
         env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
         out = tmp_path / f"fit{threads}"
-        res = subprocess.run([sys.executable, "-m", "engine.cli", "fit", "--population", str(small_world),
+        res = subprocess.run([sys.executable, "-m", "engine", "fit", "--population", str(small_world),
                               "--out", str(out), "--quiet"], env=env, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
         outs.append(out)
@@ -275,8 +275,8 @@ def test_fit_files_roundtrip_and_export(big12, tmp_path):
 
 @pytest.mark.slow
 def test_recovers_the_truth_on_a_million_households(tmp_path):
-    from engine.population import read_population
-    from engine.synth import generate
+    from engine.model.population import read_population
+    from engine.world.synth import generate
 
     generate(tmp_path, households=1_000_000, seed=11)
     pop = read_population(tmp_path)

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.design import FACTOR_COLUMNS, component_design, dense_design, households_from_population
-from engine.model import fit_model
-from engine.design import JOINT_GROUPS
-from engine.predict import household_predictions, predict, prediction_design
-from engine.schema import CATEGORIES
+from engine.model.design import FACTOR_COLUMNS, component_design, dense_design, households_from_population
+from engine.model.fitted import fit_model
+from engine.model.design import JOINT_GROUPS
+from engine.model.predict import household_predictions, predict, prediction_design
+from engine.model.schema import CATEGORIES
 from kernels.vexp import exp_array
 
 
@@ -39,7 +39,7 @@ def test_vectorised_exp_matches_numpy():
 
 def test_joint_codes_decode_to_the_factors(small_population):
     hh = households_from_population(small_population)
-    from engine.norms import load_norms
+    from engine.model.norms import load_norms
     pd_ = prediction_design(hh, load_norms(2019))
     n_levels = [len(CATEGORIES[f]) for f in FACTOR_COLUMNS]
     assert pd_.groups == JOINT_GROUPS and all(np.prod([n_levels[k] for k in g]) <= 256 for g in JOINT_GROUPS)
@@ -126,7 +126,7 @@ def test_permuting_households_changes_no_cost(fitted, seed):
 
 
 def test_cli_fit_and_predict(small_world, tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "engine.cli", *a], capture_output=True, text=True)  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "engine", *a], capture_output=True, text=True)  # noqa: E731
     res = run("fit", "--population", str(small_world), "--out", str(tmp_path / "fit"))
     assert res.returncode == 0, res.stderr
     import re

@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine import redistribution as rd
-from engine.budget import read_costs
-from engine.cli import main
-from engine.municipal_model import MODEL_2005_GV, fit, municipal_data
-from engine.rules import HERE
-from engine.schema import PopulationError
+from engine.rules import redistribution as rd
+from engine.app.budget_files import read_costs
+from engine.app.cli import main
+from engine.model.municipal import MODEL_2005_GV, fit, municipal_data
+from engine.io.config import DATA
+from engine.model.schema import PopulationError
 
 
 # --------------------------------------------------------------------------- hand-computed cases
@@ -174,7 +174,7 @@ def _untouched(out, argv, capsys, words):
 
 def test_bad_regime_file_exit_2(small_world, costs, tmp_path, capsys):
     bad = tmp_path / "bad.toml"
-    text = (HERE / "2019.toml").read_text(encoding="utf-8")
+    text = (DATA / "regimes" / "2019.toml").read_text(encoding="utf-8")
     bad.write_text(text.replace("objective_from = 40_000", "objective_from = 10_000"), encoding="utf-8")
     _untouched(tmp_path / "out", ["budget", "--population", str(small_world), "--costs", str(costs),
                                   "--regime", str(bad)], capsys, [str(bad), "objective_weight.objective_from"])

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.report import SYNTHETIC_TEXT, Scale, write_report
-from engine.run import load_scenario, run
+from engine.app.report.page import SYNTHETIC_TEXT, Scale, write_report
+from engine.app.pipeline import run
+from engine.app.scenario import load_scenario
 
 HOSTILE = ["<script>alert(1)</script>", "\"&'", "Bad</td></tr></table><b>name"]
 HOSTILE_PROVINCE = "<img src=x onerror=alert(2)>"

@@ -12,8 +12,11 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from engine.rules import (HERE, CapRule, distribute, ex_ante_cap, historical_shares, load_regime,
-                          objective_shares, objective_weight, size_class, total_budget, vangnet_payout)
+from engine.io.config import DATA
+from engine.rules.budget import (allocate, ex_ante_cap, historical_shares, objective_shares, objective_weight,
+                                 size_class, total_budget)
+from engine.rules.regime import CapRule, load_regime
+from engine.rules.vangnet import vangnet_payout
 
 R2019 = load_regime("2019")
 R2005 = load_regime("2005")
@@ -29,11 +32,11 @@ def test_builtin_regimes():
     assert (R2005.cap.theta, R2005.cap.band_to) == (0.10, 0.10)
     assert {c.name for c in R2005.cap_variants} == {"5%", "7.5%", "5-10% half", "10%"}
     assert (R2019.vangnet.own_risk, R2019.vangnet.full_from, R2019.vangnet.paid_in_band) == (0.075, 0.125, 0.5)
-    assert load_regime(HERE / "2019.toml") == dataclasses.replace(R2019)
+    assert load_regime(DATA / "regimes" / "2019.toml") == dataclasses.replace(R2019)
 
 
 def _broken(tmp_path: Path, old: str, new: str, base: str = "2019") -> Path:
-    text = (HERE / f"{base}.toml").read_text(encoding="utf-8")
+    text = (DATA / "regimes" / f"{base}.toml").read_text(encoding="utf-8")
     assert re.search(old, text, flags=re.M), old
     path = tmp_path / "mine.toml"
     path.write_text(re.sub(old, new, text, count=1, flags=re.M), encoding="utf-8")
@@ -45,7 +48,7 @@ def _broken(tmp_path: Path, old: str, new: str, base: str = "2019") -> Path:
     (r"^historical_up_to = 15_000\n", "", "objective_weight.historical_up_to", "missing"),
     (r"^objective_share = 1.0", "objective_share = 1.2", "objective_weight.objective_share", "outside [0, 1]"),
     (r"^rule = \"pro_rata\"", 'rule = "step"', "objective_weight.rule", "not one of"),
-    (r"^normalise = true", 'normalise = "yes"', "budget.normalise", "expected bool"),
+    (r"^normalise = true", 'normalise = "yes"', "budget.normalise", "expected true or false"),
     (r"^macrobudget = .*", "macrobudget = -1.0", "budget.macrobudget", "negative"),
     (r"^vangnet_reserve = 0.0", "vangnet_reserve = -5.0", "budget.deductions.vangnet_reserve", "negative"),
     (r"^year = \"2019\"", 'year = "1999"', "vangnet.year", "no rule"),
@@ -77,8 +80,10 @@ def test_not_toml_and_missing_file(tmp_path):
     bad.write_text("name = \n", encoding="utf-8")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_regime(bad)
-    with pytest.raises(FileNotFoundError, match="built-in regimes: 2005, 2019"):
+    with pytest.raises(FileNotFoundError, match="no regime file .*none.toml"):
         load_regime(tmp_path / "none.toml")
+    with pytest.raises(FileNotFoundError, match="no built-in regime 'none'; built in: 2005, 2019"):
+        load_regime("none")                          # a bare name is a built-in, never a file in the cwd
 
 
 # --------------------------------------------------------------------------- hand-computed cases
@@ -114,12 +119,12 @@ def test_distribute_2019_normalised_and_literal():
     cost = np.array([10, 20, 30, 20, 20.0])                     # s = 0.1, 0.2, 0.3, 0.2, 0.2
     hist = np.array([0.3, 0.2, 0.1, 0.2, 0.2])
     # raw = w s + (1 - w) H = 0.3, 0.2, 0.5*0.3 + 0.5*0.1 = 0.2, 0.2, 0.2; sum 1.1
-    b = distribute(R2019, cost, hist, inh, 1000.0)
+    b = allocate(R2019, cost, hist, inh, 1000.0)
     np.testing.assert_allclose(b.objective_share, [0.1, 0.2, 0.3, 0.2, 0.2])
     np.testing.assert_allclose(b.objective_weight, [0, 0, 0.5, 1, 1])
     np.testing.assert_allclose(b.budget, np.array([0.3, 0.2, 0.2, 0.2, 0.2]) / 1.1 * 1000)
     assert abs(b.residual) < 1e-9 and math.isnan(b.ceiling)
-    literal = distribute(dataclasses.replace(R2019, normalise=False), cost, hist, inh, 1000.0)
+    literal = allocate(dataclasses.replace(R2019, normalise=False), cost, hist, inh, 1000.0)
     np.testing.assert_allclose(literal.budget, [300, 200, 200, 200, 200])     # TB * raw
     assert literal.residual == pytest.approx(-100.0)                          # 1000 - 1100
 
@@ -132,7 +137,7 @@ def test_distribute_2005_compartments():
     # raw = 0.2, 0.1, 0.365*0.2 + 0.635*0.2 = 0.2, 0.73*0.3 + 0.27*0.2 = 0.273, 0.73*0.3 + 0.27*0.3 = 0.3
     # compartments by objective share: <40k 0.2, 40-60k 0.2, >60k 0.6 of TB = 1000
     # <40k: 200 split 0.2 : 0.1; 40-60k: 200; >60k: 600 split 0.273 : 0.3
-    b = distribute(R2005, cost, hist, inh, 1000.0, cap=None)
+    b = allocate(R2005, cost, hist, inh, 1000.0, cap=None)
     np.testing.assert_allclose(b.budget, [400 / 3, 200 / 3, 200, 600 * 0.273 / 0.573, 600 * 0.3 / 0.573])
     assert b.budget.sum() == pytest.approx(1000.0)
 
@@ -188,7 +193,7 @@ def test_cap_in_distribute_keeps_tb():
     inh = np.array([30_000, 45_000, 65_000, 80_000, 90_000])
     cost = np.array([1.0, 1.0, 1.0, 4.0, 0.2])
     hist = np.full(5, 0.2)
-    b = distribute(dataclasses.replace(R2005, compartments=False), cost, hist, inh, 1000.0)
+    b = allocate(dataclasses.replace(R2005, compartments=False), cost, hist, inh, 1000.0)
     e = b.budget / (1000 * hist) - 1
     assert e.min() >= -0.10 - 1e-12 and b.budget.sum() == pytest.approx(1000.0, abs=0.01)
     assert not np.allclose(b.budget, b.uncapped)
@@ -243,7 +248,7 @@ REGIMES = [R2019, R2005, dataclasses.replace(R2005, compartments=False),
 @given(world=worlds())
 def test_budgets_sum_to_tb_and_shares_to_one(regime, world):
     inh, cost, hist, tb = world
-    b = distribute(regime, cost, hist, inh, tb)
+    b = allocate(regime, cost, hist, inh, tb)
     assert abs(b.budget.sum() - tb) <= 0.01
     assert abs(b.objective_share.sum() - 1.0) <= 1e-12
     assert abs(b.historical_share.sum() - 1.0) <= 1e-12
@@ -255,8 +260,8 @@ def test_budgets_sum_to_tb_and_shares_to_one(regime, world):
 def test_order_does_not_matter(regime, world, seed):
     inh, cost, hist, tb = world
     perm = np.random.default_rng(seed).permutation(inh.size)
-    b = distribute(regime, cost, hist, inh, tb)
-    p = distribute(regime, cost[perm], hist[perm], inh[perm], tb)
+    b = allocate(regime, cost, hist, inh, tb)
+    p = allocate(regime, cost[perm], hist[perm], inh[perm], tb)
     np.testing.assert_allclose(p.budget, b.budget[perm], rtol=1e-9, atol=1e-6)
 
 
@@ -269,8 +274,8 @@ def test_raising_own_cost_never_lowers_own_budget(regime, world, who, factor):
     g = who % inh.size
     more = cost.copy()
     more[g] *= factor
-    before = distribute(regime, cost, hist, inh, tb, cap=None).budget[g]
-    after = distribute(regime, more, hist, inh, tb, cap=None).budget[g]
+    before = allocate(regime, cost, hist, inh, tb, cap=None).budget[g]
+    after = allocate(regime, more, hist, inh, tb, cap=None).budget[g]
     assert after >= before - 1e-9 * tb
 
 
@@ -282,12 +287,12 @@ def test_cap_can_lower_a_gainer_whose_cost_rises():
     hist = np.full(5, 0.2)                                        # historical budget 200 each
     # cost 8,1,2,2,2 (sum 15): raw = 0.2, 0.5/15 + 0.1, 2/15 x 3; sum 0.7333
     # B = 272.7, 181.8 x 4: losses of 9.1% stay within the cap, no top-up
-    before = distribute(r, np.array([8.0, 1, 2, 2, 2]), hist, inh, 1000.0)
+    before = allocate(r, np.array([8.0, 1, 2, 2, 2]), hist, inh, 1000.0)
     np.testing.assert_allclose(before.budget, [3000 / 11, 2000 / 11, 2000 / 11, 2000 / 11, 2000 / 11])
     # cost 16,1,2,2,2 (sum 23): raw = 0.2, 0.5/23 + 0.1, 2/23 x 3; sum 0.58261
     # B = 343.3, 209.0, 149.3 x 3; the three at -25.4% are floored at 180 (top-up 92.2),
     # paid by the only large gainer: 200 (0.7164 - u) = 92.2 -> u = 0.2552, B = 251.0
-    after = distribute(r, np.array([16.0, 1, 2, 2, 2]), hist, inh, 1000.0)
+    after = allocate(r, np.array([16.0, 1, 2, 2, 2]), hist, inh, 1000.0)
     raw = np.array([0.2, 0.5 / 23 + 0.1, 2 / 23, 2 / 23, 2 / 23])
     b = 1000 * raw / raw.sum()
     np.testing.assert_allclose(after.budget, [1000 - b[1] - 540, b[1], 180, 180, 180])
@@ -299,6 +304,6 @@ def test_cap_bounds_losses(world):
     inh, cost, hist, tb = world
     assume(hist.min() > 1e-9)
     r = dataclasses.replace(R2005, compartments=False)
-    b = distribute(r, cost, hist, inh, tb)
+    b = allocate(r, cost, hist, inh, tb)
     e = b.budget / (b.budget.sum() * hist) - 1
     assert e.min() >= -0.10 - 1e-9

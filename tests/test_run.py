@@ -11,8 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from engine.cli import main
-from engine.run import OUTPUTS, dump_toml, load_scenario, run, with_overrides
+from engine.app.cli import main
+from engine.app.pipeline import OUTPUTS, run
+from engine.app.scenario import load_scenario, with_overrides
+from engine.io.config import dump_toml
 
 HOUSEHOLDS, SEED, REPLICATES = 30_000, 7, 20
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.population import from_tables, read_population
-from engine.schema import CATEGORIES, TABLES, PopulationError, schema
+from engine.model.population import from_tables, read_population
+from engine.model.schema import CATEGORIES, TABLES, PopulationError, schema
 
 
 def _tables(pop):
@@ -151,7 +151,7 @@ def test_truncated_and_missing_files(small_world, tmp_path):
 
 
 def test_cli_validate_exit_codes(small_world, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "engine.cli", "validate", str(small_world)],
+    ok = subprocess.run([sys.executable, "-m", "engine", "validate", str(small_world)],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "pop"
@@ -159,7 +159,7 @@ def test_cli_validate_exit_codes(small_world, tmp_path):
     m = pq.read_table(bad / "municipalities.parquet")
     pq.write_table(_set(m, "spending_t", 11, -5.0), bad / "municipalities.parquet")
     before = sorted(p.name for p in bad.iterdir())
-    res = subprocess.run([sys.executable, "-m", "engine.cli", "validate", str(bad)], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "engine", "validate", str(bad)], capture_output=True, text=True)
     assert res.returncode == 2
     assert "municipalities.spending_t, row 11: value -5.0 is below the minimum 0" in res.stderr
     assert sorted(p.name for p in bad.iterdir()) == before

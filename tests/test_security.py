@@ -11,9 +11,12 @@ import distributed  # noqa: F401  (its configuration defaults are loaded before 
 import numpy as np
 import pytest
 
-from engine.bootstrap import Settings, _client, read_replicates, run_bootstrap
-from engine.cli import main
-from engine.model import fit_to_folder
+from engine.uncertainty.bootstrap import run_bootstrap
+from engine.uncertainty.executor import client_for
+from engine.uncertainty.settings import Settings
+from engine.uncertainty.store import read_replicates
+from engine.app.cli import main
+from engine.model.fitted import fit_to_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +39,7 @@ def dask_config():
 
 def test_default_local_cluster_listens_on_loopback_only():
     psutil = pytest.importorskip("psutil")
-    with _client(2, None) as client:
+    with client_for(2, None) as client:
         try:
             addresses = [client.scheduler.address, *client.scheduler_info()["workers"]]
             assert len(addresses) == 3

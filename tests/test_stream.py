@@ -1,4 +1,4 @@
-"""Households read in batches (engine.population.stream_population, engine.design.read_households):
+"""Households read in batches (engine.model.population.stream_population, engine.model.design.read_households):
 the same arrays and the same errors as reading and validating the whole table."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.design import households_from_population, read_households
-from engine.population import read_population
-from engine.schema import CATEGORIES, MAX_ADULTS_SHARING, PopulationError
+from engine.model.design import households_from_population, read_households
+from engine.model.population import read_population
+from engine.model.schema import CATEGORIES, MAX_ADULTS_SHARING, PopulationError
 from test_schema import _set
 
 BATCH = 4096                       # the 30,000-household world in 8 batches

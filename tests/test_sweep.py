@@ -8,9 +8,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from engine.cli import main
-from engine.run import load_scenario, run, statistics, with_overrides
-from engine.sweep import STAT_COLUMNS, load_sweep, run_sweep
+from engine.app.cli import main
+from engine.app.pipeline import run, statistics
+from engine.app.scenario import load_scenario, with_overrides
+from engine.app.sweep import STAT_COLUMNS, load_sweep, run_sweep
 
 REPLICATES = 12
 

@@ -8,10 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from engine.population import read_population
-from engine.schema import CATEGORIES
-from engine.synth import REAL_HOUSEHOLDS, allocate_households, generate, largest_remainder, load_geography
-from engine.truth import HOUSEHOLDS_PER_RECIPIENT
+from engine.model.population import read_population
+from engine.model.schema import CATEGORIES
+from engine.world.geography import allocate_households, largest_remainder, load_geography
+from engine.world.synth import REAL_HOUSEHOLDS, generate
+from engine.world.truth import HOUSEHOLDS_PER_RECIPIENT
 
 FILES = ("households.parquet", "neighbourhoods.parquet", "municipalities.parquet", "truth.json")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from engine.cli import main
-from engine.wdeel import budgets, fit_to_need, model_weights, recipients_by_duration, wdeel
+from engine.app.cli import main
+from engine.rules.wdeel import budgets, fit_to_need, model_weights, recipients_by_duration, wdeel
 
 # Recipients per municipality (rows) and duration class (columns 0 none, 1 <1y, 2 1-2y,
 # 3 2-4y, 4 4-5y, 5 >5y); class 0 never counts.

@@ -1,12 +1,12 @@
 """Parametric bootstrap replicates per second: one `Context.run_batch` of 50 draws vs a plain NumPy loop over the same draws.
 
-buig: ``engine.bootstrap.Context.run_batch(0, 50)`` on the prepared dataset, the context
+buig: ``engine.uncertainty.bootstrap.Context.run_batch(0, 50)`` on the prepared dataset, the context
 (population, fit, prediction design, covariance roots) built in setup: per replicate the
 coefficient draw and its look-up tables, then one Numba pass over the households for all
 50 draws (``kernels.bootstrap.draw_sums``), then the regime's distribution per draw.
 
 numpy: per draw the same coefficient draw and the same look-up tables (``Context.parametric_params``
-with the replicate's own ``SeedSequence`` child, ``engine.predict.prediction_tables``),
+with the replicate's own ``SeedSequence`` child, ``engine.model.predict.prediction_tables``),
 then the linear predictors as sums of ``np.take`` over the joint factor codes plus the
 neighbourhood term, ``1 / (1 + np.exp(-eta))`` for p and f, E = p f N and
 V = p (1 - p) (f N)^2 summed per municipality with ``np.bincount``, and per draw the
@@ -33,19 +33,19 @@ FLOORS = [Floor(peer="numpy", min_ratio=4.0, scales=("small",))]
 
 def fitted_settings(ctx, method: str = "parametric", seed: int = SEED):
     """Bootstrap settings on the case's dataset, fitted once per run into the case's shared folder."""
-    from engine.bootstrap import Settings
+    from engine.uncertainty.settings import Settings
 
     fit = ctx.shared / "fit"
     if not (fit / "coefficients.parquet").exists():
-        from engine.model import fit_to_folder
-        from engine.population import read_population
+        from engine.model.fitted import fit_to_folder
+        from engine.model.population import read_population
 
         fit_to_folder(read_population(ctx.dataset), fit)
     return Settings(population=str(ctx.dataset), coefficients=str(fit), regime="2019", method=method, seed=seed)
 
 
 def setup_buig(ctx):
-    from engine.bootstrap import Context
+    from engine.uncertainty.draws import Context
 
     return {"ctx": ctx, "bctx": Context(fitted_settings(ctx))}
 
@@ -64,8 +64,8 @@ def extras_buig(state, result, timing):
 def setup_numpy(ctx):
     import numpy as np
 
-    from engine.bootstrap import Context
-    from engine.predict import prediction_tables
+    from engine.uncertainty.draws import Context
+    from engine.model.predict import prediction_tables
 
     bctx = Context(fitted_settings(ctx))
     pd_ = bctx.pd
@@ -79,9 +79,9 @@ def setup_numpy(ctx):
 
 
 def run_numpy(state):
-    from engine.predict import prediction_tables
-    from engine.redistribution import effects
-    from engine.rules import distribute
+    from engine.model.predict import prediction_tables
+    from engine.rules.redistribution import effects
+    from engine.rules.budget import allocate
 
     np, b = state["np"], state["bctx"]
     out = {c: np.empty((DRAWS, state["n_mun"])) for c in ("objective_cost", "budget", "share", "effect_pct",
@@ -101,7 +101,7 @@ def run_numpy(state):
         fn = state["norm"] / (1.0 + np.exp(-eta_p))
         cost = np.bincount(state["mun"], weights=p * fn, minlength=state["n_mun"])
         var = np.bincount(state["mun"], weights=p * (1.0 - p) * fn * fn, minlength=state["n_mun"])
-        budget = distribute(b.regime, cost, b.hist, b.inhabitants, b.tb).budget
+        budget = allocate(b.regime, cost, b.hist, b.inhabitants, b.tb).budget
         out["objective_cost"][r], out["budget"][r], out["share"][r] = cost, budget, budget / budget.sum()
         out["effect_pct"][r] = effects(budget, b.spending, b.inhabitants).pct
         out["simulated_spending"][r] = (cost + np.sqrt(var) * z) * np.exp(b.between_sd * u * (1.0 - b.rate))
@@ -121,7 +121,7 @@ def extras_numpy(state, result, timing):
 
 IMPLEMENTATIONS = [
     Impl("buig", setup=setup_buig, run=run_buig, extras=extras_buig,
-         note=f"engine.bootstrap.Context.run_batch(0, {DRAWS}): draws, tables, one Numba pass for all draws, "
+         note=f"engine.uncertainty.bootstrap.Context.run_batch(0, {DRAWS}): draws, tables, one Numba pass for all draws, "
               "distribution per draw"),
     Impl("numpy", setup=setup_numpy, run=run_numpy, extras=extras_numpy,
          note=f"the same {DRAWS} draws and tables; per draw np.take sums, 1/(1+exp(-eta)), np.bincount per "

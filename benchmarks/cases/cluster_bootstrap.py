@@ -1,6 +1,6 @@
 """Cluster bootstrap on Dask: 2 workers vs 1 worker on the same refits (scaling efficiency).
 
-Each timed call is ``engine.bootstrap.run_bootstrap(method="cluster")`` into a fresh
+Each timed call is ``engine.uncertainty.bootstrap.run_bootstrap(method="cluster")`` into a fresh
 folder on an open ``LocalCluster`` (loopback, one Dask thread per worker): per replicate
 the municipalities are resampled, both components refitted warm from the full-sample
 estimate, and the whole distribution run on the full population; batches of
@@ -38,7 +38,7 @@ def _setup(ctx, workers: int, numba_threads: int | None):
     from dask.distributed import Client, LocalCluster
 
     from benchmarks.cases.bootstrap import fitted_settings
-    from engine.bootstrap import run_bootstrap
+    from engine.uncertainty.bootstrap import run_bootstrap
 
     settings = fitted_settings(ctx, method="cluster", seed=SEED)
     env = {"NUMBA_NUM_THREADS": str(numba_threads)} if numba_threads else {}
@@ -53,7 +53,7 @@ def _setup(ctx, workers: int, numba_threads: int | None):
 
 
 def _run(state):
-    from engine.bootstrap import run_bootstrap
+    from engine.uncertainty.bootstrap import run_bootstrap
 
     state["calls"] += 1
     return run_bootstrap(state["settings"], state["ctx"].tmp / f"run-{state['calls']}",

@@ -1,6 +1,6 @@
 """Fitting the volume logit (421 parameters: 8 household factors, 3 neighbourhood columns, 387 municipality fixed effects) on all households: buig vs glum on tabmat vs scikit-learn, same data, same run.
 
-buig: ``engine.fit.fit_component(component_design(hh, spec.volume), tol=1e-10)``; the
+buig: ``engine.model.fit.fit_component(component_design(hh, spec.volume), tol=1e-10)``; the
 design is built in setup, the timed call is the whole fit (Newton iterations **and** the
 model, robust and cluster covariances and the common effect for prediction; the peers
 compute no covariance). The warm-up is a first full fit (Numba compiles or loads its cache
@@ -50,8 +50,8 @@ FLOORS = [
 # --- shared helpers (also used by fit_volume_subset) -------------------------------------
 
 def load_households(ctx):
-    from engine.design import households_from_population
-    from engine.population import read_population
+    from engine.model.design import households_from_population
+    from engine.model.population import read_population
 
     return households_from_population(read_population(ctx.dataset))
 
@@ -70,14 +70,14 @@ def estimation_sample(hh, spec):
     """What buig estimates on: rows kept, municipalities kept (no separation), term names.
 
     A municipality whose households all have (or all lack) the outcome is left out with its
-    fixed effect (engine.fit does the same); municipalities without households too. The first
+    fixed effect (engine.model.fit does the same); municipalities without households too. The first
     municipality kept is the reference.
     Returns (keep rows bool (n,), kept municipality rows (sorted), term names without the
     intercept in buig's order).
     """
     import numpy as np
 
-    from engine.design import make_layout
+    from engine.model.design import make_layout
 
     mun = hh.municipality()
     y = hh.outcome(spec.outcome)
@@ -104,8 +104,8 @@ def slot_design(hh, spec, keep, kept):
     """
     import numpy as np
 
-    from engine.schema import CATEGORIES
-    from engine.spec import CONTINUOUS
+    from engine.model.schema import CATEGORIES
+    from engine.model.spec import CONTINUOUS
 
     rows = np.flatnonzero(keep)
     m = rows.size
@@ -170,8 +170,8 @@ def tabmat_design(hh, spec, keep, kept):
     import numpy as np
     import tabmat
 
-    from engine.schema import CATEGORIES
-    from engine.spec import CONTINUOUS
+    from engine.model.schema import CATEGORIES
+    from engine.model.spec import CONTINUOUS
 
     rows = np.flatnonzero(keep)
     mats = []
@@ -222,8 +222,8 @@ def threads() -> int:
 # --- buig ----------------------------------------------------------------------------------
 
 def setup_buig(ctx):
-    from engine.design import component_design
-    from engine.spec import load_spec
+    from engine.model.design import component_design
+    from engine.model.spec import load_spec
 
     spec = load_spec("2019")
     hh = load_households(ctx)
@@ -231,7 +231,7 @@ def setup_buig(ctx):
 
 
 def run_buig(state):
-    from engine.fit import fit_component
+    from engine.model.fit import fit_component
 
     return fit_component(state["design"], tol=BUIG_TOL, mun_codes=state["mun_codes"])
 
@@ -260,7 +260,7 @@ def extras_buig(state, fit, timing):
 def setup_glum(ctx, rows=None):
     import numpy as np
 
-    from engine.spec import load_spec
+    from engine.model.spec import load_spec
 
     spec = load_spec("2019").volume
     hh = load_households(ctx)
@@ -290,7 +290,7 @@ def extras_glum(state, m, timing):
 def setup_sklearn(ctx, rows=None):
     import numpy as np
 
-    from engine.spec import load_spec
+    from engine.model.spec import load_spec
 
     spec = load_spec("2019").volume
     hh = load_households(ctx)
@@ -317,7 +317,7 @@ def extras_sklearn(state, m, timing):
 
 IMPLEMENTATIONS = [
     Impl("buig", setup=setup_buig, run=run_buig, extras=extras_buig,
-         note=f"engine.fit.fit_component(tol={BUIG_TOL:g}): Newton on the factor-coded design (Numba passes), "
+         note=f"engine.model.fit.fit_component(tol={BUIG_TOL:g}): Newton on the factor-coded design (Numba passes), "
               "incl. model/robust/cluster covariances and the common effect; warm-up = a first full fit"),
     Impl("glum", setup=setup_glum, run=run_glum, extras=extras_glum,
          note=f"glum.GeneralizedLinearRegressor(binomial, alpha=0, gradient_tol={GLUM_GRADIENT_TOL:g}, solver auto "

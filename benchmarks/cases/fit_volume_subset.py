@@ -50,8 +50,8 @@ def per_million(timing, rows) -> float:
 
 
 def setup_buig(ctx):
-    from engine.design import component_design
-    from engine.spec import load_spec
+    from engine.model.design import component_design
+    from engine.model.spec import load_spec
 
     hh = take_rows(load_households(ctx), subset_rows(ctx))
     return {"ctx": ctx, "design": component_design(hh, load_spec("2019").volume), "mun_codes": hh.mun_codes}
@@ -72,7 +72,7 @@ def extras_glum(state, m, timing):
 def setup_statsmodels(ctx):
     import numpy as np
 
-    from engine.spec import load_spec
+    from engine.model.spec import load_spec
 
     spec = load_spec("2019").volume
     hh = take_rows(load_households(ctx), subset_rows(ctx))
@@ -107,7 +107,7 @@ def extras_statsmodels(state, res, timing):
 
 IMPLEMENTATIONS = [
     Impl("buig", setup=setup_buig, run=run_buig, extras=extras_buig,
-         note=f"engine.fit.fit_component(tol={BUIG_TOL:g}) on the subset's factor-coded design, incl. covariances"),
+         note=f"engine.model.fit.fit_component(tol={BUIG_TOL:g}) on the subset's factor-coded design, incl. covariances"),
     Impl("glum", setup=setup_glum_subset, run=run_glum, extras=extras_glum,
          note=f"glum irls-ls (gradient_tol={GLUM_GRADIENT_TOL:g}) on the subset's tabmat.SplitMatrix, "
               "as in fit_volume"),

@@ -1,7 +1,7 @@
 """Prediction + aggregation: p, f, N per household summed per municipality x household type (the kernel `kernels.predict.group_sums` as `engine.predict.predict` calls it) vs plain NumPy on the same arrays vs a memory copy of the bytes the kernel reads.
 
-Setup (untimed) fits the 2019 model on the dataset (`engine.model.fit_model`), builds the
-prediction design (`engine.predict.prediction_design`: 3 joint uint8 codes of the 8
+Setup (untimed) fits the 2019 model on the dataset (`engine.model.fitted.fit_model`), builds the
+prediction design (`engine.model.predict.prediction_design`: 3 joint uint8 codes of the 8
 factors, neighbourhood, norm index) and the look-up tables (`prediction_tables`); buig
 saves the tables for the peers, so all three work on identical inputs. The timed call is
 one pass over all households returning the (n_mun * 5, 4) sums of p, p f, p N, p f N.
@@ -28,11 +28,11 @@ FLOORS = [
 
 
 def _prediction_design(ctx):
-    from engine.design import households_from_population
-    from engine.norms import load_norms
-    from engine.population import read_population
-    from engine.predict import prediction_design
-    from engine.spec import load_spec
+    from engine.model.design import households_from_population
+    from engine.model.norms import load_norms
+    from engine.model.population import read_population
+    from engine.model.predict import prediction_design
+    from engine.model.spec import load_spec
 
     hh = households_from_population(read_population(ctx.dataset))
     return hh, prediction_design(hh, load_norms(load_spec("2019").norms))
@@ -65,8 +65,8 @@ def _sums_diff(ctx, sums) -> dict:
 def setup_buig(ctx):
     import numpy as np
 
-    from engine.model import fit_model
-    from engine.predict import TYPES, prediction_tables
+    from engine.model.fitted import fit_model
+    from engine.model.predict import TYPES, prediction_tables
     from kernels.config import N_VIRTUAL
     from kernels.predict import group_sums
 
@@ -100,7 +100,7 @@ def extras_buig(state, sums, timing):
 # --- NumPy -----------------------------------------------------------------------------------
 
 def setup_numpy(ctx):
-    from engine.predict import TYPES
+    from engine.model.predict import TYPES
 
     _, pd_ = _prediction_design(ctx)
     tables = {name: ctx.load(name) for name in TABLES}

@@ -17,7 +17,7 @@ FLOORS = [Floor(peer="pyarrow", min_ratio=0.05)]
 
 
 def setup_buig(ctx):
-    from engine.population import read_population
+    from engine.model.population import read_population
 
     return {"read": read_population, "path": ctx.dataset}
 
@@ -59,7 +59,7 @@ def extras_pyarrow(state, tables, timing):
 
 IMPLEMENTATIONS = [
     Impl("buig", setup=setup_buig, run=run_buig, extras=extras_buig,
-         note="engine.population.read_population(folder): read, validate, index (and truth.json)"),
+         note="engine.model.population.read_population(folder): read, validate, index (and truth.json)"),
     Impl("pyarrow", setup=setup_pyarrow, run=run_pyarrow, extras=extras_pyarrow, role="floor",
          note="pyarrow.parquet.read_table of the same three files, no validation (lower bound)"),
 ]

@@ -1,4 +1,4 @@
-"""Generating the synthetic Netherlands (`engine.synth.generate`) at the scale's size, into a temporary folder.
+"""Generating the synthetic Netherlands (`engine.world.synth.generate`) at the scale's size, into a temporary folder.
 
 No peer. The warm-up generates 1,000 households (imports, first-touch of the code paths);
 each timed call writes the full-size population into the child's private temporary
@@ -17,7 +17,7 @@ WARMUP_HOUSEHOLDS = 1_000
 
 
 def setup(ctx):
-    from engine.synth import generate  # imported here, untimed
+    from engine.world.synth import generate  # imported here, untimed
 
     return {"generate": generate, "out": ctx.tmp / "population", "households": ctx.households, "seed": ctx.seed,
             "warmup_out": ctx.tmp / "warmup"}
@@ -46,6 +46,6 @@ def extras(state, summary, timing):
 
 IMPLEMENTATIONS = [
     Impl("buig", setup=setup, run=run, warmup=warmup, extras=extras,
-         note="engine.synth.generate(tmp, households=N, seed): 388 municipalities on os.cpu_count() threads, "
+         note="engine.world.synth.generate(tmp, households=N, seed): 388 municipalities on os.cpu_count() threads, "
               "three Parquet files + truth.json"),
 ]

@@ -1,0 +1,7 @@
+"""``python -m engine``: the ``buig`` command line (:mod:`engine.app.cli`)."""
+
+import sys
+
+from engine.app.cli import main
+
+sys.exit(main())

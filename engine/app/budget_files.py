@@ -1,0 +1,230 @@
+"""``buig budget`` and ``buig wdeel``: from a population (and objective costs) to files.
+
+:func:`read_costs` reads and checks ``municipal_costs.parquet`` (written by ``buig
+predict``); :func:`compute_budget` runs a regime on a population and returns every
+number; :func:`write_budget` and :func:`write_wdeel` write them through
+:func:`engine.io.outputs.atomic_dir`. Everything is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from engine.model import municipal as mm
+from engine.rules import redistribution as rd
+from engine.io.outputs import atomic_dir
+from engine.model.population import Population
+from engine.rules.regime import Regime
+from engine.rules.budget import Budgets, allocate, historical_shares, total_budget
+from engine.rules.vangnet import vangnet_payout
+from engine.model.schema import PopulationError, as_strings
+from engine.rules.wdeel import WdeelResult
+
+COSTS_FILE = "municipal_costs.parquet"
+COSTS_COLUMNS = {"code": "string", "objective_cost": "float64", "predicted_households": "float64",
+                 "actual_households": "int64"}
+
+
+def _costs_error(file: Path, column: str | None, row: int | None, problem: str) -> PopulationError:
+    return PopulationError("municipal_costs", column, row, f"{problem} (file {file})")
+
+
+def read_costs(folder: str | Path, codes: np.ndarray) -> dict[str, np.ndarray]:
+    """The columns of ``folder/municipal_costs.parquet`` in the order of ``codes``.
+
+    The file must cover exactly the municipalities ``codes``, once each, with finite
+    non-negative ``objective_cost``; the error names the file, the column and the first bad row.
+    """
+    file = Path(folder) / COSTS_FILE
+    if not file.is_file():
+        raise _costs_error(file, None, None, "file is missing")
+    try:
+        table = pq.read_table(file)
+    except (pa.ArrowException, OSError) as exc:
+        raise _costs_error(file, None, None, f"cannot read: {exc}") from None
+    for name, kind in COSTS_COLUMNS.items():
+        if name not in table.column_names:
+            raise _costs_error(file, name, None, "required column is missing")
+        col = table.column(name)
+        t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+        ok = {"string": pa.types.is_string(t) or pa.types.is_large_string(t),
+              "float64": pa.types.is_floating(t), "int64": pa.types.is_integer(t)}[kind]
+        if not ok:
+            raise _costs_error(file, name, None, f"has type {col.type}, expected {kind}")
+        nulls = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
+        if nulls.size:
+            raise _costs_error(file, name, int(nulls[0]), "missing value")
+    cost = table.column("objective_cost").to_numpy().astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(cost) | (cost < 0))
+    if bad.size:
+        raise _costs_error(file, "objective_cost", int(bad[0]), f"value {cost[bad[0]]} is not a finite amount >= 0")
+    file_codes = np.asarray(as_strings(table.column("code")).to_pylist(), dtype=object)
+    position = {c: i for i, c in enumerate(codes)}
+    seen: dict[str, int] = {}
+    for row, code in enumerate(file_codes):
+        if code not in position:
+            raise _costs_error(file, "code", row, f"code {code!r} is not a municipality of the population")
+        if code in seen:
+            raise _costs_error(file, "code", row, f"duplicate code {code!r} (first in row {seen[code]})")
+        seen[code] = row
+    missing = [c for c in codes if c not in seen]
+    if missing:
+        raise _costs_error(file, "code", None, f"municipality {missing[0]} of the population is missing "
+                                                f"({len(missing)} missing)")
+    order = np.array([seen[c] for c in codes], dtype=np.int64)
+    return {name: pc.take(table.column(name), order).to_numpy(zero_copy_only=False)
+            for name in COSTS_COLUMNS if name != "code"}
+
+
+@dataclass(frozen=True)
+class BudgetResult:
+    """Everything ``buig budget`` writes."""
+
+    regime: Regime
+    data: mm.MunicipalData
+    objective_cost: np.ndarray
+    budgets: Budgets
+    vangnet: np.ndarray
+    effects: rd.Effects
+    seed: rd.SeedTable
+    rows: list[dict]
+    granite_share: float | None       # municipal model: share of O from the granieten voorraad
+
+
+def parse_macrobudget(text: str | None) -> float | str | None:
+    """``--macrobudget``: a number of EUR, ``"spending"`` (the population's spending in t) or None."""
+    if text is None or text == "spending":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--macrobudget must be an amount in EUR or 'spending', not {text!r}") from None
+    if not value > 0:
+        raise ValueError(f"--macrobudget must be positive, not {text}")
+    return value
+
+
+def compute_budget(pop: Population, regime: Regime, costs: str | Path | np.ndarray | None = None,
+                   macrobudget: float | str | None = None) -> BudgetResult:
+    """Run ``regime`` on ``pop``: objective costs, budgets, vangnet and redistribution effects.
+
+    The household model takes its objective costs from ``costs`` (a folder with
+    ``municipal_costs.parquet``, or an array in the order of the population's municipalities); the municipal model (2005) fits its regression on the
+    population and ignores ``costs``. ``macrobudget`` overrides TB: an amount in EUR, or
+    ``"spending"`` for the population's spending in t.
+    """
+    data = mm.municipal_data(pop)
+    granite = None
+    if regime.objective_model == "household":
+        if costs is None:
+            raise ValueError(f"regime {regime.name} uses the household model: give --costs DIR "
+                             f"(a folder with {COSTS_FILE}, written by buig predict)")
+        if isinstance(costs, (str, Path)):
+            cost = read_costs(costs, data.codes)["objective_cost"]
+        else:
+            cost = np.asarray(costs, dtype=np.float64)
+            if cost.shape != data.codes.shape or not np.all(np.isfinite(cost) & (cost >= 0)):
+                raise ValueError(f"objective costs: expected {len(data.codes)} finite amounts >= 0 in the order "
+                                 "of the population's municipalities")
+    else:
+        fitted = mm.fit(data, mm.regime_spec(regime.objective_variables))
+        cost, granite = fitted.objective_cost, fitted.granite_share
+    if macrobudget == "spending":
+        tb = float(data.spending_t.sum())
+    elif macrobudget is not None:
+        tb = float(macrobudget)
+    else:
+        tb = total_budget(regime, data.households.sum(), data.spending_t.sum())
+    hist = historical_shares(data.spending_t2, data.households, data.households_t2,
+                             regime.household_growth_correction)
+    b = allocate(regime, cost, hist, data.inhabitants, tb)
+    eff = rd.effects(b.budget, data.spending_t, data.inhabitants)
+    seed = rd.seed_table(data, correct_growth=regime.household_growth_correction)
+    rows = _rows(regime, data, cost, hist, tb, b, seed)
+    return BudgetResult(regime=regime, data=data, objective_cost=cost, budgets=b,
+                        vangnet=vangnet_payout(data.spending_t, b.budget, regime.vangnet), effects=eff,
+                        seed=seed, rows=rows, granite_share=granite)
+
+
+def _rows(regime, data, cost, hist, tb, b: Budgets, seed: rd.SeedTable) -> list[dict]:
+    """The rows of redistribution.csv: the seed table, then the regime's budgets."""
+    rows = []
+    universe, inh = seed.universe, data.inhabitants
+    mixes = {"mix": rd.SEED_HISTORICAL_SHARE, "historical": 1.0}
+    ref_within = np.where(universe, seed.reference, 0.0)
+    seed_rows = {"all_name": f"seed universe (>{seed.min_inhabitants / 1000:g}k)", "table": "seed",
+                 "reference": "spending_t"}
+    for key, label, pct in seed.columns:
+        rows += rd.summary_rows(pct, ref_within, inh, universe, model=key, label=label,
+                                historical_share=mixes.get(key, 0.0), **seed_rows)
+    o = seed.optimal
+    rows += rd.summary_rows(seed.optimal_pct, ref_within, inh, universe, model="optimal_mix",
+                            label=f"{100 * (1 - o.share):.1f}% objective 2005 incl. GV + "
+                                  f"{100 * o.share:.1f}% historical (minimises mean |effect|)",
+                            historical_share=o.share, **seed_rows)
+    variants = [("regime_uncapped", "regime budget before the ex-ante cap", None)] if regime.cap else []
+    variants += [(f"cap {c.name}", f"regime budget, ex-ante cap {c.name}", c) for c in regime.cap_variants]
+    budgets = [("regime", f"regime {regime.name} budget", b.budget)]
+    budgets += [(key, label, b.uncapped if c is None else allocate(regime, cost, hist, inh, tb, cap=c).budget)
+                for key, label, c in variants]
+    for key, label, budget in budgets:
+        for ref_name, ref in (("spending_t", data.spending_t), ("historical", hist)):
+            e = rd.effects(budget, ref, inh)
+            rows += rd.summary_rows(e.pct, e.reference, inh, table="regime", model=key, label=label,
+                                    historical_share=np.nan, reference=ref_name)
+    return rows
+
+
+REDISTRIBUTION_FIELDS = ("table", "model", "label", "historical_share", "reference", "size_class", "weighting",
+                         *rd.STATISTICS)
+
+
+def _write_csv(path: Path, rows: list[dict], fields) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(fields))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def budget_table(r: BudgetResult) -> pa.Table:
+    """budgets.parquet: one row per municipality."""
+    d, b = r.data, r.budgets
+    cols = {
+        "code": pa.array(d.codes.tolist(), pa.string()), "name": pa.array(d.names.tolist(), pa.string()),
+        "inhabitants": d.inhabitants.astype(np.int64), "objective_cost": r.objective_cost,
+        "objective_share": b.objective_share, "historical_share": b.historical_share,
+        "objective_weight": b.objective_weight, "historical_budget": b.historical_share * b.budget.sum(),
+        "budget_uncapped": b.uncapped, "budget": b.budget, "actual_spending": d.spending_t,
+        "surplus": b.budget - d.spending_t, "redistribution_effect_pct": r.effects.pct,
+        "redistribution_effect_eur_per_inhabitant": r.effects.eur_per_inhabitant, "vangnet_payout": r.vangnet,
+    }
+    meta = {"regime": r.regime.name, "regime_file": str(r.regime.path), "tb": repr(b.tb),
+            "residual": repr(b.residual), "cap_ceiling": repr(b.ceiling),
+            "redistribution_effect": "(budget - spending_t scaled to sum budget) / that, in %"}
+    return pa.table(cols).replace_schema_metadata(meta)
+
+
+def write_budget(r: BudgetResult, out: str | Path) -> None:
+    """Write budgets.parquet and redistribution.csv into ``out`` (atomically)."""
+    with atomic_dir(out) as tmp:
+        pq.write_table(budget_table(r), tmp / "budgets.parquet")
+        _write_csv(tmp / "redistribution.csv", r.rows, REDISTRIBUTION_FIELDS)
+
+
+def write_wdeel(r: WdeelResult, pop: Population, out: str | Path) -> None:
+    """Write wdeel.csv (one row per model) and wdeel_budgets.parquet into ``out`` (atomically)."""
+    mun = pop.municipalities
+    cols = {"code": mun.column("code"), "name": mun.column("name"), "need": r.need}
+    cols |= {f"budget_{name}": v for name, v in r.budgets.items()}
+    with atomic_dir(out) as tmp:
+        rows = [row | {"total": r.total} for row in r.rows]
+        _write_csv(tmp / "wdeel.csv", rows, rows[0])
+        pq.write_table(pa.table(cols), tmp / "wdeel_budgets.parquet")

@@ -1,0 +1,366 @@
+"""Estimation: Newton with step-halving for the logit (volume) and fractional logit (price).
+
+Each Newton iteration is one pass of :func:`kernels.glm.logit_pass` over the sample; the
+gradient and Hessian are assembled from its sufficient statistics with small sparse
+products (:mod:`engine.model.design`). Convergence: the largest absolute score divided by the
+total weight (the gradient of the mean log-likelihood) below ``tol`` (default 1e-8) and
+the next Newton step below 1e-6 in every coefficient; that step is applied, leaving an
+error of the order of its square (the reported gradient norm is at the final point).
+
+Covariances at the estimate: model-based (inverse Hessian), robust HC1 (sandwich with
+n/(n-k)) and cluster-robust by municipality (G/(G-1) * (n-1)/(n-k)), the corrections
+statsmodels uses. Municipality fixed effects are estimated with the model and left out
+of prediction: they are replaced there by one common effect (``fe_common``) chosen so that
+the national number of predicted households equals the observed one.
+
+Separation: a factor level whose sample has no (or only) outcomes would get an infinite
+coefficient; it is reported as an error naming the term. A level with no households at
+all in the sample is not estimable: its term is left out (NaN; prediction uses the
+reference level for it) and listed in ``unestimable_terms``. A municipality whose sample has
+no (or only) outcomes carries no information on the other coefficients given its fixed
+effect: its rows are left out and it is listed in ``dropped_municipalities``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from engine.model.design import JOINT_OFF, JOINT_SIZES, ComponentDesign
+from kernels.config import N_VIRTUAL
+from kernels.glm import linear_predictor, logit_pass
+
+
+class EstimationError(ValueError):
+    """The model cannot be estimated on this sample (separation, collinearity, no convergence)."""
+
+
+@dataclass(frozen=True)
+class PassStats:
+    ll: float
+    g: np.ndarray          # score (K,)
+    H: np.ndarray          # Hessian or HC meat (K, K)
+    w_lev: np.ndarray      # sum of w per factor level (L,)
+    g_lev: np.ndarray      # score per factor level (L,)
+    g_nb: np.ndarray
+    a_nb: np.ndarray
+    s_mj: np.ndarray       # score per (municipality, joint code), with clusters
+
+
+@dataclass(frozen=True)
+class ComponentFit:
+    """Estimates of one component. Parameters of dropped fixed effects are NaN."""
+
+    name: str
+    term_names: tuple[str, ...]
+    params: np.ndarray
+    cov_model: np.ndarray
+    cov_robust: np.ndarray
+    cov_cluster: np.ndarray
+    loglik: float
+    iterations: int
+    gradient_norm: float
+    n_obs: int
+    n_clusters: int
+    n_clipped: int
+    dropped_municipalities: tuple[str, ...]
+    seconds: float
+    fe_common: float = 0.0
+    history: list = field(default_factory=list)
+    unestimable_terms: tuple[str, ...] = ()   # levels without households in the sample (NaN)
+
+    def se(self, kind: str = "cluster") -> np.ndarray:
+        cov = {"model": self.cov_model, "robust": self.cov_robust, "cluster": self.cov_cluster}[kind]
+        return np.sqrt(np.diag(cov))
+
+    def summary(self) -> dict:
+        return {"n_obs": self.n_obs, "n_params": len(self.term_names), "n_clusters": self.n_clusters,
+                "iterations": self.iterations, "loglik": self.loglik, "gradient_norm": self.gradient_norm,
+                "converged": True, "n_clipped": self.n_clipped, "fe_common": self.fe_common,
+                "dropped_municipalities": list(self.dropped_municipalities),
+                "unestimable_terms": list(self.unestimable_terms), "seconds": self.seconds,
+                "history": self.history}
+
+
+class _Evaluator:
+    """Evaluates passes of one design; holds the sparse maps built once.
+
+    Parameters are reached from joint codes through P = joint_map @ level_map (0/1,
+    (Lj, K)), and from neighbourhoods through D = nb_design ((n_nb, K)); the cross terms
+    use B, which takes (municipality, joint code) and (continuous column, joint code)
+    sums to the rows of the intercept, continuous and fixed-effect parameters.
+    """
+
+    def __init__(self, d: ComponentDesign):
+        self.d = d
+        lay = d.layout
+        self.D = lay.nb_design(d.nb_cont, d.nb_mun)                  # (n_nb, K)
+        self.M = lay.joint_map()                                     # (Lj, L)
+        self.P = (self.M @ lay.level_map()).tocsr()                  # (Lj, K)
+        self.n_nb = d.nb_mun.shape[0]
+        self.n_mun = int(d.nb_mun.max()) + 1 if self.n_nb else 0
+        K = lay.n_params
+        rows = [np.zeros(self.n_mun, dtype=np.int64)]                # intercept: every municipality
+        cols = [np.arange(self.n_mun)]
+        if lay.fe_start >= 0:
+            rows.append(lay.fe_start + np.arange(self.n_mun - 1))
+            cols.append(np.arange(1, self.n_mun))
+        r, c = np.concatenate(rows), np.concatenate(cols)
+        self.Bm = sp.csr_matrix((np.ones(r.size), (r, c)), shape=(K, self.n_mun))
+        self.Bc = sp.csr_matrix((np.ones(len(lay.cont_cols)), (lay.cont_param, lay.cont_cols)),
+                                shape=(K, d.nb_cont.shape[1]))
+        J = len(JOINT_SIZES)
+        self.pair_off = np.zeros(J * J, dtype=np.int64)
+        n_pair = 0
+        for a in range(J):
+            for b in range(a + 1, J):
+                self.pair_off[a * J + b] = n_pair
+                n_pair += JOINT_SIZES[a] * JOINT_SIZES[b]
+        self.n_pair = n_pair
+
+    def _joint_hessian(self, a_pair: np.ndarray, diag: np.ndarray) -> np.ndarray:
+        """(Lj, Lj) Hessian over joint codes: the diagonal, and the pair histograms off it."""
+        H = np.diag(diag)
+        J = len(JOINT_SIZES)
+        for a in range(J):
+            for b in range(a + 1, J):
+                o = self.pair_off[a * J + b]
+                block = a_pair[o:o + JOINT_SIZES[a] * JOINT_SIZES[b]].reshape(JOINT_SIZES[a], JOINT_SIZES[b])
+                sa = slice(JOINT_OFF[a], JOINT_OFF[a] + JOINT_SIZES[a])
+                sb = slice(JOINT_OFF[b], JOINT_OFF[b] + JOINT_SIZES[b])
+                H[sa, sb] = block
+                H[sb, sa] = block.T
+        return H
+
+    def run(self, theta: np.ndarray, mode: int = 0, clusters: bool = False, weight=None) -> PassStats:
+        d, lay = self.d, self.d.layout
+        level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
+        j_coef = self.M @ level_coef
+        wt = d.weight if weight is None else weight
+        ll, g_j, g_nb, a_nb, a_mj, a_xj, a_pair, s_mj = logit_pass(
+            d.joint, JOINT_OFF, np.asarray(JOINT_SIZES, dtype=np.int64), j_coef, d.nbhd, nb_eta, self.n_nb,
+            d.nb_cont, d.nb_mun, self.n_mun, d.y, wt, mode, clusters, self.pair_off, self.n_pair, N_VIRTUAL)
+        D, P = self.D, self.P
+        g = D.T @ g_nb + P.T @ g_j
+        Hnn = (D.T @ sp.diags(a_nb) @ D).toarray()
+        B = np.asarray(self.Bm @ a_mj) + np.asarray(self.Bc @ a_xj)   # (K, Lj)
+        cross = np.asarray((P.T @ B.T).T)                              # (K, K)
+        diag = a_mj.sum(axis=0)
+        Hjj = self._joint_hessian(a_pair, diag)
+        H = Hnn + cross + cross.T + np.asarray(P.T @ (P.T @ Hjj).T)
+        return PassStats(ll=ll, g=np.asarray(g), H=H, w_lev=self.M.T @ diag, g_lev=self.M.T @ g_j, g_nb=g_nb,
+                         a_nb=a_nb, s_mj=s_mj)
+
+    def cluster_scores(self, st: PassStats) -> np.ndarray:
+        """(G, K) score sums per municipality (clusters nest neighbourhoods)."""
+        Cm = sp.csr_matrix((st.g_nb, (self.d.nb_mun, np.arange(self.n_nb))), shape=(self.n_mun, self.n_nb))
+        return np.asarray((Cm @ self.D).toarray()) + np.asarray((self.P.T @ st.s_mj.T).T)
+
+
+def _solve(H: np.ndarray, rhs: np.ndarray, names) -> np.ndarray:
+    try:
+        c = sla.cho_factor(H, lower=True, check_finite=True)
+    except (np.linalg.LinAlgError, ValueError):
+        raise EstimationError(_collinear_message(H, names)) from None
+    return sla.cho_solve(c, rhs)
+
+
+def _collinear_message(H: np.ndarray, names) -> str:
+    """Name the terms involved in the (near) singularity of H."""
+    d = np.sqrt(np.maximum(np.diag(H), 1e-300))
+    R = H / d[:, None] / d[None, :]
+    w, V = np.linalg.eigh(R)
+    v = V[:, 0]
+    terms = [names[i] for i in np.argsort(-np.abs(v))[:6] if abs(v[i]) > 0.1]
+    return ("singular design: the terms " + ", ".join(terms) +
+            f" are (nearly) collinear (smallest scaled eigenvalue {w[0]:.2e}); drop one of them from the model spec")
+
+
+def _sample_sums(d: ComponentDesign, M) -> tuple[np.ndarray, ...]:
+    """Sums of weight and outcome per factor level and per municipality (NumPy, one pass each)."""
+    w = d.weight if d.weight.size else None
+    y = d.y.astype(np.float64)
+    wy = y if w is None else y * w
+    w_j, y_j = [], []
+    for k, size in enumerate(JOINT_SIZES):
+        code = d.joint[:, k]
+        w_j.append(np.bincount(code, weights=w, minlength=size))
+        y_j.append(np.bincount(code, weights=wy, minlength=size))
+    mun = d.nb_mun[d.nbhd]
+    n_mun = int(d.nb_mun.max()) + 1
+    return (M.T @ np.concatenate(w_j), M.T @ np.concatenate(y_j), np.bincount(mun, weights=w, minlength=n_mun),
+            np.bincount(mun, weights=wy, minlength=n_mun))
+
+
+def _separation_checks(d: ComponentDesign, sums, names) -> tuple[np.ndarray, np.ndarray]:
+    """(dropped municipality mask, active parameter mask) from the sample sums.
+
+    A factor level with no households in the sample is not estimable: its term is left
+    out (inactive, NaN, predicted at the reference level) and reported."""
+    lay = d.layout
+    w_lev, y_lev, w_m, y_m = sums
+    tol = 1e-9 * max(w_lev.max(initial=0), 1.0)
+    for l, par in enumerate(lay.level_param):
+        if par < 0 or w_lev[l] <= tol:
+            continue        # reference, or no households with this level (reported below)
+        if y_lev[l] <= tol or y_lev[l] >= w_lev[l] - tol:
+            kind = "no" if y_lev[l] <= tol else "only"
+            raise EstimationError(f"{d.spec.name}: separation: term {names[par]} has {kind} households with the "
+                                  f"outcome ({w_lev[l]:.0f} households); its coefficient would be infinite")
+    dropped = np.zeros(w_m.size, dtype=bool)
+    active = np.ones(lay.n_params, dtype=bool)
+    absent = lay.level_param[(lay.level_param >= 0) & (w_lev <= tol)]
+    active[absent] = False
+    if lay.fe_start >= 0:
+        dropped = (w_m <= tol) | (y_m <= tol) | (y_m >= w_m - tol)
+        active[lay.fe_start:] = ~dropped[1:]
+        if dropped[0]:
+            # the first municipality with variation becomes the reference (its effect 0):
+            # the intercept changes meaning, predictions do not (the common effect is recalibrated)
+            kept = np.flatnonzero(~dropped)
+            if kept.size == 0:
+                raise EstimationError(f"{d.spec.name}: no municipality has variation in the outcome")
+            active[lay.fe_start + kept[0] - 1] = False
+    return dropped, active
+
+
+def _dropped_params(lay, dropped: np.ndarray) -> np.ndarray:
+    """Fixed-effect parameters of dropped municipalities (the reference has none)."""
+    if lay.fe_start < 0:
+        return np.zeros(0, dtype=np.int64)
+    return lay.fe_start + np.flatnonzero(dropped[1:])
+
+
+def common_effect(d: ComponentDesign, params: np.ndarray) -> float:
+    """The one effect c that replaces every municipality's fixed effect in prediction:
+    sum_h w_h logistic(eta0_h + c) = sum_h w_h y_h over all households of the design,
+    eta0 the linear predictor without fixed effects (Newton on c, monotone)."""
+    lay = d.layout
+    theta = np.nan_to_num(params)
+    level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun, fe_value=0.0)
+    eta0 = linear_predictor(d.codes, lay.cols, lay.lev_off, level_coef, d.nbhd, nb_eta)
+    w = d.weight if d.weight.size else None
+    target = float(np.dot(w, d.y)) if w is not None else float(d.y.sum())
+    c = 0.0
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(eta0 + c)))
+        f = (np.dot(w, p) if w is not None else p.sum()) - target
+        dp = p * (1 - p)
+        c -= f / max(float(np.dot(w, dp) if w is not None else dp.sum()), 1e-300)
+        if abs(f) < 1e-10 * max(target, 1.0):
+            break
+    return float(c)
+
+
+def fit_component(*args, **kwargs) -> ComponentFit:
+    """Estimate one component (see :func:`_fit_component`) with single-threaded BLAS, so
+    that the estimates do not depend on the number of BLAS threads (a Dask worker has 1):
+    bit-identical everywhere. The dense algebra is K x K with K ~ 400: threads gain nothing."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_component(*args, **kwargs)
+
+
+def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
+                  mun_codes: np.ndarray | None = None, start: np.ndarray | None = None,
+                  step_tol: float = 1e-6) -> ComponentFit:
+    """Estimate one component by Newton with step-halving (from ``start`` if given: a warm
+    start; NaN entries start at 0; by default the fixed effects start at each
+    municipality's own log-odds). Converged when the gradient norm is below ``tol`` and
+    the next Newton step below ``step_tol`` in every coefficient (the gradient norm alone
+    is loose for the fixed effect of a small municipality); that last step is applied.
+    The model-based covariance uses the Hessian of the point before it (a difference of
+    the order of ``step_tol`` relative)."""
+    t0 = time.perf_counter()
+    lay = d.layout
+    names = lay.term_names
+    K = lay.n_params
+    ev = _Evaluator(d)
+    wt_sum = float(d.weight.sum()) if d.weight.size else float(d.n)
+    ybar = float(np.dot(d.weight, d.y) / wt_sum) if d.weight.size else float(np.mean(d.y))
+    if not 0 < ybar < 1:
+        raise EstimationError(f"{d.spec.name}: the outcome is {'never' if ybar <= 0 else 'always'} "
+                              "observed in the estimation sample")
+    sums = _sample_sums(d, ev.M)
+    dropped, active = _separation_checks(d, sums, names)
+    weight = None
+    if dropped.any():
+        keep = ~dropped[d.nb_mun[d.nbhd]]
+        weight = (d.weight if d.weight.size else np.ones(d.n)) * keep
+        wt_sum = float(weight.sum())
+    act = np.flatnonzero(active)
+    theta = np.zeros(K)
+    theta[0] = np.log(ybar / (1 - ybar))
+    if start is not None:
+        theta = np.where(active, np.nan_to_num(start), 0.0)
+    elif lay.fe_start >= 0:      # each municipality's own log-odds relative to the national
+        w_m, y_m = sums[2], sums[3]
+        rate = np.clip(y_m / np.maximum(w_m, 1e-300), 1e-6, 1 - 1e-6)
+        theta[0] = np.log(rate[0] / (1 - rate[0])) if not dropped[0] else theta[0]
+        fe = np.log(rate / (1 - rate)) - theta[0]
+        theta[lay.fe_start:] = np.where(active[lay.fe_start:], fe[1:], 0.0)
+    st = ev.run(theta, weight=weight)
+    history = []
+    it = 0
+    gnorm = float(np.abs(st.g[act]).max()) / wt_sum
+    while True:
+        step = np.zeros(K)
+        step[act] = _solve(st.H[np.ix_(act, act)], st.g[act], [names[i] for i in act])
+        if gnorm < tol and np.abs(step).max() < step_tol:
+            # the last, tiny Newton step is taken without another pass (what is left is of
+            # the order of its square); the covariance pass below evaluates the final point
+            theta = theta + step
+            break
+        if it >= max_iter:
+            raise EstimationError(f"{d.spec.name}: no convergence after {max_iter} Newton iterations "
+                                  f"(gradient norm {gnorm:.2e})")
+        t = 1.0
+        while True:
+            new = ev.run(theta + t * step, weight=weight)
+            if np.isfinite(new.ll) and new.ll >= st.ll - 1e-12 * abs(st.ll):
+                break
+            t *= 0.5
+            if t < 1e-10:
+                raise EstimationError(f"{d.spec.name}: step-halving failed at iteration {it + 1}")
+        theta, st = theta + t * step, new
+        it += 1
+        gnorm = float(np.abs(st.g[act]).max()) / wt_sum
+        history.append({"iteration": it, "loglik": st.ll, "gradient_norm": gnorm, "step": t})
+
+    level_terms = lay.level_param[lay.level_param >= 0]
+    unestimable = level_terms[~active[level_terms]]
+    left_out = np.concatenate([_dropped_params(lay, dropped), unestimable])
+    params = np.where(active | ~np.isin(np.arange(K), left_out), theta, np.nan)
+    # covariances on the active parameters
+    n_obs = int(np.count_nonzero(weight)) if weight is not None else (
+        int(np.count_nonzero(d.weight)) if d.weight.size else d.n)
+    k = act.size
+    Hinv = np.full((K, K), np.nan)
+    Ha = st.H[np.ix_(act, act)]
+    Hinv_a = _solve(Ha, np.eye(k), [names[i] for i in act])
+    Hinv[np.ix_(act, act)] = Hinv_a
+    meat = ev.run(theta, mode=1, clusters=True, weight=weight)
+    gnorm = float(np.abs(meat.g[act]).max()) / wt_sum        # at the final point
+    robust = np.full((K, K), np.nan)
+    robust[np.ix_(act, act)] = Hinv_a @ meat.H[np.ix_(act, act)] @ Hinv_a * (n_obs / (n_obs - k))
+    S = ev.cluster_scores(meat)[:, act]
+    has = np.bincount(d.nb_mun[d.nbhd], minlength=ev.n_mun) > 0
+    if weight is not None:
+        has &= ~dropped
+    G = int(has.sum())
+    S = S[has]
+    cluster = np.full((K, K), np.nan)
+    corr = G / (G - 1) * (n_obs - 1) / (n_obs - k) if G > 1 else np.nan
+    cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
+    fe_common = common_effect(d, params) if lay.fe_start >= 0 else 0.0
+    codes = mun_codes if mun_codes is not None else np.array([str(i) for i in range(ev.n_mun)], dtype=object)
+    return ComponentFit(name=d.spec.name, term_names=names, params=params, cov_model=Hinv, cov_robust=robust,
+                        cov_cluster=cluster, loglik=float(meat.ll), iterations=it, gradient_norm=gnorm, n_obs=n_obs,
+                        n_clusters=G, n_clipped=d.n_clipped,
+                        dropped_municipalities=tuple(str(c) for c in codes[np.flatnonzero(dropped)]),
+                        unestimable_terms=tuple(names[i] for i in unestimable),
+                        seconds=time.perf_counter() - t0, fe_common=fe_common, history=history)

@@ -1,0 +1,185 @@
+"""Prediction: expected cost per household and the objective cost per municipality.
+
+    p_h = logistic(x_h beta)   fixed effects replaced by their household-weighted mean
+    f_h = logistic(z_h gamma)  expected benefit as a fraction of the gross norm
+    N_h = gross yearly norm (kostendelersnorm applied)
+    E_h = p_h f_h N_h;   O_g = sum of E_h over the municipality's households
+
+Files (``buig predict``): ``municipal_costs.parquet`` (code, name, households,
+predicted_households, actual_households, objective_cost, objective_share) and
+``rekentool.parquet``: per municipality and household type the households, predicted
+and actual bijstand(-or-LKS) households, mean fraction and mean norm of the predicted
+households (sum p f / sum p, sum p N / sum p), expected cost and its share of the
+municipality's objective cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from engine.model.design import (FACTOR_COLUMNS, JOINT_GROUPS, JOINT_OFF, JOINT_SIZES, Households, Layout,
+                           households_from_population, joint_codes, make_layout)
+from engine.model.fitted import ModelFit
+from engine.model.population import Population
+from engine.model.schema import CATEGORIES
+from kernels.config import N_VIRTUAL
+from kernels.predict import group_sums, household_values
+
+TYPES = CATEGORIES["household_type"]
+
+
+@dataclass(frozen=True)
+class PredictionDesign:
+    """Households recoded for prediction, built once per population.
+
+    The 8 household factors are packed into a few joint uint8 codes (mixed radix, first
+    factor most significant), so a component's linear predictor needs one look-up per
+    joint code instead of one per factor; ``norm_index`` locates each household's norm.
+    """
+
+    combo: np.ndarray            # (n, n_combo) uint8
+    groups: tuple                # factor indices (into FACTOR_COLUMNS) of each joint code
+    nbhd: np.ndarray
+    nb_mun: np.ndarray
+    norm_index: np.ndarray       # (n,) uint16
+    type_of_code: np.ndarray     # (256,) int64 household type of each value of combo[:, 0]
+    n_mun: int
+
+    @property
+    def n(self) -> int:
+        return self.nbhd.shape[0]
+
+
+def prediction_design(hh: Households, norms) -> PredictionDesign:
+    assert JOINT_GROUPS[0][0] == FACTOR_COLUMNS.index("household_type")
+    type_div = JOINT_SIZES[0] // len(CATEGORIES["household_type"])
+    return PredictionDesign(combo=joint_codes(hh.codes), groups=JOINT_GROUPS, nbhd=hh.nbhd, nb_mun=hh.nb_mun,
+                            norm_index=hh.norm_index(norms).astype(np.uint16),
+                            type_of_code=np.arange(256, dtype=np.int64) // type_div, n_mun=hh.n_mun)
+
+
+def combo_tables(lay: Layout, level_coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, table) of the joint codes for one component's level coefficients."""
+    return JOINT_OFF, lay.joint_map() @ level_coef
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Look-up tables of one coefficient set, ready for the prediction kernels."""
+
+    v_off: np.ndarray
+    v_coef: np.ndarray
+    v_nb: np.ndarray
+    p_off: np.ndarray
+    p_coef: np.ndarray
+    p_nb: np.ndarray
+    norm_flat: np.ndarray
+
+    def args(self, cols: np.ndarray):
+        return (cols, self.v_off, self.v_coef, self.v_nb, cols, self.p_off, self.p_coef, self.p_nb)
+
+
+def prediction_tables(hh: Households, fit: ModelFit, pd_: PredictionDesign, volume_params: np.ndarray | None = None,
+                      price_params: np.ndarray | None = None) -> Tables:
+    """Tables for the fitted coefficients (or the given ones, e.g. a bootstrap draw)."""
+    v_lay = make_layout(fit.spec.volume, hh.mun_codes)
+    p_lay = make_layout(fit.spec.price, hh.mun_codes)
+    for lay, c in ((v_lay, fit.volume), (p_lay, fit.price)):
+        if lay.term_names != c.term_names:
+            raise ValueError(f"coefficients of the {c.name} component do not match the model spec "
+                             f"{fit.spec.name} on this population (terms differ)")
+    vp = fit.volume.params if volume_params is None else volume_params
+    pp = fit.price.params if price_params is None else price_params
+    v_coef, v_nb = v_lay.tables(np.nan_to_num(vp), hh.nb_cont, hh.nb_mun,
+                                fe_value=fit.volume.fe_common if v_lay.fe_start >= 0 else None)
+    p_coef, p_nb = p_lay.tables(np.nan_to_num(pp), hh.nb_cont, hh.nb_mun,
+                                fe_value=fit.price.fe_common if p_lay.fe_start >= 0 else None)
+    v_off, v_tab = combo_tables(v_lay, v_coef)
+    p_off, p_tab = combo_tables(p_lay, p_coef)
+    return Tables(v_off, v_tab, v_nb, p_off, p_tab, p_nb, fit.norms.table().ravel())
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Sums per municipality x household type (arrays of shape (n_mun, n_types))."""
+
+    mun_codes: np.ndarray
+    households: np.ndarray
+    actual: np.ndarray
+    predicted: np.ndarray       # sum p
+    fraction_sum: np.ndarray    # sum p f
+    norm_sum: np.ndarray        # sum p N
+    expected_cost: np.ndarray   # sum p f N
+
+    @property
+    def objective_cost(self) -> np.ndarray:
+        return self.expected_cost.sum(axis=1)
+
+
+def predict(hh: Households | Population, fit: ModelFit, pd_: PredictionDesign | None = None,
+            tables: Tables | None = None) -> Prediction:
+    """Objective cost per municipality and household type, one pass over the households
+    (of ``hh``: factor-coded households, or a population)."""
+    if isinstance(hh, Population):
+        hh = households_from_population(hh)
+    pd_ = pd_ or prediction_design(hh, fit.norms)
+    t = tables or prediction_tables(hh, fit, pd_)
+    n_types = len(TYPES)
+    cols = np.arange(pd_.combo.shape[1], dtype=np.int64)
+    sums = group_sums(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(cols), pd_.nb_mun, pd_.type_of_code,
+                      n_types, hh.n_mun * n_types, N_VIRTUAL)
+    type_ = hh.column("household_type")
+    group = hh.municipality().astype(np.int64) * n_types + type_
+    size = hh.n_mun * n_types
+    y = hh.outcome(fit.spec.volume.outcome)
+    shape = (hh.n_mun, n_types)
+    return Prediction(mun_codes=hh.mun_codes,
+                      households=np.bincount(group, minlength=size).reshape(shape),
+                      actual=np.bincount(group, weights=y, minlength=size).reshape(shape).astype(np.int64),
+                      predicted=sums[:, 0].reshape(shape), fraction_sum=sums[:, 1].reshape(shape),
+                      norm_sum=sums[:, 2].reshape(shape), expected_cost=sums[:, 3].reshape(shape))
+
+
+def household_predictions(hh: Households, fit: ModelFit) -> dict[str, np.ndarray]:
+    """p, f, N and E per household (float64 arrays of length n)."""
+    pd_ = prediction_design(hh, fit.norms)
+    t = prediction_tables(hh, fit, pd_)
+    cols = np.arange(pd_.combo.shape[1], dtype=np.int64)
+    v = household_values(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(cols))
+    return {"p": v[0], "f": v[1], "N": v[2], "E": v[0] * v[1] * v[2]}
+
+
+def municipal_costs_table(pred: Prediction, names=None) -> pa.Table:
+    cost = pred.objective_cost
+    return pa.table({
+        "code": pred.mun_codes.tolist(),
+        "name": list(names) if names is not None else pred.mun_codes.tolist(),
+        "households": pred.households.sum(1).astype(np.int64),
+        "predicted_households": pred.predicted.sum(1),
+        "actual_households": pred.actual.sum(1),
+        "objective_cost": cost,
+        "objective_share": cost / cost.sum(),
+    })
+
+
+def rekentool_table(pred: Prediction) -> pa.Table:
+    n_mun, n_types = pred.predicted.shape
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_f = np.where(pred.predicted > 0, pred.fraction_sum / pred.predicted, np.nan)
+        mean_n = np.where(pred.predicted > 0, pred.norm_sum / pred.predicted, np.nan)
+        total = pred.objective_cost[:, None]
+        share = np.where(total > 0, pred.expected_cost / total, np.nan)
+    return pa.table({
+        "code": np.repeat(pred.mun_codes, n_types).tolist(),
+        "household_type": list(TYPES) * n_mun,
+        "households": pred.households.ravel().astype(np.int64),
+        "predicted_households": pred.predicted.ravel(),
+        "actual_households": pred.actual.ravel(),
+        "mean_fraction": mean_f.ravel(),
+        "mean_norm": mean_n.ravel(),
+        "expected_cost": pred.expected_cost.ravel(),
+        "share_of_budget": share.ravel(),
+    })

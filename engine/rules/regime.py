@@ -1,0 +1,193 @@
+"""Distribution regimes: one TOML file per regime, read and validated into a :class:`Regime`.
+
+A :class:`Regime` is read from ``engine/data/regimes/<name>.toml`` or a user's own file by
+:func:`load_regime`, which validates every key (errors name the file and the key). The
+rules that turn a regime and objective costs into budgets are in
+:mod:`engine.rules.budget` and :mod:`engine.rules.vangnet`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.io.config import Keys, read_toml, resolve
+
+OBJECTIVE_MODELS = ("household", "municipal")
+FINANCING = ("ceiling", "proportional")
+SCALES = ("households", "none")
+
+
+@dataclass(frozen=True)
+class CapRule:
+    """Ex-ante limitation of redistribution effects (domain spec 6.4).
+
+    A municipality keeps its effect (as a fraction of the reference budget) up to
+    ``theta``, ``1 - band_share`` of the part between ``theta`` and ``band_to``, and none
+    beyond ``band_to``. ``theta == band_to`` is a plain cap at ``theta``; (0.05, 0.10, 0.5)
+    is the half-shared 5-10% band. ``financing`` says how gainers pay the losers' top-up.
+    """
+
+    name: str
+    theta: float
+    band_to: float
+    band_share: float
+    financing: str = "ceiling"
+
+    def retained(self, x: np.ndarray) -> np.ndarray:
+        """The part of an effect of size ``x >= 0`` that a municipality keeps."""
+        band = np.clip(x - self.theta, 0.0, self.band_to - self.theta)
+        return np.minimum(x, self.theta) + (1.0 - self.band_share) * band
+
+
+@dataclass(frozen=True)
+class VangnetRule:
+    """Safety net of one year: own risk up to ``own_risk`` * B, ``paid_in_band`` of the
+    deficit between ``own_risk`` and ``full_from`` * B, all of it beyond ``full_from`` * B."""
+
+    year: str
+    own_risk: float
+    full_from: float
+    paid_in_band: float
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One distribution regime, as read from its TOML file (see ``engine/regimes``)."""
+
+    name: str
+    year: int
+    historical_up_to: float          # L: m_g = 0 at or below
+    objective_from: float            # U: m_g = 1 at or above
+    objective_share: float           # phi
+    objective_model: str             # "household" (costs file) or "municipal" (2005 regression)
+    objective_variables: tuple[str, ...]
+    household_growth_correction: bool
+    macrobudget: float | None        # EUR; None: the population's spending in t
+    scale: str
+    reference_households: float
+    deductions: tuple[tuple[str, float], ...]
+    normalise: bool
+    compartments: bool
+    cap: CapRule | None
+    cap_variants: tuple[CapRule, ...]
+    vangnet: VangnetRule
+    vangnet_rules: tuple[VangnetRule, ...] = field(default=())
+    path: Path | None = None
+
+
+# --------------------------------------------------------------------------- loading
+
+def _cap_rule(k: Keys, name: str, table: dict, prefix: str, financing: str) -> CapRule:
+    theta = k.share("theta", table, prefix)
+    band_to = k.share("band_to", table, prefix)
+    if band_to < theta:
+        raise k.error(prefix + "band_to", f"{band_to} is below theta {theta} (thresholds must be ordered)")
+    return CapRule(name, theta, band_to, k.share("band_share", table, prefix), financing)
+
+
+def _cap(k: Keys) -> tuple[CapRule | None, tuple[CapRule, ...]]:
+    if not k.get("ex_ante_cap.enabled", bool):
+        return None, ()
+    financing = k.get("ex_ante_cap.financing", str)
+    if financing not in FINANCING:
+        raise k.error("ex_ante_cap.financing", f"{financing!r} is not one of {', '.join(FINANCING)}")
+    section = k.get("ex_ante_cap", dict)
+    main = _cap_rule(k, "main", section, "ex_ante_cap.", financing)
+    variants = []
+    for name, table in section.get("variants", {}).items():
+        prefix = f"ex_ante_cap.variants.{name}."
+        if not isinstance(table, dict):
+            raise k.error(prefix[:-1], "expected a table")
+        variants.append(_cap_rule(k, name, table, prefix, financing))
+    return main, tuple(variants)
+
+
+def _vangnet(k: Keys) -> tuple[VangnetRule, tuple[VangnetRule, ...]]:
+    rules = []
+    for year, table in k.get("vangnet.rules", dict).items():
+        prefix = f"vangnet.rules.{year}."
+        own, full = k.share("own_risk", table, prefix), k.share("full_from", table, prefix)
+        if full < own:
+            raise k.error(prefix + "full_from", f"{full} is below own_risk {own} (thresholds must be ordered)")
+        rules.append(VangnetRule(year, own, full, k.share("paid_in_band", table, prefix)))
+    year = str(k.get("vangnet.year", str))
+    chosen = [r for r in rules if r.year == year]
+    if not chosen:
+        raise k.error("vangnet.year", f"no rule for year {year!r} in [vangnet.rules]")
+    return chosen[0], tuple(rules)
+
+
+def _budget(k: Keys) -> tuple[float | None, tuple[tuple[str, float], ...]]:
+    raw = k.get("budget", dict).get("macrobudget")
+    if raw == "spending_t":
+        macro = None
+    else:
+        macro = k.get("budget.macrobudget", float)
+        if macro <= 0:
+            raise k.error("budget.macrobudget", f"{macro} is negative" if macro < 0 else "0 is not positive")
+    deductions = []
+    for name in k.get("budget.deductions", dict):
+        v = k.get(f"budget.deductions.{name}", float)
+        if v < 0:
+            raise k.error(f"budget.deductions.{name}", f"{v} is negative")
+        deductions.append((name, v))
+    if macro is not None and sum(v for _, v in deductions) >= macro:
+        raise k.error("budget.deductions", f"the deductions (EUR {sum(v for _, v in deductions):,.2f}) are not "
+                                           f"below the macrobudget (EUR {macro:,.2f}): nothing would be left to "
+                                           "distribute")
+    return macro, tuple(deductions)
+
+
+def load_regime(name_or_path: str | Path) -> Regime:
+    """Read and validate a regime: ``"2019"``, ``"2005"`` or the path of a TOML file.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file and
+    the key for a missing key, a wrong type, a share outside [0, 1] or unordered thresholds.
+    """
+    path = resolve("regime", name_or_path)
+    data = read_toml(path, "regime")
+    return parse_regime(data, path)
+
+
+def parse_regime(data: dict, path: Path) -> Regime:
+    """Validate the parsed TOML ``data`` of a regime; errors name ``path`` and the key."""
+    k = Keys(f"regime file {path}", data)
+    lower = k.get("objective_weight.historical_up_to", float)
+    upper = k.get("objective_weight.objective_from", float)
+    if lower < 0:
+        raise k.error("objective_weight.historical_up_to", f"{lower} is negative")
+    if upper <= lower:
+        raise k.error("objective_weight.objective_from",
+                      f"{upper:g} is not above historical_up_to {lower:g} (thresholds must be ordered)")
+    k.choice("objective_weight.rule", ("pro_rata",))
+    variables = k.get("objective.variables", list)
+    if not all(isinstance(v, str) for v in variables):
+        raise k.error("objective.variables", "expected a list of names")
+    model = k.choice("objective.model", OBJECTIVE_MODELS)
+    if model == "municipal":
+        from engine.model.municipal import VARIABLES
+        unknown = [v for v in variables if v not in VARIABLES]
+        if unknown or not variables:
+            raise k.error("objective.variables", f"unknown variable {unknown[0]!r}; known: {', '.join(VARIABLES)}"
+                          if unknown else "the municipal model needs at least one variable")
+    macro, deductions = _budget(k)
+    normalise = k.get("budget.normalise", bool)
+    compartments = k.get("budget.compartments", bool)
+    if compartments and not normalise:
+        raise k.error("budget.compartments", "compartments need the normalised variant (budget.normalise = true)")
+    ref_hh = k.get("budget.reference_households", float)
+    if ref_hh <= 0:
+        raise k.error("budget.reference_households", f"{ref_hh} is not positive")
+    cap, variants = _cap(k)
+    vangnet, vangnet_rules = _vangnet(k)
+    return Regime(
+        name=k.get("name", str), year=k.get("year", int), historical_up_to=lower, objective_from=upper,
+        objective_share=k.share("objective_weight.objective_share"), objective_model=model,
+        objective_variables=tuple(variables),
+        household_growth_correction=k.get("historical.household_growth_correction", bool),
+        macrobudget=macro, scale=k.choice("budget.scale", SCALES), reference_households=ref_hh,
+        deductions=deductions, normalise=normalise, compartments=compartments, cap=cap, cap_variants=variants,
+        vangnet=vangnet, vangnet_rules=vangnet_rules, path=path)

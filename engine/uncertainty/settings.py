@@ -1,0 +1,31 @@
+"""The settings of a bootstrap run and the names of what each replicate yields.
+
+:class:`Settings` is what defines a run (stored in ``bootstrap.json``, checked on resume);
+every other module of :mod:`engine.uncertainty` imports it from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+METHODS = ("parametric", "cluster")
+QUANTILES = (0.025, 0.05, 0.5, 0.95, 0.975)
+REPLICATE_COLUMNS = ("objective_cost", "budget", "share", "effect_pct", "simulated_spending")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What defines a bootstrap run; stored in ``bootstrap.json`` and checked on resume."""
+
+    population: str
+    coefficients: str
+    regime: str
+    method: str = "parametric"
+    seed: int = 0
+    between_sd: str = "auto"
+
+    def key(self) -> dict:
+        return {"method": self.method, "seed": self.seed, "regime": self.regime, "between_sd": self.between_sd,
+                "population": str(Path(self.population).resolve()),
+                "coefficients": str(Path(self.coefficients).resolve())}

@@ -1,0 +1,135 @@
+"""The resumable store of a bootstrap: batch files, the digest of its inputs, resume checks.
+
+Batches are ``OUT/batches/replicates-START-STOP.parquet``, each written whole under a
+temporary name and renamed; ``OUT/bootstrap.json`` records the settings and a SHA-256 of
+the input files, and batches are resumed only for the same settings and inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.io.outputs import write_json, write_table
+from engine.uncertainty.settings import REPLICATE_COLUMNS, Settings
+
+
+def _batch_file(out: Path, start: int, stop: int) -> Path:
+    return out / "batches" / f"replicates-{start:06d}-{stop:06d}.parquet"
+
+
+def write_batch(out: Path, start: int, stop: int, result: dict[str, np.ndarray], codes: np.ndarray) -> None:
+    n = stop - start
+    table = pa.table({"replicate": np.repeat(np.arange(start, stop, dtype=np.int64), len(codes)),
+                      "code": np.tile(codes, n).tolist(),
+                      **{c: result[c].ravel() for c in REPLICATE_COLUMNS}})
+    write_table(_batch_file(out, start, stop), table)
+
+
+def done_ranges(out: Path) -> list[tuple[int, int]]:
+    """The finished batches: files ``replicates-START-STOP.parquet`` only (a batch is renamed into
+    place when written whole; temporary names start with a dot and never count)."""
+    done = []
+    for f in sorted((out / "batches").glob("replicates-*-*.parquet")):
+        try:
+            a, b = f.stem.split("-")[1:]
+            a, b = int(a), int(b)
+        except ValueError:
+            continue
+        if 0 <= a < b and f.name == _batch_file(out, a, b).name:
+            done.append((a, b))
+    return done
+
+
+def plan_batches(replicates: int, batch_size: int, done: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Batches of at most ``batch_size`` covering the replicates not in ``done``."""
+    have = np.zeros(replicates, dtype=bool)
+    for a, b in done:
+        have[a:min(b, replicates)] = True
+    todo, r = [], 0
+    while r < replicates:
+        if have[r]:
+            r += 1
+            continue
+        s = r
+        while r < replicates and not have[r] and r - s < batch_size:
+            r += 1
+        todo.append((s, r))
+    return todo
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def inputs_digest(settings: Settings) -> str:
+    """SHA-256 of the files behind ``settings`` that replicates depend on: the population tables,
+    the fit (coefficients.parquet, covariances.npz, fit.json without its timings, the model spec
+    file it names) and the regime file. Batches are resumed only for the same digest, so files
+    replaced under the same paths (a regenerated population, a refit) never mix with old batches."""
+    from engine.model.population import TABLE_NAMES
+    from engine.io.config import resolve
+
+    h = hashlib.sha256()
+
+    def add(label: str, data: str) -> None:
+        h.update(f"{label}\0{data}\0".encode())
+
+    pop, coef = Path(settings.population), Path(settings.coefficients)
+    for name in TABLE_NAMES:
+        f = pop / f"{name}.parquet"
+        add(name, _file_digest(f) if f.is_file() else "missing")
+    for name in ("coefficients.parquet", "covariances.npz"):
+        f = coef / name
+        add(name, _file_digest(f) if f.is_file() else "missing")
+    try:
+        info = json.loads((coef / "fit.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = None
+    if isinstance(info, dict):
+        for comp in ("volume", "price"):
+            if isinstance(info.get(comp), dict):
+                info[comp].pop("seconds", None)
+        spec = Path(str(info.get("spec", {}).get("file", "")))
+        add("spec", _file_digest(spec) if spec.is_file() else "missing")
+    add("fit.json", json.dumps(info, sort_keys=True))
+    try:
+        add("regime", _file_digest(resolve("regime", settings.regime)))
+    except FileNotFoundError:
+        add("regime", "missing")
+    return h.hexdigest()
+
+
+def check_settings(out: Path, settings: Settings, inputs: str) -> None:
+    """Refuse a folder of another bootstrap; discard the batches of the same settings on other input
+    files (they would mix with new ones); record the settings and inputs of this run."""
+    f = out / "bootstrap.json"
+    if f.exists():
+        old = json.loads(f.read_text(encoding="utf-8"))
+        if old.get("settings") != settings.key():
+            raise ValueError(f"{out} holds replicates of another bootstrap ({old.get('settings')}); use a new "
+                             "--out folder")
+        if old.get("inputs") == inputs:
+            return
+        for a, b in done_ranges(out):           # deleted before the new record: a kill here loses nothing
+            _batch_file(out, a, b).unlink(missing_ok=True)
+    write_json(f, {"settings": settings.key(), "inputs": inputs})
+
+
+def read_replicates(out: Path, replicates: int, codes: np.ndarray) -> dict[str, np.ndarray]:
+    """Replicates 0 .. replicates-1 from the batch files: arrays (replicates, n_mun)."""
+    res = {c: np.full((replicates, len(codes)), np.nan) for c in REPLICATE_COLUMNS}
+    for a, b in done_ranges(out):
+        if a >= replicates:
+            continue
+        t = pq.read_table(_batch_file(out, a, b))
+        k = (min(b, replicates) - a) * len(codes)
+        for c in REPLICATE_COLUMNS:
+            res[c][a:min(b, replicates)] = t.column(c).to_numpy()[:k].reshape(-1, len(codes))
+    return res
