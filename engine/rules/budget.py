@@ -6,8 +6,9 @@ Pure functions on NumPy arrays (one entry per municipality, in any order):
 - :func:`objective_weight`: the weight m_g * phi of the objective share, by inhabitants;
 - :func:`historical_shares`: H_g, the spending share of t-2 corrected for household growth;
 - :func:`objective_shares`: s_g = O_g / sum O;
-- :func:`allocate`: TB * mix(m_g phi, s_g, H_g), normalised (optionally per size
-  compartment), then the ex-ante cap -> :class:`Budgets`;
+- :func:`allocate`: the regime's formula (the engine's mix of shares, or the Besluit's
+  euro formulas of 2007 and 2015), then the ex-ante cap and the MAU deduction -> :class:`Budgets`;
+- :func:`hand_out`: deductions handed out by their own key (e.g. an allowance per permit holder);
 - :func:`ex_ante_cap`: limit the redistribution effect against a reference budget,
   budget-neutrally.
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.rules.regime import CapRule, Regime
+from engine.rules.regime import CapRule, Deduction, Regime
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Budgets:
     budget: np.ndarray               # B_g
     residual: float                  # TB - sum B (0 up to rounding in the normalised variant)
     ceiling: float                   # gain ceiling u of the ex-ante cap (nan: no cap applied)
+    mau_deduction: np.ndarray | None = None   # Besluit art. 4(6) / 2(8): TBMAU taken from each
 
 
 def total_budget(regime: Regime, population_households: float, spending_t: float) -> float:
@@ -46,7 +48,7 @@ def total_budget(regime: Regime, population_households: float, spending_t: float
     ``population_households / reference_households`` (a sample gets its proportional part).
     """
     factor = population_households / regime.reference_households if regime.scale == "households" else 1.0
-    deducted = factor * sum(v for _, v in regime.deductions)
+    deducted = factor * sum(d.amount for d in regime.deductions)
     macro = spending_t if regime.macrobudget is None else factor * regime.macrobudget
     tb = float(macro - deducted)
     if tb <= 0:
@@ -147,23 +149,166 @@ def ex_ante_cap(budget: np.ndarray, reference: np.ndarray, rule: CapRule) -> tup
     return out, u
 
 
-def allocate(regime: Regime, objective_cost: np.ndarray, historical_share: np.ndarray,
-               inhabitants: np.ndarray, tb: float, cap: CapRule | None | str = "regime") -> Budgets:
-    """Budgets of one regime: B_g = TB * mix(m_g phi, s_g, H_g), then the ex-ante cap.
+def hand_out(deductions: tuple[Deduction, ...], keys: dict[str, np.ndarray], factor: float = 1.0
+             ) -> dict[str, np.ndarray]:
+    """The deductions with a key, handed out: ``factor * amount * key_g / sum key`` per municipality.
 
-    raw_g = w_g s_g + (1 - w_g) H_g with w_g = :func:`objective_weight`. Normalised:
-    B = TB raw / sum raw (with compartments: TB is first split over the three size classes
-    by objective share, each class normalised on its own); literal: B = TB raw. The
-    ex-ante cap (``cap``: the regime's own by default, or a :class:`CapRule`, or ``None``)
-    compares with the historical budget (sum B) H_g and keeps the total.
+    ``keys`` maps a key name to its value per municipality; a deduction whose key is missing
+    there, or whose key sums to 0, is an error (the amount would vanish).
+    """
+    out = {}
+    for d in deductions:
+        if d.key == "none":
+            continue
+        if d.key not in keys:
+            raise ValueError(f"deduction {d.name}: key {d.key!r} is not a column of the municipalities table")
+        k = np.asarray(keys[d.key], dtype=np.float64)
+        if not np.all(np.isfinite(k) & (k >= 0)) or k.sum() <= 0:
+            raise ValueError(f"deduction {d.name}: key {d.key!r} must be finite, >= 0 and not 0 everywhere")
+        out[d.name] = factor * d.amount * k / k.sum()
+    return out
+
+
+def cap_groups(regime: Regime, inhabitants: np.ndarray) -> np.ndarray:
+    """Which municipalities the ex-ante limitation compares with each other: a group id per
+    municipality, -1 for those outside it.
+
+    Only municipalities budgeted (partly) by the objective model have a redistribution effect
+    (Besluit WWB 2007, annex part B; seed 003: the limitation applies to the municipalities in
+    the objective model), and it is budget-neutral within each compartment: with
+    ``compartments`` the size classes 1 and 2 are groups of their own, otherwise all
+    municipalities with m_g > 0 form one group.
+    """
+    w = objective_weight(inhabitants, regime)
+    if regime.formula == "shares" and regime.compartments:
+        cls = size_class(inhabitants, regime.historical_up_to, regime.objective_from).astype(np.int64)
+        return np.where(w > 0, cls, -1)
+    return np.where(w > 0, 0, -1)
+
+
+def capped_in_groups(budget: np.ndarray, historical_share: np.ndarray, groups: np.ndarray,
+                     rule: CapRule) -> tuple[np.ndarray, float]:
+    """:func:`ex_ante_cap` within each group: the reference of g is its group's total budget
+    times its historical share within the group, so no euro moves between groups."""
+    out = np.array(budget, dtype=np.float64)
+    h = np.asarray(historical_share, dtype=np.float64)
+    ceiling = math.nan
+    for grp in np.unique(groups[groups >= 0]):
+        sel = groups == grp
+        hs = h[sel].sum()
+        if hs <= 0 or sel.sum() < 2:
+            continue
+        out[sel], u = ex_ante_cap(out[sel], out[sel].sum() * h[sel] / hs, rule)
+        ceiling = u if math.isnan(ceiling) else ceiling
+    return out, ceiling
+
+
+def mau_deduction(regime: Regime, inhabitants: np.ndarray, u: np.ndarray, amount: float) -> np.ndarray:
+    """B_g = TBMAU * m_g U_g / sum(m U) over the municipalities above ``mau.lower`` inhabitants
+    (Besluit WWB 2007 art. 4(6); Besluit Participatiewet art. 2(8)); ``amount`` is TBMAU."""
+    n = np.asarray(inhabitants, dtype=np.float64)
+    lo, hi = regime.mau.lower, regime.mau.upper
+    m = np.where(n > lo, np.clip((n - lo) / (hi - lo), 0.0, 1.0), 0.0)
+    mu = m * u
+    if amount <= 0:
+        return np.zeros_like(u)
+    if mu.sum() <= 0:
+        raise ValueError(f"regime {regime.name}: no municipality above {lo:,.0f} inhabitants to bear the MAU")
+    return amount * mu / mu.sum()
+
+
+def _besluit_2007(m: np.ndarray, cost: np.ndarray, k: np.ndarray, total: float) -> np.ndarray:
+    """Besluit WWB 2007 art. 4(1), 5-7: G = K (art. 5), m O + (1 - m) K (art. 6), O (art. 7);
+    U = G / TG x total."""
+    g = m * cost + (1.0 - m) * k
+    if g.sum() <= 0:
+        raise ValueError("budget bases G: the total is not positive")
+    return total * g / g.sum()
+
+
+def _besluit_2015(m: np.ndarray, small: np.ndarray, cost: np.ndarray, h: np.ndarray, total: float,
+                  transition: float) -> np.ndarray:
+    """Besluit Participatiewet art. 2-5 and 8a with the annex's calibration.
+
+    B_klein = TL_klein / TL (art. 2(4)); the small municipalities get G / TG_klein of
+    total x B_klein with G = L (art. 2(1), 3). The others share total x B_15dzd: BL = L /
+    TL_15dzd x total x B_15dzd (art. 4(2)), G = m O + (1 - m) BL (art. 4(1), 5), the objective
+    costs calibrated so that sum G = total x B_15dzd with the historical parts fixed (annex:
+    "zo geijkt ... De eerst voor middelgrote gemeenten bepaalde historische delen ... staan
+    hierbij vast"), so U = G. Art. 8a: U = (t L / TL_15dzd + (1 - t) G / TG_15dzd) x total x B_15dzd.
+    """
+    u = np.where(small, total * h, 0.0)           # G / TG_klein x total x TL_klein / TL = total L / TL
+    big = ~small
+    hb = h[big].sum()
+    b15 = total * hb                              # B_15dzd = 1 - B_klein
+    if not big.any() or b15 <= 0:
+        return u
+    bl = b15 * h[big] / hb
+    fixed = (1.0 - m[big]) * bl
+    mo = m[big] * cost[big]
+    scale = (b15 - fixed.sum()) / mo.sum() if mo.sum() > 0 else 0.0
+    g = scale * mo + fixed                        # sums to b15
+    u[big] = transition * bl + (1.0 - transition) * g
+    return u
+
+
+def allocate(regime: Regime, objective_cost: np.ndarray, historical_share: np.ndarray,
+             inhabitants: np.ndarray, tb: float, cap: CapRule | None | str = "regime",
+             historical_cost: np.ndarray | None = None, mau: float | None = None) -> Budgets:
+    """Budgets of one regime: the regime's formula, the ex-ante cap, the MAU deduction.
+
+    ``regime.formula``:
+
+    - ``"shares"``: raw_g = w_g s_g + (1 - w_g) H_g with w_g = :func:`objective_weight`.
+      Normalised: B = TB raw / sum raw (with compartments: TB is first split over the three
+      size classes by objective share, each class normalised on its own); literal: B = TB raw.
+    - ``"besluit_2007"``: Besluit WWB 2007 art. 4-7 on euro amounts (needs
+      ``historical_cost``, K_g in EUR).
+    - ``"besluit_2015"``: Besluit Participatiewet art. 2-5, 8a (see :func:`_besluit_2015`).
+
+    The Besluit formulas distribute TB + TBMAU (``mau``: EUR, default the regime's
+    amount unscaled) and then deduct TBMAU from the municipalities above 25,000 inhabitants
+    (:func:`mau_deduction`), so the budgets sum to TB. The ex-ante cap (``cap``: the
+    regime's own by default, a :class:`CapRule`, or ``None``) compares each municipality in
+    the objective model with its historical budget within its group (:func:`cap_groups`).
     """
     s = objective_shares(objective_cost)
     h = np.asarray(historical_share, dtype=np.float64)
     w = objective_weight(inhabitants, regime)
+    tbmau = regime.mau.amount if mau is None else float(mau)
+    if regime.formula == "shares":
+        tbmau = 0.0
+        budget = _shares_budget(regime, s, h, w, inhabitants, tb)
+    elif regime.formula == "besluit_2007":
+        if historical_cost is None:
+            raise ValueError(f"regime {regime.name} mixes euro amounts (Besluit WWB 2007 art. 6, "
+                             "G = m O + (1 - m) K): the historical costs K in EUR are needed")
+        k = np.asarray(historical_cost, dtype=np.float64)
+        if k.shape != h.shape or not np.all(np.isfinite(k) & (k >= 0)):
+            raise ValueError("historical costs K: expected finite amounts >= 0, one per municipality")
+        budget = _besluit_2007(w, np.asarray(objective_cost, dtype=np.float64), k, tb + tbmau)
+    else:
+        small = np.asarray(inhabitants, dtype=np.float64) <= regime.historical_up_to
+        budget = _besluit_2015(w, small, np.asarray(objective_cost, dtype=np.float64), h, tb + tbmau,
+                               regime.transition_historical)
+    rule = regime.cap if isinstance(cap, str) else cap
+    capped, ceiling = ((budget, math.nan) if rule is None
+                       else capped_in_groups(budget, h, cap_groups(regime, inhabitants), rule))
+    mau_b = mau_deduction(regime, inhabitants, capped, tbmau)
+    uncapped = budget - (mau_deduction(regime, inhabitants, budget, tbmau) if rule is not None else mau_b)
+    final = capped - mau_b
+    if not np.all(np.isfinite(final)):
+        raise ValueError(f"regime {regime.name}: budgets are not finite")
+    return Budgets(tb=tb, objective_share=s, historical_share=h, objective_weight=w, uncapped=uncapped,
+                   budget=final, residual=float(tb - final.sum()), ceiling=ceiling,
+                   mau_deduction=mau_b if tbmau > 0 else None)
+
+
+def _shares_budget(regime: Regime, s, h, w, inhabitants, tb: float) -> np.ndarray:
     raw = w * s + (1.0 - w) * h
     if not regime.normalise:
-        budget = tb * raw
-    elif regime.compartments:
+        return tb * raw
+    if regime.compartments:
         cls = size_class(inhabitants, regime.historical_up_to, regime.objective_from)
         raw_c = np.bincount(cls, weights=raw, minlength=3)
         empty = (raw_c <= 0)[cls]                       # a class with no historical or objective mass
@@ -171,10 +316,5 @@ def allocate(regime: Regime, objective_cost: np.ndarray, historical_share: np.nd
             raw = np.where(empty, s, raw)
             raw_c = np.bincount(cls, weights=raw, minlength=3)
         share_c = np.bincount(cls, weights=s, minlength=3)
-        budget = tb * raw * (share_c / np.where(raw_c > 0, raw_c, 1.0))[cls]
-    else:
-        budget = tb * (raw / raw.sum())
-    rule = regime.cap if isinstance(cap, str) else cap
-    capped, ceiling = (budget, math.nan) if rule is None else ex_ante_cap(budget, budget.sum() * h, rule)
-    return Budgets(tb=tb, objective_share=s, historical_share=h, objective_weight=w, uncapped=budget,
-                   budget=capped, residual=float(tb - capped.sum()), ceiling=ceiling)
+        return tb * raw * (share_c / np.where(raw_c > 0, raw_c, 1.0))[cls]
+    return tb * (raw / raw.sum())

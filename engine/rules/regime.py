@@ -15,9 +15,17 @@ import numpy as np
 
 from engine.io.config import Keys, read_toml, resolve
 
-OBJECTIVE_MODELS = ("household", "municipal")
+OBJECTIVE_MODELS = ("household", "municipal", "given")
 FINANCING = ("ceiling", "proportional")
 SCALES = ("households", "none")
+# How budgets follow from objective costs and historical costs (engine.rules.budget.allocate):
+#   "shares":       B = TB * (m s + (1 - m) H), normalised (the engine's own mix of shares);
+#   "besluit_2007": Besluit WWB 2007 art. 4-7: G = m O + (1 - m) K in EUR, U = G / TG * (TB + TBMAU);
+#   "besluit_2015": Besluit Participatiewet art. 2-5 (and 8a): the compartment of small
+#                   municipalities (B_klein = TL_klein / TL), G = m O + (1 - m) BL with BL in EUR.
+FORMULAS = ("shares", "besluit_2007", "besluit_2015")
+# Keys of a deduction that is handed out: "none" (kept out of the distribution) or a column of
+# the municipalities table (or "inhabitants" / "households") whose share decides each part.
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,30 @@ class VangnetRule:
 
 
 @dataclass(frozen=True)
+class Deduction:
+    """An amount taken from the macrobudget before distribution (EUR, national level).
+
+    ``key`` ``"none"``: not handed out by the model (a reserve); otherwise the name of the
+    municipalities column whose share decides what each municipality gets.
+    """
+
+    name: str
+    amount: float
+    key: str = "none"
+
+
+@dataclass(frozen=True)
+class Mau:
+    """The multi-year supplement (MAU) of Besluit WWB 2007 art. 4(6) / Besluit Participatiewet
+    art. 2(8): TBMAU is distributed with TB and deducted from the municipalities above ``lower``
+    inhabitants in proportion to m U, m = 1 at or above ``upper``, (n - lower) / (upper - lower) below."""
+
+    amount: float = 0.0
+    lower: float = 25_000.0
+    upper: float = 40_000.0
+
+
+@dataclass(frozen=True)
 class Regime:
     """One distribution regime, as read from its TOML file (see ``engine/regimes``)."""
 
@@ -62,13 +94,13 @@ class Regime:
     historical_up_to: float          # L: m_g = 0 at or below
     objective_from: float            # U: m_g = 1 at or above
     objective_share: float           # phi
-    objective_model: str             # "household" (costs file) or "municipal" (2005 regression)
+    objective_model: str             # "household" / "given" (costs file) or "municipal" (2005 regression)
     objective_variables: tuple[str, ...]
     household_growth_correction: bool
     macrobudget: float | None        # EUR; None: the population's spending in t
     scale: str
     reference_households: float
-    deductions: tuple[tuple[str, float], ...]
+    deductions: tuple[Deduction, ...]
     normalise: bool
     compartments: bool
     cap: CapRule | None
@@ -76,6 +108,11 @@ class Regime:
     vangnet: VangnetRule
     vangnet_rules: tuple[VangnetRule, ...] = field(default=())
     path: Path | None = None
+    formula: str = "shares"          # see FORMULAS
+    mau: Mau = Mau()
+    transition_historical: float = 0.0   # Besluit Participatiewet art. 8a: 0.5 (2015-16), 0.25 (2017)
+    kostendelers_cut_off_age: int | None = None   # None: no kostendelersnorm (before 2015)
+    objective_spec: str = ""         # the published model whose costs the regime expects (e.g. ape2011)
 
 
 # --------------------------------------------------------------------------- loading
@@ -120,7 +157,20 @@ def _vangnet(k: Keys) -> tuple[VangnetRule, tuple[VangnetRule, ...]]:
     return chosen[0], tuple(rules)
 
 
-def _budget(k: Keys) -> tuple[float | None, tuple[tuple[str, float], ...]]:
+def _deduction(k: Keys, name: str) -> Deduction:
+    key = f"budget.deductions.{name}"
+    raw = k.get("budget", dict)["deductions"][name]
+    if isinstance(raw, dict):
+        amount = k.get(key + ".amount", float)
+        column = k.get(key + ".key", str)
+    else:
+        amount, column = k.get(key, float), "none"
+    if amount < 0:
+        raise k.error(key + (".amount" if isinstance(raw, dict) else ""), f"{amount} is negative")
+    return Deduction(name, amount, column)
+
+
+def _budget(k: Keys) -> tuple[float | None, tuple[Deduction, ...]]:
     raw = k.get("budget", dict).get("macrobudget")
     if raw == "spending_t":
         macro = None
@@ -128,21 +178,17 @@ def _budget(k: Keys) -> tuple[float | None, tuple[tuple[str, float], ...]]:
         macro = k.get("budget.macrobudget", float)
         if macro <= 0:
             raise k.error("budget.macrobudget", f"{macro} is negative" if macro < 0 else "0 is not positive")
-    deductions = []
-    for name in k.get("budget.deductions", dict):
-        v = k.get(f"budget.deductions.{name}", float)
-        if v < 0:
-            raise k.error(f"budget.deductions.{name}", f"{v} is negative")
-        deductions.append((name, v))
-    if macro is not None and sum(v for _, v in deductions) >= macro:
-        raise k.error("budget.deductions", f"the deductions (EUR {sum(v for _, v in deductions):,.2f}) are not "
+    deductions = [_deduction(k, name) for name in k.get("budget.deductions", dict)]
+    if macro is not None and sum(d.amount for d in deductions) >= macro:
+        raise k.error("budget.deductions", f"the deductions (EUR {sum(d.amount for d in deductions):,.2f}) are not "
                                            f"below the macrobudget (EUR {macro:,.2f}): nothing would be left to "
                                            "distribute")
     return macro, tuple(deductions)
 
 
 def load_regime(name_or_path: str | Path) -> Regime:
-    """Read and validate a regime: ``"2019"``, ``"2005"`` or the path of a TOML file.
+    """Read and validate a regime: a budget year (``"2005"``-``"2007"``, ``"2011"``-``"2025"``)
+    or the path of a TOML file.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file and
     the key for a missing key, a wrong type, a share outside [0, 1] or unordered thresholds.
@@ -183,6 +229,7 @@ def parse_regime(data: dict, path: Path) -> Regime:
         raise k.error("budget.reference_households", f"{ref_hh} is not positive")
     cap, variants = _cap(k)
     vangnet, vangnet_rules = _vangnet(k)
+    formula, mau, transition, cut_off, spec = _law(k)
     return Regime(
         name=k.get("name", str), year=k.get("year", int), historical_up_to=lower, objective_from=upper,
         objective_share=k.share("objective_weight.objective_share"), objective_model=model,
@@ -190,4 +237,30 @@ def parse_regime(data: dict, path: Path) -> Regime:
         household_growth_correction=k.get("historical.household_growth_correction", bool),
         macrobudget=macro, scale=k.choice("budget.scale", SCALES), reference_households=ref_hh,
         deductions=deductions, normalise=normalise, compartments=compartments, cap=cap, cap_variants=variants,
-        vangnet=vangnet, vangnet_rules=vangnet_rules, path=path)
+        vangnet=vangnet, vangnet_rules=vangnet_rules, path=path, formula=formula, mau=mau,
+        transition_historical=transition, kostendelers_cut_off_age=cut_off, objective_spec=spec)
+
+
+def _law(k: Keys) -> tuple[str, Mau, float, int | None, str]:
+    """The optional keys of the law's own formulas (absent: the engine's mix of shares)."""
+    budget = k.get("budget", dict)
+    formula = k.choice("budget.formula", FORMULAS) if "formula" in budget else "shares"
+    mau = Mau()
+    if "mau" in k.data:
+        amount, lower, upper = (k.get(f"mau.{x}", float) for x in ("amount", "lower", "upper"))
+        if amount < 0:
+            raise k.error("mau.amount", f"{amount} is negative")
+        if upper <= lower:
+            raise k.error("mau.upper", f"{upper:g} is not above lower {lower:g} (thresholds must be ordered)")
+        mau = Mau(amount, lower, upper)
+    transition = k.share("transition.historical") if "transition" in k.data else 0.0
+    if transition and formula != "besluit_2015":
+        raise k.error("transition.historical", "the transition of Besluit Participatiewet art. 8a needs "
+                                               'budget.formula = "besluit_2015"')
+    cut_off = None
+    if "kostendelersnorm" in k.data and k.get("kostendelersnorm.applies", bool):
+        cut_off = k.get("kostendelersnorm.cut_off_age", int)
+        if not 18 <= cut_off <= 30:
+            raise k.error("kostendelersnorm.cut_off_age", f"{cut_off} is not an age between 18 and 30")
+    spec = k.get("objective.spec", str) if "spec" in k.get("objective", dict) else ""
+    return formula, mau, transition, cut_off, spec
