@@ -113,6 +113,7 @@ class Regime:
     transition_historical: float = 0.0   # Besluit Participatiewet art. 8a: 0.5 (2015-16), 0.25 (2017)
     kostendelers_cut_off_age: int | None = None   # None: no kostendelersnorm (before 2015)
     objective_spec: str = ""         # the published model whose costs the regime expects (e.g. ape2011)
+    granite_weight: float = 1.0      # municipal model: the part of the granieten voorraad term kept
 
 
 # --------------------------------------------------------------------------- loading
@@ -238,7 +239,8 @@ def parse_regime(data: dict, path: Path) -> Regime:
         macrobudget=macro, scale=k.choice("budget.scale", SCALES), reference_households=ref_hh,
         deductions=deductions, normalise=normalise, compartments=compartments, cap=cap, cap_variants=variants,
         vangnet=vangnet, vangnet_rules=vangnet_rules, path=path, formula=formula, mau=mau,
-        transition_historical=transition, kostendelers_cut_off_age=cut_off, objective_spec=spec)
+        transition_historical=transition, kostendelers_cut_off_age=cut_off, objective_spec=spec,
+        granite_weight=k.share("objective.granite_weight") if "granite_weight" in k.get("objective", dict) else 1.0)
 
 
 def _law(k: Keys) -> tuple[str, Mau, float, int | None, str]:
