@@ -9,6 +9,7 @@ number; :func:`write_budget` and :func:`write_wdeel` write them through
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from engine.rules import redistribution as rd
 from engine.io.outputs import atomic_dir
 from engine.model.population import Population
 from engine.rules.regime import Regime
-from engine.rules.budget import Budgets, allocate, historical_shares, total_budget
+from engine.rules.budget import Budgets, allocate, hand_out, historical_costs, historical_shares, total_budget
 from engine.rules.vangnet import vangnet_payout
 from engine.model.schema import PopulationError, as_strings
 from engine.rules.wdeel import WdeelResult
@@ -96,6 +97,8 @@ class BudgetResult:
     seed: rd.SeedTable
     rows: list[dict]
     granite_share: float | None       # municipal model: share of O from the granieten voorraad
+    components: dict | None = None    # deductions handed out by their own key (EUR per municipality)
+    granite: dict | None = None       # granieten voorraad: derived from durations and the column
 
 
 def parse_macrobudget(text: str | None) -> float | str | None:
@@ -122,9 +125,10 @@ def compute_budget(pop: Population, regime: Regime, costs: str | Path | np.ndarr
     """
     data = mm.municipal_data(pop)
     granite = None
-    if regime.objective_model == "household":
+    if regime.objective_model in ("household", "given"):
         if costs is None:
-            raise ValueError(f"regime {regime.name} uses the household model: give --costs DIR "
+            spec = f" (spec {regime.objective_spec})" if regime.objective_spec else ""
+            raise ValueError(f"regime {regime.name} takes its objective costs from a file{spec}: give --costs DIR "
                              f"(a folder with {COSTS_FILE}, written by buig predict)")
         if isinstance(costs, (str, Path)):
             cost = read_costs(costs, data.codes)["objective_cost"]
@@ -135,7 +139,8 @@ def compute_budget(pop: Population, regime: Regime, costs: str | Path | np.ndarr
                                  "of the population's municipalities")
     else:
         fitted = mm.fit(data, mm.regime_spec(regime.objective_variables))
-        cost, granite = fitted.objective_cost, fitted.granite_share
+        cost, granite = _granite_phased(data, fitted, regime.granite_weight), fitted.granite_share
+    factor = data.households.sum() / regime.reference_households if regime.scale == "households" else 1.0
     if macrobudget == "spending":
         tb = float(data.spending_t.sum())
     elif macrobudget is not None:
@@ -144,16 +149,42 @@ def compute_budget(pop: Population, regime: Regime, costs: str | Path | np.ndarr
         tb = total_budget(regime, data.households.sum(), data.spending_t.sum())
     hist = historical_shares(data.spending_t2, data.households, data.households_t2,
                              regime.household_growth_correction)
-    b = allocate(regime, cost, hist, data.inhabitants, tb)
+    k = historical_costs(data.spending_t2, data.households, data.households_t2, regime.household_growth_correction)
+    b = allocate(regime, cost, hist, data.inhabitants, tb, historical_cost=k, mau=factor * regime.mau.amount)
+    components = hand_out(regime.deductions, _keys(pop, data), factor)
+    if components:
+        extra = sum(components.values())
+        b = dataclasses.replace(b, budget=b.budget + extra, uncapped=b.uncapped + extra)
     eff = rd.effects(b.budget, data.spending_t, data.inhabitants)
     seed = rd.seed_table(data, correct_growth=regime.household_growth_correction)
-    rows = _rows(regime, data, cost, hist, tb, b, seed)
+    rows = _rows(regime, data, cost, hist, tb, b, seed, k)
     return BudgetResult(regime=regime, data=data, objective_cost=cost, budgets=b,
                         vangnet=vangnet_payout(data.spending_t, b.budget, regime.vangnet), effects=eff,
-                        seed=seed, rows=rows, granite_share=granite)
+                        seed=seed, rows=rows, granite_share=granite, components=components,
+                        granite=mm.granite_comparison(pop) if regime.objective_model == "municipal" else None)
 
 
-def _rows(regime, data, cost, hist, tb, b: Budgets, seed: rd.SeedTable) -> list[dict]:
+def _keys(pop: Population, data: mm.MunicipalData) -> dict[str, np.ndarray]:
+    """Keys a deduction can be handed out by: the numeric columns of the municipalities table."""
+    mun = pop.municipalities
+    out = {name: mun.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+           for name in mun.column_names if pa.types.is_integer(mun.schema.field(name).type)
+           or pa.types.is_floating(mun.schema.field(name).type)}
+    return out | {"inhabitants": data.inhabitants, "households": data.households}
+
+
+def _granite_phased(data: mm.MunicipalData, fitted: mm.MunicipalFit, weight: float) -> np.ndarray:
+    """O_g with the granieten voorraad term at ``weight`` of its fitted coefficient (the
+    phase-out the letter of 14 May 2004 plans); ``weight`` 1 is the fit itself."""
+    if weight == 1.0 or "granieten_voorraad" not in fitted.spec.variables:
+        return fitted.objective_cost
+    coef = fitted.coef.copy()
+    coef[1 + fitted.spec.variables.index("granieten_voorraad")] *= weight
+    per_unit = np.maximum(mm.design(data, fitted.spec.variables) @ coef, 0.0)
+    return per_unit * (data.households if fitted.spec.per == "household" else data.inhabitants)
+
+
+def _rows(regime, data, cost, hist, tb, b: Budgets, seed: rd.SeedTable, k=None) -> list[dict]:
     """The rows of redistribution.csv: the seed table, then the regime's budgets."""
     rows = []
     universe, inh = seed.universe, data.inhabitants
@@ -172,7 +203,9 @@ def _rows(regime, data, cost, hist, tb, b: Budgets, seed: rd.SeedTable) -> list[
     variants = [("regime_uncapped", "regime budget before the ex-ante cap", None)] if regime.cap else []
     variants += [(f"cap {c.name}", f"regime budget, ex-ante cap {c.name}", c) for c in regime.cap_variants]
     budgets = [("regime", f"regime {regime.name} budget", b.budget)]
-    budgets += [(key, label, b.uncapped if c is None else allocate(regime, cost, hist, inh, tb, cap=c).budget)
+    budgets += [(key, label, b.uncapped if c is None
+                 else allocate(regime, cost, hist, inh, tb, cap=c, historical_cost=k,
+                               mau=0.0 if b.mau_deduction is None else float(b.mau_deduction.sum())).budget)
                 for key, label, c in variants]
     for key, label, budget in budgets:
         for ref_name, ref in (("spending_t", data.spending_t), ("historical", hist)):

@@ -221,6 +221,15 @@ def cmd_budget(args) -> int:
     _say(args, f"regime {regime.name}: TB EUR {b.tb:,.2f} over {len(b.budget)} municipalities; "
                f"sum of budgets EUR {b.budget.sum():,.2f} (residual {b.residual:,.2f}); "
                f"vangnet EUR {r.vangnet.sum():,.2f} to {(r.vangnet > 0).sum()} municipalities")
+    if r.granite is not None:
+        g = r.granite
+        _say(args, f"granieten voorraad (bijstand households > 4 years at the base date, from duration_class): "
+                   f"{g['derived_total']:,.0f}; its weight in the municipal model {100 * r.granite_share:.1f}% of O "
+                   f"(regime weight {regime.granite_weight:g}); the municipalities column (not used) says "
+                   f"{g['column_total']:,.0f}, {g['municipalities_differing']} municipalities differ, "
+                   f"correlation {g['correlation']:.3f}")
+    if r.components:
+        _say(args, "handed out by their own key: " + ", ".join(f"{k} EUR {v.sum():,.2f}" for k, v in r.components.items()))
     _say(args, "\nredistribution effects against spending in t (seed 003's table):\n" + format_seed_table(r.seed))
     _say(args, f"\n-> {Path(args.out) / 'budgets.parquet'}, {Path(args.out) / 'redistribution.csv'}")
     return 0

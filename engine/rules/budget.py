@@ -90,10 +90,17 @@ def historical_shares(spending_t2: np.ndarray, households: np.ndarray, household
 
     Without ``correct`` (or where households(t-2) is 0) L_g is spending(t-2) itself.
     """
+    return _shares(historical_costs(spending_t2, households, households_t2, correct), "historical spending (t-2)")
+
+
+def historical_costs(spending_t2: np.ndarray, households: np.ndarray, households_t2: np.ndarray,
+                     correct: bool = True) -> np.ndarray:
+    """L_g (K_g) in EUR: spending(t-2) * households(t-1) / households(t-2) (Besluit WWB 2007
+    art. 1(h); Besluit Participatiewet art. 1(1)(f)); uncorrected where households(t-2) is 0."""
     s = np.asarray(spending_t2, dtype=np.float64)
     hh, hh2 = np.asarray(households, dtype=np.float64), np.asarray(households_t2, dtype=np.float64)
     growth = np.divide(hh, hh2, out=np.ones_like(s), where=hh2 > 0) if correct else 1.0
-    return _shares(s * growth, "historical spending (t-2)")
+    return s * growth
 
 
 def _gain_ceiling(gain: np.ndarray, ref: np.ndarray, amount: float) -> float:
