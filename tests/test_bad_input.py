@@ -337,7 +337,7 @@ def _commands(pop: Path, out: Path) -> list[list[str]]:
     return [["validate", p], ["fit", "--population", p, "--out", o],
             ["predict", "--population", p, "--coefficients", o, "--out", o],
             ["budget", "--population", p, "--costs", o, "--regime", "2019", "--out", o],
-            ["wdeel", "--population", p, "--out", o],
+            ["wdeel", "--population", p, "--total", "1e6", "--out", o],
             ["bootstrap", "--population", p, "--replicates", "2", "--workers", "0", "--out", o],
             ["run", "--population", p, "--replicates", "2", "--out", o]]
 

@@ -61,13 +61,17 @@ def test_recipients_on_population(small_population):
 
 
 def test_wdeel_on_population(small_population):
-    res = wdeel(small_population)
-    assert res.total == pytest.approx(res.need.sum())
-    assert [r["model"] for r in res.rows] == ["model_1", "model_2", "model_3", "model_4"]
+    res = wdeel(small_population, 2.0 * small_population.municipalities.column("wdeel_need").to_numpy().sum())
+    assert res.total == pytest.approx(2.0 * res.need.sum())          # a budget of its own
+    assert [r["model"] for r in res.rows] == ["model_1", "model_2", "model_3", "model_4", "historical"]
+    spend = small_population.municipalities.column("spending_t2").to_numpy()
+    np.testing.assert_allclose(res.budgets["historical"], res.total * spend / spend.sum())
+    with pytest.raises(ValueError, match="budget of its own"):
+        wdeel(small_population, None)
     for name, b in res.budgets.items():
         assert b.sum() == pytest.approx(res.total), name
     for r in res.rows:
-        assert r["largest_minus_pct"] <= r["mean_pct"] <= r["largest_plus_pct"] <= 100
+        assert r["largest_minus_pct"] <= r["mean_pct"] <= r["largest_plus_pct"] <= 100 + 1e-9
         assert r["sd_pct"] > 0
 
 
@@ -75,7 +79,7 @@ def test_cli_wdeel(small_world, tmp_path):
     out = tmp_path / "out"
     assert main(["wdeel", "--population", str(small_world), "--total", "5e6", "--out", str(out), "--quiet"]) == 0
     rows = list(csv.DictReader((out / "wdeel.csv").open()))
-    assert [r["model"] for r in rows] == ["model_1", "model_2", "model_3", "model_4"]
+    assert [r["model"] for r in rows] == ["model_1", "model_2", "model_3", "model_4", "historical"]
     assert float(rows[0]["total"]) == 5e6
     t = pq.read_table(out / "wdeel_budgets.parquet")
     assert t.num_rows == 388 and np.sum(t.column("budget_model_3").to_numpy()) == pytest.approx(5e6)

@@ -26,7 +26,7 @@ from engine.rules.regime import Regime
 from engine.rules.budget import Budgets, allocate, hand_out, historical_costs, historical_shares, total_budget
 from engine.rules.vangnet import vangnet_payout
 from engine.model.schema import PopulationError, as_strings
-from engine.rules.wdeel import WdeelResult
+from engine.rules.wdeel import NEED_NOTE, WdeelResult
 
 COSTS_FILE = "municipal_costs.parquet"
 COSTS_COLUMNS = {"code": "string", "objective_cost": "float64", "predicted_households": "float64",
@@ -260,4 +260,4 @@ def write_wdeel(r: WdeelResult, pop: Population, out: str | Path) -> None:
     with atomic_dir(out) as tmp:
         rows = [row | {"total": r.total} for row in r.rows]
         _write_csv(tmp / "wdeel.csv", rows, rows[0])
-        pq.write_table(pa.table(cols), tmp / "wdeel_budgets.parquet")
+        pq.write_table(pa.table(cols).replace_schema_metadata({"need": NEED_NOTE}), tmp / "wdeel_budgets.parquet")

@@ -238,7 +238,7 @@ def cmd_budget(args) -> int:
 def cmd_wdeel(args) -> int:
     from engine.app.budget_files import write_wdeel
     from engine.model.population import read_population
-    from engine.rules.wdeel import format_rows, wdeel
+    from engine.rules.wdeel import NEED_NOTE, format_rows, wdeel
 
     if args.total is not None and not args.total > 0:
         raise ValueError(f"--total must be positive, not {args.total}")
@@ -246,7 +246,7 @@ def cmd_wdeel(args) -> int:
     r = wdeel(pop, args.total)
     write_wdeel(r, pop, args.out)
     _say(args, f"W-deel total EUR {r.total:,.2f}; (budget - need) / budget per municipality:\n"
-               + format_rows(r.rows) + f"\n-> {Path(args.out) / 'wdeel.csv'}")
+               + format_rows(r.rows) + f"\n{NEED_NOTE}\n-> {Path(args.out) / 'wdeel.csv'}")
     return 0
 
 
@@ -299,9 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                                          "population's spending in t (default: from the regime file)")
     p.add_argument("--out", required=True, help="output folder")
 
-    p = add("wdeel", cmd_wdeel, "The four W-deel models of seed 003 against need: wdeel.csv and wdeel_budgets.parquet.")
+    p = add("wdeel", cmd_wdeel, "The four W-deel models of seed 003 and a historical distribution against need: "
+                                "wdeel.csv and wdeel_budgets.parquet.")
     p.add_argument("--population", required=True, help="population folder")
-    p.add_argument("--total", type=float, help="W-deel total in EUR (default: the sum of wdeel_need)")
+    p.add_argument("--total", type=float, required=True,
+                   help="W-deel budget in EUR: a budget of its own, not the sum of need")
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("fit", cmd_fit, "Estimate the volume (logit) and price (fractional logit) components.")

@@ -14,9 +14,11 @@ model 3's "2-5 years" classes 3 and 4 and ">5 years" class 5.
 Budgets are W-total x the municipality's share. The fit to ``wdeel_need`` is the seed's
 (budget - need) / budget per municipality, summarised as mean, standard deviation
 (ddof = 1), largest minus and largest plus. Municipalities with a budget of 0 have no
-defined ratio and are counted apart. The seed's extra row for the then-current
-distribution (historical 2003 ID-jobs and WIW budgets) is left out: the population has no
-such budgets, and any stand-in would be invented.
+defined ratio and are counted apart. The total is a budget of its own (the seed's mean of
++28% says the budget exceeded the measured need), never the sum of need. The seed's row for
+the then-current, historical distribution (the 2003 ID-jobs and WIW budgets) is stood in for
+by the municipalities' shares of bijstand spending in t-2, the only historical amounts a
+population has; the output says so.
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ LABELS = {
     "model_2": "recipients weighted 1,2,3,1 (<1, 1-2, 2-4, >4 years)",
     "model_3": "recipients weighted 4,7,5,4 (<1, 1-2, 2-5, >5 years)",
     "model_4": "size of the municipal target group",
+    "historical": "historical: shares of bijstand spending t-2 (stand-in for the 2003 WIW/ID budgets)",
 }
+NEED_NOTE = ("need = the population's wdeel_need column; in the built-in synthetic world: the chance of a "
+             "reintegration trajectory by person characteristics (age, education, work limitation) of the "
+             "bijstand households x EUR 4,000, not built from any model's duration weights")
 MODELS = tuple(LABELS)
 
 
@@ -83,19 +89,22 @@ def fit_to_need(budget: np.ndarray, need: np.ndarray) -> dict:
 @dataclass(frozen=True)
 class WdeelResult:
     total: float
-    budgets: dict                    # model -> budgets per municipality
+    budgets: dict                    # model (and "historical") -> budgets per municipality
     need: np.ndarray
     rows: tuple[dict, ...]           # one row per model: label and fit_to_need statistics
 
 
-def wdeel(pop: Population, total: float | None = None) -> WdeelResult:
-    """Budgets of the four W-deel models and their fit to need (total default: sum of need)."""
+def wdeel(pop: Population, total: float) -> WdeelResult:
+    """Budgets of the four W-deel models and the historical distribution, and their fit to need.
+
+    ``total`` is the W-deel budget in EUR, a budget of its own (not the sum of need)."""
     mun = pop.municipalities
     need = mun.column("wdeel_need").to_numpy().astype(np.float64)
-    total = float(need.sum()) if total is None else float(total)
-    if not total > 0:
-        raise ValueError(f"W-deel total must be positive, not {total}")
+    if total is None or not float(total) > 0:
+        raise ValueError(f"W-deel total must be a positive amount in EUR (a budget of its own), not {total}")
+    total = float(total)
     measures = model_weights(recipients_by_duration(pop), mun.column("wdeel_target_group").to_numpy())
+    measures["historical"] = mun.column("spending_t2").to_numpy().astype(np.float64)
     out = {name: budgets(m, total) for name, m in measures.items()}
     rows = tuple({"model": name, "label": LABELS[name]} | fit_to_need(out[name], need) for name in MODELS)
     return WdeelResult(total=total, budgets=out, need=need, rows=rows)

@@ -295,12 +295,14 @@ def generate_municipality(g: int, geo: Geography, wp: WorldParams, n_wijk: np.nd
     table = pa.Table.from_arrays([pa.array(columns[c.name]) if not isinstance(columns[c.name], pa.Array)
                                   else columns[c.name] for c in TABLES["households"]],
                                  schema=schema("households"))
-    dur_bij = duration[bij]
-    need_w = np.array([0, 4.0, 7.0, 5.5, 4.5, 3.5])
+    # W-deel need: the chance of a reintegration trajectory by person characteristics (as the
+    # letter of 14 May 2004 describes the need study) x EUR 4,000 per trajectory [I], summed over the
+    # bijstand households; independent of the benefit duration and of any W-deel model's weights.
+    p_traj = _logistic(-0.4 + 0.5 * under27 - 0.6 * older + 0.4 * (edu == 0) - 0.8 * worklim)
     stats = {
         "n": n, "bijstand": int(bij.sum()), "lks": int(lks.sum()), "expected": float(p.sum()),
         "spending": float(paid.sum()), "paid_bijstand": float(paid[bij].sum()),
-        "long": int((dur_bij >= 4).sum()), "need": float(need_w[dur_bij].sum() * 1000.0),
+        "long": int((duration[bij] >= 4).sum()), "need": float(p_traj[bij].sum() * 4000.0),
         "expected_cost": float((p * f_true * norm).sum()),
     }
     return MunicipalityResult(table=table, eta0=eta0, price=f_true * norm, alpha=alpha, share_non_working=snw_new,
