@@ -10,10 +10,10 @@ import dataclasses
 import numpy as np
 import pytest
 from hypothesis import assume, given
-from hypothesis import strategies as st
 
 from engine.rules.budget import allocate, hand_out, size_class
 from engine.rules.regime import Deduction, load_regime
+from test_rules import worlds
 
 R2011, R2015, R2017, R2019, R2005 = (load_regime(y) for y in ("2011", "2015", "2017", "2019", "2005"))
 
@@ -88,20 +88,10 @@ def test_2015_numbers():
 
 # --------------------------------------------------------------------------- shares against the Besluit
 
-@st.composite
-def worlds(draw, min_size=3, max_size=40):
-    n = draw(st.integers(min_size, max_size))
-    pos = st.floats(1.0, 1e6, allow_nan=False, allow_infinity=False)
-    inh = np.array(draw(st.lists(st.floats(1_000, 300_000), min_size=n, max_size=n)))
-    cost = np.array(draw(st.lists(pos, min_size=n, max_size=n)))
-    hist = np.array(draw(st.lists(pos, min_size=n, max_size=n)))
-    return inh, cost, hist, draw(st.floats(1e3, 1e9))
-
-
 SHARES_2019 = dataclasses.replace(R2019, formula="shares")
 
 
-@given(world=worlds())
+@given(world=worlds(min_size=3))
 def test_besluit_2015_is_shares_rescaled(world):
     """The Besluit (2015 on) gives U = TB [(1 - m) h + m s sum(m h) / sum(m s)] (small ones
     m = 0): the historical parts are fixed and only the objective parts absorb the gap. The
@@ -124,7 +114,7 @@ def test_besluit_2015_is_shares_rescaled(world):
                                allocate(R2019, o2, h, inh, tb).budget, rtol=1e-7, atol=1e-7 * tb)
 
 
-@given(world=worlds())
+@given(world=worlds(min_size=3))
 def test_besluit_2007_is_shares_when_totals_agree(world):
     """Besluit WWB 2007 mixes euros: with sum O = sum K it is the normalised mix of shares."""
     inh, cost, k, tb = world
@@ -136,7 +126,7 @@ def test_besluit_2007_is_shares_when_totals_agree(world):
 
 # --------------------------------------------------------------------------- ex-ante limitation
 
-@given(world=worlds(max_size=60))
+@given(world=worlds(min_size=3))
 def test_ex_ante_cap_moves_no_euro_between_compartments(world):
     inh, cost, hist, tb = world
     inh = inh / 3 + 20_000                              # spread over <40k, 40-60k, >60k
