@@ -123,6 +123,20 @@ def component_one_hot(t: dict[str, pa.Table], component: dict, rows: np.ndarray 
                    component.get("fixed_effects") == "municipality", rows)
 
 
+def component_data(t: dict[str, pa.Table], component: dict, norms: dict | None = None):
+    """(X, term names, y, rows) of one spec component: the sample (``all`` or the bijstand
+    households), its one-hot design and its outcome (the price fraction benefit paid / gross
+    norm clipped to [0, 1]; ``norms`` as read from a norm file)."""
+    h = t["households"]
+    rows = None if component["sample"] == "all" else np.flatnonzero(h.column("bijstand").to_numpy() == 1)
+    X, names = component_one_hot(t, component, rows)
+    if component["outcome"] == "fraction":
+        y = np.clip(h.column("benefit_paid").to_numpy() / gross_norms(t, norms), 0.0, 1.0)
+    else:
+        y = outcome(t, component["outcome"])
+    return X, names, (y if rows is None else y[rows]), rows
+
+
 def outcome(t: dict[str, pa.Table], name: str) -> np.ndarray:
     h = t["households"]
     b, lks = h.column("bijstand").to_numpy(), h.column("lks").to_numpy()
