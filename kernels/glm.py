@@ -1,6 +1,6 @@
 """Numba kernels for the factor-coded logit and fractional logit.
 
-The design of a component is factor-coded (DESIGN.md, section 2): per row a few joint
+The design of a component is factor-coded (engine.model.design): per row a few joint
 codes of the household factors (engine.model.design.JOINT_GROUPS) and a neighbourhood index.
 Every non-factor term (intercept, continuous neighbourhood factors, municipality fixed
 effect) depends only on the neighbourhood, so the linear predictor is
@@ -13,7 +13,7 @@ joint code) and per pair of joint codes; a sparse 0/1 map takes joint codes to l
 
 Rows are split into ``n_virtual`` (kernels.config.N_VIRTUAL) fixed contiguous ranges, each with its own
 accumulators, reduced in range order after the parallel loop: no shared scatter-adds
-and results that do not depend on the number of threads (DESIGN.md, section 6).
+and results that do not depend on the number of threads.
 """
 
 from __future__ import annotations

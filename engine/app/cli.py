@@ -221,7 +221,7 @@ def cmd_budget(args) -> int:
     _say(args, f"regime {regime.name}: TB EUR {b.tb:,.2f} over {len(b.budget)} municipalities; "
                f"sum of budgets EUR {b.budget.sum():,.2f} (residual {b.residual:,.2f}); "
                f"vangnet EUR {r.vangnet.sum():,.2f} to {(r.vangnet > 0).sum()} municipalities")
-    _say(args, "\nredistribution effects against spending in t (seed 003's table):\n" + format_seed_table(r.seed))
+    _say(args, "\nredistribution effects against spending in t (the table of the 2004 letter, K2004):\n" + format_seed_table(r.seed))
     _say(args, f"\n-> {Path(args.out) / 'budgets.parquet'}, {Path(args.out) / 'redistribution.csv'}")
     return 0
 
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("population", help="population folder")
 
     p = add("budget", cmd_budget, "Budgets of a distribution regime: budgets.parquet (one row per "
-                                  "municipality) and redistribution.csv (seed 003's table and the regime's effects).")
+                                  "municipality) and redistribution.csv (the 2004 letter's table and the regime's effects).")
     p.add_argument("--population", required=True, help="population folder")
     p.add_argument("--costs", help="folder with municipal_costs.parquet from buig predict "
                                    "(required for the household model, e.g. regime 2019)")
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "population's spending in t (default: from the regime file)")
     p.add_argument("--out", required=True, help="output folder")
 
-    p = add("wdeel", cmd_wdeel, "The four W-deel models of seed 003 against need: wdeel.csv and wdeel_budgets.parquet.")
+    p = add("wdeel", cmd_wdeel, "The four W-deel models of the 2004 letter against need: wdeel.csv and wdeel_budgets.parquet.")
     p.add_argument("--population", required=True, help="population folder")
     p.add_argument("--total", type=float, help="W-deel total in EUR (default: the sum of wdeel_need)")
     p.add_argument("--out", required=True, help="output folder")
