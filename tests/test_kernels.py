@@ -161,16 +161,19 @@ def _cols(component):
     return np.asarray([FACTORS.index(f) for f in SPEC[component]["factors"]], dtype=np.int64)
 
 
-def test_household_values(world):
-    w = world
-    Xv, vn, beta, Xp, pn, gamma = _both(w, np.random.default_rng(4))
-    v_coef, v_nb = _tables(w, vn, beta)
-    p_coef, p_nb = _tables(w, pn, gamma)
+def _prediction_args(w, seed):
+    """(naive p, f, N per household; the arguments the prediction kernels share) for random coefficients."""
+    Xv, vn, beta, Xp, pn, gamma = _both(w, np.random.default_rng(seed))
     norm_flat, norm_index = np.unique(w["N"], return_inverse=True)
-    got = household_values(w["codes"], w["nbhd"], norm_index.astype(np.uint16), norm_flat, _cols("volume"),
-                           w["lev_off"][_cols("volume")], v_coef, v_nb, _cols("price"), w["lev_off"][_cols("price")],
-                           p_coef, p_nb)
-    p, f, N = naive.household_values(Xv, beta, Xp, gamma, w["N"])
+    vc, pc = _cols("volume"), _cols("price")
+    args = (w["codes"], w["nbhd"], norm_index.astype(np.uint16), norm_flat, vc, w["lev_off"][vc],
+            *_tables(w, vn, beta), pc, w["lev_off"][pc], *_tables(w, pn, gamma))
+    return naive.household_values(Xv, beta, Xp, gamma, w["N"]), args
+
+
+def test_household_values(world):
+    (p, f, N), args = _prediction_args(world, 4)
+    got = household_values(*args)
     np.testing.assert_allclose(got[0], p, rtol=1e-13)
     np.testing.assert_allclose(got[1], f, rtol=1e-13)
     np.testing.assert_array_equal(got[2], N)
@@ -178,16 +181,10 @@ def test_household_values(world):
 
 def test_group_sums(world):
     w = world
-    Xv, vn, beta, Xp, pn, gamma = _both(w, np.random.default_rng(5))
-    v_coef, v_nb = _tables(w, vn, beta)
-    p_coef, p_nb = _tables(w, pn, gamma)
-    norm_flat, norm_index = np.unique(w["N"], return_inverse=True)
+    (p, f, N), args = _prediction_args(w, 5)
     n_types = int(w["n_levels"][0])
-    got = group_sums(w["codes"], w["nbhd"], norm_index.astype(np.uint16), norm_flat, _cols("volume"),
-                     w["lev_off"][_cols("volume")], v_coef, v_nb, _cols("price"), w["lev_off"][_cols("price")], p_coef,
-                     p_nb, w["nb_mun"],
-                     np.arange(256, dtype=np.int64), n_types, w["n_mun"] * n_types, N_VIRTUAL)
-    p, f, N = naive.household_values(Xv, beta, Xp, gamma, w["N"])
+    # codes[:, 0] is the household type itself: the type of code c is c
+    got = group_sums(*args, w["nb_mun"], np.arange(256, dtype=np.int64), n_types, w["n_mun"] * n_types, N_VIRTUAL)
     group = w["mun"] * n_types + w["codes"][:, 0]
     np.testing.assert_allclose(got, naive.group_sums(p, f, N, group, w["n_mun"] * n_types), rtol=1e-11, atol=1e-9)
 
