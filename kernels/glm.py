@@ -124,12 +124,13 @@ def logit_pass(joint, j_off, j_size, j_coef, nbhd, nb_eta, n_nb, nb_cont, nb_mun
     ll = 0.0
     for v in range(V):
         ll += ll_v[v]
-    return (ll, _reduce(g_v), _reduce(g_nb_v), _reduce(a_nb_v), _reduce(a_mj_v), _reduce(a_xj_v),
-            _reduce(a_pair_v), _reduce(s_mj_v))
+    return (ll, reduce_ranges(g_v), reduce_ranges(g_nb_v), reduce_ranges(a_nb_v), reduce_ranges(a_mj_v),
+            reduce_ranges(a_xj_v), reduce_ranges(a_pair_v), reduce_ranges(s_mj_v))
 
 
 @njit(cache=True)
-def _reduce(x):
+def reduce_ranges(x):
+    """Sum over the first axis (the virtual row ranges) in range order."""
     out = x[0].copy()
     for v in range(1, x.shape[0]):
         out += x[v]
