@@ -21,7 +21,7 @@ from engine.model.population import from_tables
 from engine.model.spec import ComponentSpec, load_spec
 from kernels.config import N_VIRTUAL
 from kernels.glm import linear_predictor, logit_pass
-from tests import naive
+import naive  # tests/naive.py (pytest puts tests/ on sys.path)
 
 NORMS = load_norms(2019)
 NORMS_FILE = naive.DATA / "norms" / "2019.toml"

@@ -5,7 +5,7 @@ When a deliberate change moves these numbers, regenerate with ``python -m tests.
 
 from __future__ import annotations
 
-from tests import golden
+import golden  # tests/golden/ (pytest puts tests/ on sys.path)
 
 
 def test_small_run_reproduces_the_golden_master(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests import naive
+import naive  # tests/naive.py (pytest puts tests/ on sys.path)
 from kernels.bootstrap import draw_sums
 from kernels.config import N_VIRTUAL
 from kernels.glm import linear_predictor, logit_pass, range_bounds

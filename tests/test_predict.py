@@ -18,7 +18,7 @@ from engine.model.design import JOINT_GROUPS
 from engine.model.predict import household_predictions, predict, prediction_design
 from engine.model.schema import CATEGORIES
 from kernels.vexp import exp_array
-from tests import naive
+import naive  # tests/naive.py (pytest puts tests/ on sys.path)
 
 
 @pytest.fixture(scope="module")
