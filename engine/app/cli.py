@@ -230,7 +230,7 @@ def cmd_budget(args) -> int:
                    f"correlation {g['correlation']:.3f}")
     if r.components:
         _say(args, "handed out by their own key: " + ", ".join(f"{k} EUR {v.sum():,.2f}" for k, v in r.components.items()))
-    _say(args, "\nredistribution effects against spending in t (seed 003's table):\n" + format_seed_table(r.seed))
+    _say(args, "\nredistribution effects against spending in t (the table of the 2004 letter, K2004):\n" + format_seed_table(r.seed))
     _say(args, f"\n-> {Path(args.out) / 'budgets.parquet'}, {Path(args.out) / 'redistribution.csv'}")
     return 0
 
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("population", help="population folder")
 
     p = add("budget", cmd_budget, "Budgets of a distribution regime: budgets.parquet (one row per "
-                                  "municipality) and redistribution.csv (seed 003's table and the regime's effects).")
+                                  "municipality) and redistribution.csv (the 2004 letter's table and the regime's effects).")
     p.add_argument("--population", required=True, help="population folder")
     p.add_argument("--costs", help="folder with municipal_costs.parquet from buig predict "
                                    "(required for the household model, e.g. regime 2019)")
@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "population's spending in t (default: from the regime file)")
     p.add_argument("--out", required=True, help="output folder")
 
-    p = add("wdeel", cmd_wdeel, "The four W-deel models of seed 003 and a historical distribution against need: "
+    p = add("wdeel", cmd_wdeel, "The four W-deel models of the 2004 letter and a historical distribution against need: "
                                 "wdeel.csv and wdeel_budgets.parquet.")
     p.add_argument("--population", required=True, help="population folder")
     p.add_argument("--total", type=float, required=True,

@@ -17,7 +17,7 @@ not vary. Each model spec is fitted once, in this process as in ``buig run``, in
 ``OUT/fits``; then every variant runs the rest of :func:`engine.app.pipeline.run` (predict,
 distribute, its bootstrap in the task's process, flags, cap, report) as one Dask task
 into ``OUT/variants/NN-name``.
-``OUT/comparison.csv`` has one row per variant: the varied keys, the seed-style statistics
+``OUT/comparison.csv`` has one row per variant: the varied keys, the 2004 letter's statistics
 of the redistribution effect against spending (mean absolute effect, share within +-10%
 and +-15%), the median relative width of the 95% budget band, the municipalities flagged
 and capped and the euros clawed back. Every task is a pure function of its scenario and

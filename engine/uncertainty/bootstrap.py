@@ -1,6 +1,6 @@
 """Monte Carlo uncertainty: replicates of the coefficients -> replicates of the budgets.
 
-Two methods (design, section 4):
+Two methods:
 
 - ``parametric``: beta_r ~ N(beta_hat, V_cluster) for the volume terms that enter
   prediction (the intercept and fixed effects are replaced by the calibrated common

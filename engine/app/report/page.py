@@ -3,7 +3,7 @@
 :func:`write_report` reads the files of a run folder (``buig run``) and writes
 ``report.html`` beside them: no network is needed to view it (plots are inline SVG drawn
 here, the search box is a few lines of inline script, no fonts or scripts are fetched).
-Sections: headline figures (macro budget, municipalities by regime class, seed 003's
+Sections: headline figures (macro budget, municipalities by regime class, the 2004 letter's
 redistribution table), budget bands against actual spending, the redistribution effect
 against size (funnel), the capping trade-off over a grid of kappa, the vangnet payouts,
 the rekentool breakdown of every municipality grouped by province, and the scenario.
@@ -322,7 +322,7 @@ def section_headline(d: RunData) -> str:
     classes = _table(["regime class", "municipalities", "inhabitants", "budget (EUR mln)", "share of TB",
                       "spending t (EUR mln)", "flagged", "vangnet (EUR mln)"], rows)
     return (f'<table class="key">{key}</table>\n<h3>Municipalities by regime class (regime {_esc(d.regime.name)})</h3>\n'
-            f"{classes}\n<h3>Redistribution effects (seed 003's table)</h3>\n{_seed_table(d)}")
+            f"{classes}\n<h3>Redistribution effects (the table of the 2004 letter)</h3>\n{_seed_table(d)}")
 
 
 def _f_or_nan(x: str) -> float:
@@ -337,7 +337,7 @@ def _seed_table(d: RunData) -> str:
     for r in d.redistribution:
         if r["weighting"] != "unweighted":
             continue
-        if r["table"] == "seed" and r["size_class"].startswith("seed universe"):
+        if r["table"] == "letter_2004" and r["size_class"].startswith("letter universe"):
             what = f"{r['label']} (against spending t, {r['size_class']})"
         elif r["table"] == "regime" and r["reference"] == "spending_t" and r["size_class"] == "all":
             what = f"{r['label']} (against spending t, all municipalities)"
@@ -354,7 +354,7 @@ def _seed_table(d: RunData) -> str:
                _pct(_f_or_nan(r["within_10_pct"])), _pct(_f_or_nan(r["within_15_pct"]))]
               for r in d.redistribution if r["table"] == "regime"]
     return (f"{main}\n<p class=note>Effect of a distribution: (budget &minus; reference scaled to the same total) / "
-            "reference. Seed 003 compares the municipalities in its objective model (&gt;40k) with their own "
+            "reference. The 2004 letter compares the municipalities in its objective model (&gt;40k) with their own "
             "spending.</p>\n<details><summary>Regime effects by size class, weighting and reference</summary>\n"
             + _table(["distribution", "reference", "size class", "weighting", "municipalities", "mean |effect|",
                       "within ±10%", "within ±15%"], detail, numeric_from=4) + "\n</details>")
