@@ -42,9 +42,12 @@ from engine.app.pipeline import check_scheduler, run, statistics
 from engine.app.scenario import FIELDS, Scenario, load_scenario, with_overrides, write_regime
 from engine.io.config import read_toml
 
-STAT_COLUMNS = ("tb", "municipalities", "mean_abs_effect_pct", "within_10_pct", "within_15_pct",
+STAT_COLUMNS = ("tb", "spending_eur", "gap_pct", "objective_cost_eur", "objective_vs_spending_pct", "municipalities",
+                "deficit_municipalities", "mean_abs_effect_pct", "within_10_pct", "within_15_pct",
                 "median_band_width_pct", "flagged", "capped", "clawed_back_eur", "vangnet_eur",
-                "vangnet_municipalities")
+                "vangnet_municipalities", "capped_mean_abs_effect_pct", "capped_within_10_pct", "capped_within_15_pct",
+                "received_by_deficit_eur", "received_by_others_eur", "unallocated_eur", "capped_vangnet_eur",
+                "capped_vangnet_municipalities")
 SWEEP_KEYS = ("scenario", "out", "base", "grid", "variant")
 
 
@@ -248,17 +251,21 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, *, workers: int | Non
 
 def format_comparison(r: SweepResult) -> str:
     """The comparison table on one screen."""
-    width = max(12, min(44, max(len(row["variant"]) for row in r.rows)))
-    head = (f"{'variant':<{width}} {'mean|HE|':>9} {'<=10%':>6} {'<=15%':>6} {'band':>6} {'flagged':>8} "
-            f"{'capped':>7} {'clawed back (EUR mln)':>22}")
+    width = max(12, max(len(row["variant"]) for row in r.rows))      # names in full, never cut short
+    head = (f"{'variant':<{width}} {'gap':>6} {'mean|HE|':>9} {'<=10%':>6} {'<=15%':>6} {'band':>6} {'flagged':>8} "
+            f"{'capped':>7} {'moved':>8} {'to def.':>8} {'capped|HE|':>11} {'vangnet':>8} {'after':>8}")
     lines = [head, "-" * len(head)]
     for row in r.rows:
-        lines.append(f"{row['variant'][:width]:<{width}} {row['mean_abs_effect_pct']:>8.1f}% "
+        lines.append(f"{row['variant']:<{width}} {row['gap_pct']:>5.1f}% {row['mean_abs_effect_pct']:>8.1f}% "
                      f"{row['within_10_pct']:>5.0f}% {row['within_15_pct']:>5.0f}% {row['median_band_width_pct']:>5.1f}% "
-                     f"{row['flagged']:>8} {row['capped']:>7} {row['clawed_back_eur'] / 1e6:>22.2f}")
+                     f"{row['flagged']:>8} {row['capped']:>7} {row['clawed_back_eur'] / 1e6:>8.2f} "
+                     f"{row['received_by_deficit_eur'] / 1e6:>8.2f} {row['capped_mean_abs_effect_pct']:>10.1f}% "
+                     f"{row['vangnet_eur'] / 1e6:>8.2f} {row['capped_vangnet_eur'] / 1e6:>8.2f}")
     lines.append("")
-    lines.append("mean|HE|: mean absolute redistribution effect against spending; <=10%, <=15%: share of "
-                 "municipalities within; band: median width of the 95% budget band, % of the budget")
+    lines.append("gap: (TB - spending) / TB; mean|HE|: mean absolute redistribution effect against spending; <=10%, "
+                 "<=15%: share of municipalities within; band: median width of the 95% budget band, % of the budget; "
+                 "moved: EUR mln clawed back by the cap, to def.: of which to municipalities in deficit; capped|HE|: "
+                 "mean |effect| of the capped budgets; vangnet, after: EUR mln before and after the cap")
     lines.append(f"{r.out / 'comparison.csv'}; per variant {r.out / 'variants'}/NN-name/ (report.html each); "
                  f"{len(r.rows)} variants in {r.seconds:.0f} s")
     return "\n".join(lines)

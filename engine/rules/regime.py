@@ -122,7 +122,7 @@ def _vangnet(k: Keys) -> tuple[VangnetRule, tuple[VangnetRule, ...]]:
 
 def _budget(k: Keys) -> tuple[float | None, tuple[tuple[str, float], ...]]:
     raw = k.get("budget", dict).get("macrobudget")
-    if raw == "spending_t":
+    if raw in ("spending_t", "spending"):          # TB = the population's spending in t
         macro = None
     else:
         macro = k.get("budget.macrobudget", float)
