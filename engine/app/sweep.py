@@ -17,10 +17,12 @@ not vary. Each model spec is fitted once, in this process as in ``buig run``, in
 ``OUT/fits``; then every variant runs the rest of :func:`engine.app.pipeline.run` (predict,
 distribute, its bootstrap in the task's process, flags, cap, report) as one Dask task
 into ``OUT/variants/NN-name``.
-``OUT/comparison.csv`` has one row per variant: the varied keys, the seed-style statistics
-of the redistribution effect against spending (mean absolute effect, share within +-10%
-and +-15%), the median relative width of the 95% budget band, the municipalities flagged
-and capped and the euros clawed back. Every task is a pure function of its scenario and
+``OUT/comparison.csv`` has one row per variant: the varied keys, TB, spending and their gap,
+the municipalities in deficit, the seed-style statistics of the redistribution effect against
+spending (mean absolute effect, share within +-10% and +-15%) before and after the cap, the
+median relative width of the 95% budget band, the municipalities flagged and capped, the euros
+clawed back and where they went (to municipalities in deficit, to others, unallocated), and
+the vangnet before and after the cap (:func:`engine.app.pipeline.statistics`). Every task is a pure function of its scenario and
 the fitted coefficients, so the results do not depend on the number of workers: a variant
 equals ``buig run`` of its ``scenario.toml`` bit for bit.
 """

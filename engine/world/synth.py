@@ -20,8 +20,10 @@ draws from child g, so the output is bit-identical for the same seed):
    structural and shifts the share of non-working adults of the municipality's wijken;
    the municipality effect is a common level plus a small natural policy effect, and
    ``planted`` municipalities get a strong extra policy effect. Benefit paid = realised fraction x gross 2019 norm (kostendelersnorm
-   applied); duration classes, the granieten voorraad, spending in t-2 (from the real 2015
-   counts) and t, and W-deel need follow.
+   applied; its gross-up is calibrated so that expected national spending equals the 2019 macro
+   budget, see ``engine/data/norms/2019.toml``); duration classes, the granieten voorraad, spending
+   in t and in t-2 (each municipality's own expected cost in t times the real change of its CBS
+   recipients from 2015 to 2017: its policy persists), and W-deel need follow.
 """
 
 from __future__ import annotations
