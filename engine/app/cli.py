@@ -156,14 +156,23 @@ def cmd_cap(args) -> int:
     if not flags_file.exists():
         raise FileNotFoundError(f"{flags_file} is missing: run `buig bootstrap` first")
     f = pq.read_table(flags_file)
-    table, capped = capped_table(f, args.kappa, args.redistribute)
+    record = Path(args.bootstrap) / "bootstrap.json"      # its regime's vangnet rule, paid on the capped budgets
+    vangnet = None
+    if record.exists():
+        import json
+
+        from engine.rules.regime import load_regime
+
+        vangnet = load_regime(json.loads(record.read_text())["settings"]["regime"]).vangnet
+    table, capped = capped_table(f, args.kappa, args.redistribute, vangnet)
     with atomic_dir(args.out) as tmp:
         pq.write_table(table, tmp / "capped_budgets.parquet")
     _say(args, f"kappa {args.kappa}: {int((capped.clawed_back > 0).sum())} municipalities capped, "
                f"EUR {capped.total / 1e6:,.2f} mln clawed back and redistributed ({args.redistribute}) to "
-               f"{int((capped.received > 0).sum())} municipalities; total budget unchanged "
-               f"({np.sum(capped.budget) - np.sum(table.column('budget').to_numpy()):+.2e}); wrote "
-               f"capped_budgets.parquet to {args.out}")
+               f"{int((capped.received > 0).sum())} municipalities; total budget changed by "
+               f"{np.sum(capped.budget) - np.sum(table.column('budget').to_numpy()):+.2e}"
+               + (f" (EUR {capped.unallocated / 1e6:,.2f} mln unallocated: every municipality is capped)"
+                  if capped.unallocated else "") + f"; wrote capped_budgets.parquet to {args.out}")
     return 0
 
 
@@ -178,6 +187,10 @@ def _scenario_overrides(args) -> dict:
         o["replicates"] = args.replicates
     if args.seed is not None:
         o["population_seed"], o["bootstrap_seed"] = args.seed, args.seed + 1
+    if getattr(args, "macrobudget", None) is not None:
+        from engine.app.budget_files import parse_macrobudget
+
+        o["macrobudget"] = "regime" if args.macrobudget == "regime" else parse_macrobudget(args.macrobudget)
     return o
 
 
@@ -357,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--households", type=int, default=None,
                    help=f"households of the synthetic population (scenario default: {REAL_HOUSEHOLDS:,})")
     p.add_argument("--replicates", type=int, default=None, help="bootstrap replicates (scenario default: 1000)")
+    p.add_argument("--macrobudget", default=None, help="TB: 'regime' (the regime file's), 'spending' (the "
+                                                        "population's spending in t) or EUR (scenario key "
+                                                        "regime.macrobudget; default: the scenario's)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed S: the synthetic population's seed S and the bootstrap's seed S + 1")
     add_dask(p, default="0 unless a scheduler is given: in this process with Numba on every core, measured "
@@ -370,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "sweep-<file name>)")
     p.add_argument("--households", type=int, default=None, help="override the households of the synthetic population")
     p.add_argument("--replicates", type=int, default=None, help="override the bootstrap replicates of every variant")
+    p.add_argument("--macrobudget", default=None, help="TB of every variant: 'regime', 'spending' or EUR")
     p.add_argument("--seed", type=int, default=None, help="seed S: population seed S and bootstrap seed S + 1")
     add_dask(p)
     return parser

@@ -219,7 +219,7 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     lap("bootstrap")
 
     flags = flags_table(boot, scenario.flag_level)
-    table, capped = capped_table(flags, scenario.kappa, scenario.redistribute)
+    table, capped = capped_table(flags, scenario.kappa, scenario.redistribute, budget.regime.vangnet)
     with atomic_dir(out) as tmp:
         pq.write_table(table, tmp / "capped_budgets.parquet")
     lap("flags + cap")
@@ -280,20 +280,60 @@ def machine() -> dict:
 def statistics(r: RunResult) -> dict:
     """The headline numbers of a run (also one row of a sweep's comparison table)."""
     from engine.uncertainty.summaries import bands_table
-    from engine.rules.redistribution import summarise
+    from engine.rules.redistribution import effects, summarise
+    from engine.rules.vangnet import vangnet_payout
 
     eff = summarise(r.budget.effects.pct)
     bands = bands_table(r.bootstrap)
     point = bands.column("point_budget").to_numpy()
     pos = point > 0                            # a municipality without budget has no relative width
     width = (bands.column("budget_q97_5").to_numpy()[pos] - bands.column("budget_q2_5").to_numpy()[pos]) / point[pos]
-    b = r.budget.budgets
-    return {"tb": b.tb, "municipalities": int(len(b.budget)),
+    b, d, c = r.budget.budgets, r.budget.data, r.capped
+    spending = float(d.spending_t.sum())
+    after = summarise(effects(c.budget, d.spending_t, d.inhabitants).pct)
+    vangnet_capped = vangnet_payout(d.spending_t, c.budget, r.budget.regime.vangnet)
+    in_deficit = d.spending_t > b.budget
+    return {"tb": b.tb, "spending_eur": spending, "gap_pct": 100 * (b.tb - spending) / b.tb,
+            "objective_cost_eur": float(r.budget.objective_cost.sum()),
+            "objective_vs_spending_pct": 100 * (float(r.budget.objective_cost.sum()) / spending - 1),
+            "municipalities": int(len(b.budget)), "deficit_municipalities": int(in_deficit.sum()),
             "mean_abs_effect_pct": eff["mean_abs_effect_pct"], "within_10_pct": eff["within_10_pct"],
             "within_15_pct": eff["within_15_pct"], "median_band_width_pct": float(100 * np.median(width)),
-            "flagged": int(r.flagged.sum()), "capped": int((r.capped.clawed_back > 0).sum()),
-            "clawed_back_eur": r.capped.total, "vangnet_eur": float(r.budget.vangnet.sum()),
-            "vangnet_municipalities": int((r.budget.vangnet > 0).sum())}
+            "flagged": int(r.flagged.sum()), "capped": int((c.clawed_back > 0).sum()),
+            "clawed_back_eur": c.total, "vangnet_eur": float(r.budget.vangnet.sum()),
+            "vangnet_municipalities": int((r.budget.vangnet > 0).sum()),
+            "capped_mean_abs_effect_pct": after["mean_abs_effect_pct"], "capped_within_10_pct": after["within_10_pct"],
+            "capped_within_15_pct": after["within_15_pct"],
+            "received_by_deficit_eur": float(c.received[in_deficit].sum()),
+            "received_by_others_eur": float(c.received[~in_deficit].sum()), "unallocated_eur": c.unallocated,
+            "capped_vangnet_eur": float(vangnet_capped.sum()),
+            "capped_vangnet_municipalities": int((vangnet_capped > 0).sum())}
+
+
+def money_lines(st: dict) -> list[str]:
+    """TB against spending, municipalities in deficit, the vangnet and the objective cost, beside the
+    published national outcomes (``engine/data/published``): a population whose money does not add up
+    shows at once."""
+    from engine.world.published import facts
+
+    f = facts()
+    gap = st["gap_pct"]
+    word = "surplus" if gap >= 0 else "deficit"
+    lines = [f"TB EUR {st['tb'] / 1e6:,.1f} mln, spending in t EUR {st['spending_eur'] / 1e6:,.1f} mln: national "
+             f"{word} {abs(gap):.1f}% of TB (published 2016-2022: {100 * f.gap_low:+.1f}% to "
+             f"{100 * f.gap_high:+.1f}%)",
+             f"{st['deficit_municipalities']} of {st['municipalities']} municipalities in deficit "
+             f"({100 * st['deficit_municipalities'] / max(st['municipalities'], 1):.0f}%; published: "
+             f"{100 * f.deficit_share_2012:.0f}% in 2012, more than {100 * f.deficit_share_2021:.0f}% in 2021); "
+             f"vangnet EUR {st['vangnet_eur'] / 1e6:,.1f} mln to {st['vangnet_municipalities']} municipalities "
+             f"(published: {f.vangnet_low}-{f.vangnet_high} requests a year, 2016-2018)",
+             f"objective cost EUR {st['objective_cost_eur'] / 1e6:,.1f} mln, {st['objective_vs_spending_pct']:+.1f}% "
+             "against spending"]
+    if not f.gap_low <= gap / 100 <= f.gap_high:
+        lines.append(f"note: TB and spending differ by {abs(gap):.0f}% of TB, outside the published range: this "
+                     "population's money does not add up to the macro budget (a scenario can set "
+                     "[regime] macrobudget = \"spending\")")
+    return lines
 
 
 def format_summary(r: RunResult) -> str:
@@ -313,8 +353,7 @@ def format_summary(r: RunResult) -> str:
             lines.append(f"{'-' * 27}")
         lines.append(f"{name:<18}{sec:>9.1f}")
     lines.append("")
-    lines.append(f"TB EUR {st['tb'] / 1e6:,.1f} mln over {st['municipalities']} municipalities; vangnet EUR "
-                 f"{st['vangnet_eur'] / 1e6:,.1f} mln to {st['vangnet_municipalities']} municipalities")
+    lines += money_lines(st)
     lines.append(f"redistribution effect against spending: mean |effect| {st['mean_abs_effect_pct']:.1f}%, "
                  f"{st['within_10_pct']:.0f}% of municipalities within +-10%, {st['within_15_pct']:.0f}% within +-15%")
     boot = r.bootstrap
@@ -322,7 +361,12 @@ def format_summary(r: RunResult) -> str:
                  f"width (95%) {st['median_band_width_pct']:.1f}% of the budget")
     lines.append(f"flags: {st['flagged']} municipalities with a surplus the model does not explain (level "
                  f"{s.flag_level:g}); cap kappa {s.kappa:g}: {st['capped']} capped, EUR "
-                 f"{st['clawed_back_eur'] / 1e6:,.2f} mln redistributed ({s.redistribute})")
+                 f"{st['clawed_back_eur'] / 1e6:,.2f} mln redistributed ({s.redistribute}; EUR "
+                 f"{st['received_by_deficit_eur'] / 1e6:,.2f} mln to municipalities in deficit); vangnet after the "
+                 f"cap EUR {st['capped_vangnet_eur'] / 1e6:,.1f} mln to {st['capped_vangnet_municipalities']}")
+    if st["unallocated_eur"] > 0:
+        lines.append(f"cap: every municipality is capped, so EUR {st['unallocated_eur'] / 1e6:,.2f} mln clawed back "
+                     "goes to no municipality (back to the macro budget)")
     if boot.replicates * s.flag_level < 5:
         lines.append(f"note: {boot.replicates} replicates are few for flag level {s.flag_level:g} (a municipality is "
                      "flagged when hardly any replicate spends as little); use at least "

@@ -173,7 +173,7 @@ def _deduction(k: Keys, name: str) -> Deduction:
 
 def _budget(k: Keys) -> tuple[float | None, tuple[Deduction, ...]]:
     raw = k.get("budget", dict).get("macrobudget")
-    if raw == "spending_t":
+    if raw in ("spending_t", "spending"):          # TB = the population's spending in t
         macro = None
     else:
         macro = k.get("budget.macrobudget", float)

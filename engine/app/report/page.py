@@ -297,6 +297,11 @@ def section_headline(d: RunData) -> str:
         ("Macro budget to distribute (TB)", f"EUR {_eur(d.tb)}"),
         ("Sum of the budgets", f"EUR {_eur(b['budget'].sum())}"),
         ("Actual spending in t (sum)", f"EUR {_eur(b['actual_spending'].sum())}"),
+        ("TB minus spending (national)", f"EUR {_eur(d.tb - b['actual_spending'].sum())} "
+                                         f"({100 * (1 - b['actual_spending'].sum() / d.tb):+.1f}% of TB)"),
+        ("Municipalities in deficit", f"{int((b['actual_spending'] > b['budget']).sum())} of {len(d.codes)}"),
+        ("Objective cost (sum)", f"EUR {_eur(b['objective_cost'].sum())} "
+                                 f"({100 * (b['objective_cost'].sum() / b['actual_spending'].sum() - 1):+.1f}% against spending)"),
         ("Municipalities", _num(len(d.codes))),
         ("Households in the population", _num(d.households) if d.households is not None else "&ndash;"),
         ("Vangnet payouts", f"EUR {_eur(b['vangnet_payout'].sum())} to {int((b['vangnet_payout'] > 0).sum())} "
