@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.app.report.page import SYNTHETIC_TEXT, Scale, write_report
+from engine.app.report.page import SYNTHETIC_TEXT, write_report
+from engine.app.report.svg import Scale
 from engine.app.pipeline import run
 from engine.app.scenario import load_scenario
 
