@@ -73,7 +73,7 @@ figure { margin: 12px 0 20px; }
 details { margin: 2px 0; } details.prov > summary { font-weight: 600; cursor: pointer; }
 details.mun { margin-left: 18px; } details.mun > summary { cursor: pointer; }
 pre { background: #f4f6f7; padding: 10px; overflow-x: auto; font-size: 0.85em; }
-nav a { margin-right: 12px; white-space: nowrap; }
+nav { display: flex; flex-wrap: wrap; gap: 4px 14px; } nav a { white-space: nowrap; }
 .scroll { overflow-x: auto; max-width: 100%; }
 .search { margin: 10px 0; } .search input { font-size: 1em; padding: 3px 6px; width: 16em; max-width: 60vw; }
 @media (max-width: 900px) { body { padding: 0 10px 30px; } .banner { margin: 0 -10px; font-size: 0.9em; }
