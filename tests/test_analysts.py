@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import time
 import tomllib
@@ -22,9 +20,9 @@ import pytest
 from engine.app.cli import main
 from engine.app.pipeline import OUTPUTS, run
 from engine.app.scenario import load_scenario
+from test_faults import _start, _stop        # processes in a group of their own, stopped with it
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
 DUTCH = {"alleenstaande", "alleenstaande ouder", "paar zonder kinderen", "paar met kinderen", "overig"}
 PARQUET = [n for n in OUTPUTS if n.endswith(".parquet")]
 
@@ -184,22 +182,6 @@ def test_local_cluster_serves_the_dashboard_on_loopback():
         client.cluster.close()
 
 
-def _start(cmd: list[str], cwd: Path) -> subprocess.Popen:
-    with (cwd / "log.txt").open("wb") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd, env=ENV)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=20)
-    except ProcessLookupError:
-        pass
-
-
 def test_relative_paths_reach_the_workers_of_a_hand_started_cluster(small_world, small_fit, tmp_path, monkeypatch):
     """A scheduler and a worker started by hand in folders of their own; the driver names the
     population and the fit relative to its own folder: the replicates equal an in-process run."""
@@ -218,7 +200,7 @@ def test_relative_paths_reach_the_workers_of_a_hand_started_cluster(small_world,
         (tmp_path / d).mkdir()
     sched_file = tmp_path / "scheduler" / "scheduler.json"
     procs = [_start(dask + ["scheduler", "--scheduler-file", str(sched_file), "--port", "0", *loopback],
-                    tmp_path / "scheduler")]
+                    tmp_path / "scheduler" / "log.txt")]
     try:
         deadline = time.monotonic() + 120
         while not sched_file.exists():
@@ -227,7 +209,7 @@ def test_relative_paths_reach_the_workers_of_a_hand_started_cluster(small_world,
         time.sleep(0.2)
         address = json.loads(sched_file.read_text())["address"]
         procs.append(_start(dask + ["worker", "--scheduler-file", str(sched_file), "--nthreads", "1", *loopback,
-                                    "--local-directory", str(tmp_path / "worker")], tmp_path / "worker"))
+                                    "--local-directory", str(tmp_path / "worker")], tmp_path / "worker" / "log.txt"))
         from distributed import Client
 
         with Client(address, timeout=60) as c:
