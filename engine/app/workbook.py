@@ -19,6 +19,7 @@ predicted households). Written in memory and then atomically (:mod:`engine.io.ou
 
 from __future__ import annotations
 
+import datetime
 import io
 import math
 from pathlib import Path
@@ -30,6 +31,7 @@ from engine.app.labels import check_language, household_type_label
 from engine.io.outputs import atomic_file
 
 FILE = "rekentool.xlsx"
+CREATED = datetime.datetime(2019, 1, 1)
 INT, ONE, EUR, FRAC, PCT = "#,##0", "#,##0.0", "#,##0", "0.000", "0.0%"
 # rekentool sheet: (header, source column or None for a derived one, number format, may be blank)
 REKENTOOL_COLUMNS = (
@@ -94,7 +96,8 @@ def rekentool_workbook(rekentool: pa.Table, municipalities: pa.Table, budgets: p
 
     buf = io.BytesIO()
     wb = xlsxwriter.Workbook(buf, {"in_memory": True})
-    wb.set_properties({"title": title, "comments": SYNTHETIC if synthetic else ""})
+    # a fixed creation date: the same run writes the same bytes (a rerun is recognised as identical)
+    wb.set_properties({"title": title, "comments": SYNTHETIC if synthetic else "", "created": CREATED})
     bold = wb.add_format({"bold": True, "text_wrap": True, "valign": "top", "bottom": 1})
     fmt = {f: wb.add_format({"num_format": f}) for f in {INT, ONE, EUR, FRAC, PCT, "0.0000", "0.0000%", "0.000", "0.0"}}
     warn = wb.add_format({"bold": True, "bg_color": "#F9E79F", "text_wrap": True})
