@@ -10,7 +10,8 @@ applied), ``population/`` (synthetic only), ``coefficients.parquet``, ``fit.json
 ``covariances.npz``, ``municipal_costs.parquet``, ``rekentool.parquet``,
 ``budgets.parquet``, ``redistribution.csv``, ``replicates.parquet``, ``bands.parquet``,
 ``flags.parquet``, ``bootstrap.json`` and ``batches/``, ``capped_budgets.parquet``,
-``report.html`` and ``run.json`` (stage times, machine).
+``rekentool.xlsx``, ``report.html`` and ``run.json`` (stage times, machine); on request a
+CSV copy of every Parquet table (``NAME.csv``).
 
 Every file is written under a temporary name and renamed (:mod:`engine.io.outputs`), and
 ``run.json`` is the completion record: :func:`run` deletes it before it replaces the first
@@ -33,7 +34,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from engine.app.scenario import Scenario, load_scenario, validate_scenario, write_regime
-from engine.io.outputs import atomic_dir, remove_stale, write_json, write_text
+from engine.app.labels import check_language
+from engine.io.outputs import atomic_dir, remove_stale, write_csv_copies, write_json, write_text
 
 # --------------------------------------------------------------------------- API steps
 
@@ -76,8 +78,9 @@ class RunResult:
 
 OUTPUTS = ("scenario.toml", "regime.toml", "coefficients.parquet", "fit.json", "covariances.npz",
            "municipal_costs.parquet", "rekentool.parquet", "budgets.parquet", "redistribution.csv",
-           "replicates.parquet", "bands.parquet", "flags.parquet", "capped_budgets.parquet", "report.html",
-           "run.json")
+           "replicates.parquet", "bands.parquet", "flags.parquet", "capped_budgets.parquet", "rekentool.xlsx",
+           "report.html", "run.json")
+FORMATS = ("parquet", "csv")
 FIT_FILES = ("coefficients.parquet", "fit.json", "covariances.npz")
 
 
@@ -113,8 +116,8 @@ def _copy_fit(src: Path, out: Path) -> None:
 
 
 def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, scheduler: str | None = None,
-        coefficients: str | Path | None = None, report: bool = True,
-        progress: Callable[[str], Callable[[int, int], None]] | None = None,
+        coefficients: str | Path | None = None, report: bool = True, xlsx: bool = True, formats=("parquet",),
+        labels: str = "en", progress: Callable[[str], Callable[[int, int], None]] | None = None,
         say: Callable[[str], None] | None = None) -> RunResult:
     """Run ``scenario`` into folder ``out`` (see the module docstring for the files).
 
@@ -126,11 +129,15 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     the same population, used instead of fitting (copied into ``out``). ``progress(label)``
     returns a ``(done, total)`` callback for a long stage; ``say`` gets one line per stage.
     A rerun into the same folder with the same scenario resumes the bootstrap.
+    ``xlsx``: write ``rekentool.xlsx``; ``formats``: ``("parquet", "csv")`` adds a CSV copy next
+    to every Parquet table (a run without it removes CSV copies of an earlier one);
+    ``labels``: household types in the report and workbook as codes (``en``) or Dutch (``nl``).
     """
     from engine.uncertainty.bootstrap import run_bootstrap
     from engine.uncertainty.settings import Settings
     from engine.uncertainty.summaries import flags_table, write_results
-    from engine.app.budget_files import compute_budget, write_budget
+    from engine.app.budget_files import budget_table, compute_budget, write_budget
+    from engine.app.workbook import FILE as WORKBOOK, write_rekentool_workbook
     from engine.rules.cap import capped_table
     from engine.model.design import households_from_population
     from engine.model.fitted import fit_to_folder, read_fit
@@ -153,6 +160,9 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
         t = now
 
     _check_folder(out, scenario)
+    check_language(labels)
+    if set(formats) - set(FORMATS) or "parquet" not in formats:
+        raise ValueError(f"--format must be parquet or csv (Parquet is always written), not {','.join(formats)}")
     if workers is None and not (scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
         workers = 0
     if workers != 0:
@@ -206,6 +216,11 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
 
     budget = compute_budget(pop, load_regime(regime_path), costs=out)
     write_budget(budget, out)
+    if xlsx:
+        write_rekentool_workbook(out / WORKBOOK, pq.read_table(out / "rekentool.parquet"), pop.municipalities,
+                                 budget_table(budget), labels=labels, synthetic=pop.synthetic)
+    else:
+        (out / WORKBOOK).unlink(missing_ok=True)
     del pop                                   # the bootstrap reads the population itself
     lap("distribute")
 
@@ -228,8 +243,14 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     if report:
         from engine.app.report.page import write_report
 
-        report_path = write_report(out)
+        report_path = write_report(out, labels=labels)
         lap("report")
+    parquet = [name for name in OUTPUTS if name.endswith(".parquet")]
+    if "csv" in formats:
+        write_csv_copies(out, parquet)
+    else:
+        for name in parquet:
+            (out / name).with_suffix(".csv").unlink(missing_ok=True)
     stages["total"] = time.perf_counter() - t_start
     write_json(out / "run.json", {
         "scenario": scenario.to_dict(), "population": str(pop_dir.resolve()), "synthetic": synthetic,
@@ -375,6 +396,8 @@ def format_summary(r: RunResult) -> str:
     out = r.out
     if r.report is not None:
         lines.append(f"report:  {r.report}  (open in a browser; one file, no network needed)")
+    if (out / "rekentool.xlsx").exists():
+        lines.append(f"excel:   {out / 'rekentool.xlsx'}  (per municipality and household type, filterable)")
     lines.append(f"tables:  {out}/ budgets.parquet, redistribution.csv, bands.parquet, flags.parquet, "
                  "capped_budgets.parquet, rekentool.parquet, municipal_costs.parquet, replicates.parquet")
     lines.append(f"repeat:  buig run {out / 'scenario.toml'} --out OTHER_FOLDER")

@@ -84,7 +84,8 @@ def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, ba
         client = client_for(workers, scheduler) if own else client
         try:
             threads = dask_threads_per_host(client)
-            futures = {client.submit(batch_task, settings, a, b, threads, inputs, pure=False,
+            remote = settings.absolute()            # workers may run in another folder
+            futures = {client.submit(batch_task, remote, a, b, threads, inputs, pure=False,
                                      key=f"buig-batch-{a}-{b}-{os.getpid()}-{time.time_ns()}"): (a, b)
                        for a, b in todo}
             for fut in as_completed(futures):
