@@ -15,7 +15,7 @@ the choice depends on the fit only, so every process and batch makes the same on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -85,4 +85,4 @@ def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None)
         parts = [np.abs(t).max(initial=0.0) for lev, (coef, nb) in zip(levels, dc.level_tables(fit))
                  for t in (coef[lev].sum(axis=1), nb)]
         dtype = np.float32 if max(parts) <= FLOAT32_LIMIT else np.float64
-    return DrawCells(**{**dc.__dict__, "dtype": np.dtype(dtype)})
+    return replace(dc, dtype=np.dtype(dtype))

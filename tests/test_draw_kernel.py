@@ -134,3 +134,29 @@ def test_infinite_coefficients_give_zero_not_nan():
         got = new_sums(w, prep, dtype)
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-6)
+
+
+def test_engine_cells_agree_with_the_household_kernel(small_population):
+    """engine.cells on a fitted synthetic world: the draws of commit c675859's path to rounding."""
+    from engine.cells import draw_cells
+    from engine.design import households_from_population
+    from engine.model import fit_model
+    from engine.predict import prediction_design, prediction_tables
+    from engine.spec import load_spec
+
+    hh = households_from_population(small_population)
+    fit = fit_model(hh, load_spec("2019"))
+    pd_ = prediction_design(hh, fit.norms)
+    rng = np.random.default_rng(1)
+    coefs = [(fit, fit.volume.params + rng.normal(0, 0.02, fit.volume.params.size),
+              fit.price.params + rng.normal(0, 0.02, fit.price.params.size)) for _ in range(5)]
+    tables = [prediction_tables(hh, fit, pd_, vp, pp) for _, vp, pp in coefs]
+    stack = lambda name: np.ascontiguousarray(np.stack([getattr(t, name) for t in tables], axis=1))  # noqa: E731
+    t0 = tables[0]
+    ref = draw_sums(pd_.combo, pd_.nbhd, pd_.norm_index, t0.norm_flat, t0.v_off, stack("v_coef"), stack("v_nb"),
+                    t0.p_off, stack("p_coef"), stack("p_nb"), pd_.nb_mun, hh.n_mun, N_VIRTUAL)
+    auto = draw_cells(hh, fit, pd_)
+    assert auto.dtype == np.float32            # the synthetic fit's parts stay well within FLOAT32_LIMIT
+    assert auto.cell_nb.size < hh.n
+    np.testing.assert_allclose(auto.sums(coefs), ref, rtol=1e-6)
+    np.testing.assert_allclose(draw_cells(hh, fit, pd_, dtype=np.float64).sums(coefs), ref, rtol=1e-11)
