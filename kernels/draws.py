@@ -58,8 +58,8 @@ def cells(profile_key, n_keys, nbhd, n_nb, norm, chunk=CHUNK):
     sum of N, s2 (m,) float64 sum of N^2)."""
     n = nbhd.shape[0]
     pid = np.full(n_keys, -1, dtype=np.int64)
-    prof = np.empty(n, dtype=np.int64)
-    first_row = np.empty(n, dtype=np.int64)
+    prof = np.empty(n, dtype=np.int32)           # int32 scratch: n < 2^31, and memory at full scale
+    first_row = np.empty(n, dtype=np.int32)
     n_prof = 0
     for i in range(n):
         k = profile_key[i]
@@ -75,7 +75,7 @@ def cells(profile_key, n_keys, nbhd, n_nb, norm, chunk=CHUNK):
     for j in range(n_group):
         start[j + 1] += start[j]
     fill = start[:-1].copy()
-    order = np.empty(n, dtype=np.int64)
+    order = np.empty(n, dtype=np.int32)
     for i in range(n):
         grp = (prof[i] // chunk) * n_nb + nbhd[i]
         order[fill[grp]] = i
@@ -100,7 +100,7 @@ def cells(profile_key, n_keys, nbhd, n_nb, norm, chunk=CHUNK):
             c = slot[p]
             s1[c] += norm[i]
             s2[c] += norm[i] * norm[i]
-    return first_row[:n_prof].copy(), cell_nb[:m].copy(), cell_prof[:m].copy(), s1[:m].copy(), s2[:m].copy()
+    return first_row[:n_prof].astype(np.int64), cell_nb[:m].copy(), cell_prof[:m].copy(), s1[:m].copy(), s2[:m].copy()
 
 
 @njit(cache=True, fastmath=False)
