@@ -12,6 +12,9 @@ gathers, and the sums per (municipality, draw) are contiguous too.
 Bit-identical replicates whatever the batch: no fast-math flags here, so the vector
 lanes and the scalar tail of a loop round identically and draw r gets the same numbers
 at any position in any batch; each draw accumulates over fixed row ranges.
+
+The engine now uses kernels.draws (households collapsed into cells, no exponential per
+household); this kernel is kept as the baseline of benchmarks/cases/bootstrap.py.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Two methods:
 - ``parametric``: beta_r ~ N(beta_hat, V_cluster) for the volume terms that enter
   prediction (the intercept and fixed effects are replaced by the calibrated common
   effect), gamma_r ~ N(gamma_hat, V_cluster) for the price terms; many draws are
-  evaluated per pass over the households (:func:`kernels.bootstrap.draw_sums`).
+  evaluated per pass over the households collapsed into cells (:mod:`engine.uncertainty.cells`).
 - ``cluster``: municipalities resampled with replacement, both components refitted
   (warm start from the full-sample estimate, frequency weights), prediction on the full
   population.
