@@ -133,8 +133,9 @@ def markdown(results: dict) -> str:
         "",
         "Ratio to buig = peer median time / buig median time, measured in this run on the same data "
         "(> 1: buig is faster). An implementation a floor compares is measured in several interleaved rounds "
-        "(a fresh subprocess each, ABBA order); its median, min and max are over the timed calls of all rounds, "
-        "and a floor that is not met gets more rounds before it counts as violated. Peak RSS = `ru_maxrss` of the measurement's own subprocess (setup, warm-up "
+        "(a fresh subprocess each, ABBA order); its median, min and max are over the timed calls of all rounds "
+        "(warm-up and extras: round 1), and a floor that is not met gets more rounds before it counts as "
+        "violated. Peak RSS = `ru_maxrss` of the measurement's own subprocess (setup, warm-up "
         "and timed calls). Δ RSS = highest RSS sampled during the timed calls minus the RSS just before them. "
         "Warm-up = the first, untimed call (Numba compiles there); it is not part of the median.",
     ]
