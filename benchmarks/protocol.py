@@ -81,8 +81,9 @@ class Context:
     ``dataset``: the prepared population folder for this scale (``None`` when the case
     declares ``DATASET = False``); ``tmp``: a private temporary folder, removed when the
     child ends; ``shared``: a folder shared by the implementations of this case in this
-    run. Implementations run in declared order, so the first (buig) can leave results
-    there with :meth:`save` for the peers' ``extras`` to compare against with :meth:`load`.
+    run. Round 1 runs the implementations in declared order, so the first (buig) can leave
+    results there with :meth:`save` for the peers' ``extras`` to compare against with
+    :meth:`load`; later rounds (peers before buig in every other one) find them there too.
     """
 
     case: str

@@ -34,9 +34,12 @@ from benchmarks.protocol import Floor, Impl
 REPEAT = 3
 DRAWS = 50
 SEED = 11
-# Measured at small scale (300,000 households, 2 cores): numpy / buig between 9.6 and 10.1 in three runs
-# (load 2-4). A generous floor well below that.
-FLOORS = [Floor(peer="numpy", min_ratio=4.0, scales=("small",))]
+# Measured 2026-12-01 at small scale on a 2-vCPU KVM guest (/proc/cpuinfo: "Intel(R) Xeon(R) Processor",
+# AVX2 + AVX-512 flags) shared with other jobs (load 0.8-16): pooled ratio of the gate's interleaved rounds
+# in 4 gate runs, one with the single-round runner (benchmarks/README.md, "Floors and noise"):
+# numpy / buig min 3.33, median 4.2, max 5.80 (single rounds 2.50-5.85); issue 15 reports 3.75 from a clean-clone gate run.
+# Earlier, on an AVX-512 machine with the machine to itself: 9.6-10.1. Floor 2.5 = 0.6 x the median here.
+FLOORS = [Floor(peer="numpy", min_ratio=2.5, scales=("small",))]
 
 
 def fitted_settings(ctx, method: str = "parametric", seed: int = SEED):
