@@ -53,13 +53,17 @@ class Impl:
 class Floor:
     """A gate floor: ``time(peer) / time(impl) >= min_ratio``, both measured in this run.
 
-    ``scales`` limits the floor to some scales (default: all).
+    ``scales`` limits the floor to some scales (default: all). ``cores`` > 1 marks a
+    floor on parallel speed-up: it needs that many free cores, so when it fails while the
+    runner measured fewer free cores (:func:`benchmarks.runner.free_cores`) during its
+    rounds, it is reported as unverified instead of violated.
     """
 
     peer: str
     min_ratio: float
     impl: str = BUIG
     scales: tuple[str, ...] | None = None
+    cores: int = 1
 
     @classmethod
     def of(cls, spec: "Floor | dict") -> "Floor":

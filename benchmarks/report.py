@@ -157,12 +157,17 @@ def markdown(results: dict) -> str:
                     got += " (rounds: " + ", ".join(f"{r:.2f}" for r in f["round_ratios"]) + ")"
                 if f.get("retried"):
                     got += f", re-measured after {f['ratio_before_retry']:.2f}"
+                if f.get("cores_free_min") is not None:
+                    got += f", fewest free cores {f['cores_free_min']:.2f} of {f['cores']}"
+                verdict = "ok" if f["ok"] else ("UNVERIFIED: " + f["unverified"]) if f.get("unverified") else "VIOLATED"
                 lines.append(f"- {f['peer']} / {f['impl']} ≥ {f['min_ratio']}: {got} — "
-                             f"{'ok' if f['ok'] else 'VIOLATED'}{' (' + f['reason'] + ')' if f.get('reason') else ''}")
+                             f"{verdict}{' (' + f['reason'] + ')' if f.get('reason') else ''}")
     gate = results["gate"]
     lines += ["", "## Gate", ""]
     if not gate["violations"]:
-        lines.append("All floors hold." + ("" if gate["checked"] else " (not enforced: run with `--gate`)"))
+        lines.append(("All floors hold." if not gate.get("unverified") else "No floor violated; some not verified:")
+                     + ("" if gate["checked"] else " (not enforced: run with `--gate`)"))
+        lines += [f"- {v}" for v in gate.get("unverified", [])]
     else:
         lines += [f"- {v}" for v in gate["violations"]]
         if not gate["checked"]:

@@ -12,6 +12,12 @@ quotient of the medians of all timed calls pooled over the rounds. A floor that 
 gets ``--retry-rounds`` more interleaved rounds of its two implementations and is then
 decided again on the pooled medians of all rounds.
 
+A floor on parallel speed-up (``Floor(cores=N)``) can only be measured on N free cores:
+around each of its rounds the runner measures how many cores a CPU-bound process gets
+(:func:`free_cores`). If such a floor fails and the fewest free cores measured were below
+``N - CORE_SLACK``, another process held a core: the floor is reported as unverified
+(printed, in the results, exit 0), never as passed.
+
 Exit status: 0 when done (and, with ``--gate``, every floor holds); 1 when ``--gate`` is
 given and a floor is violated; 2 on a usage error (unknown case, bad option); 3 when a
 measurement failed (its error is in the results; a floor that depends on it counts as
@@ -44,6 +50,24 @@ DEFAULT_RETRY_ROUNDS = 2  # more interleaved rounds for a floor that fails, befo
 ROUND_FIELDS = ("pid", "ok", "median_s", "min_s", "max_s", "times_s", "setup_s", "warmup_s", "wall_s",
                 "ru_maxrss", "timed_peak_delta", "error")
 EXIT_GATE, EXIT_USAGE, EXIT_FAILED = 1, 2, 3
+CORE_SLACK = 0.3          # a parallel floor is checkable when free cores >= its cores - CORE_SLACK
+_SPIN = ("import time\nn = 0\nend = time.perf_counter() + {seconds}\n"
+         "while time.perf_counter() < end:\n    n += 1\nprint(n)")
+
+
+def free_cores(n: int, seconds: float = 0.3) -> float:
+    """About how many of ``n`` cores are free: the work of ``n`` CPU-bound processes spinning
+    at once, over the work of one spinning alone (before and after, the larger taken).
+    ``n`` on idle cores; less when other processes hold some."""
+    def spin(k: int) -> int:
+        procs = [subprocess.Popen([sys.executable, "-c", _SPIN.format(seconds=seconds)], stdout=subprocess.PIPE,
+                                  text=True) for _ in range(k)]
+        return sum(int(p.communicate()[0]) for p in procs)
+
+    one = max(spin(1), 1)
+    together = spin(n)
+    one = max(one, spin(1), 1)
+    return min(together / one, float(n))
 
 
 def measure(case, impl, ctx: Context, repeat: int, extra_path=(), sample_interval: float = 0.005) -> dict:
@@ -107,12 +131,14 @@ def pool(rounds: list[dict]) -> dict:
     return out
 
 
-def check_floors(case, measurements: dict, scale: str) -> list[dict]:
+def check_floors(case, measurements: dict, scale: str, cores_free: list[float] | None = None) -> list[dict]:
     """Each floor of ``scale`` on the pooled medians of ``measurements`` (from :func:`pool`).
 
     ``round_ratios`` are the ratios of the rounds measured next to each other (round i of
     the peer over round i of the implementation), for the report; the decision is on
-    ``ratio``, the pooled medians.
+    ``ratio``, the pooled medians. ``cores_free``: the free cores measured around the rounds
+    (:func:`free_cores`); a parallel floor that fails with fewer free cores than it needs is
+    ``unverified`` (not ``ok``, and not a violation).
     """
     checked = []
     for f in case.floors:
@@ -131,6 +157,12 @@ def check_floors(case, measurements: dict, scale: str) -> list[dict]:
             pairs = zip(a.get("rounds", [a]), b.get("rounds", [b]))
             row["round_ratios"] = [rb["median_s"] / ra["median_s"] for ra, rb in pairs if ra["median_s"] > 0]
             row["rounds"] = len(row["round_ratios"])
+            if f.cores > 1:
+                row["cores"] = f.cores
+                row["cores_free_min"] = min(cores_free) if cores_free else None
+                if not row["ok"] and cores_free and min(cores_free) < f.cores - CORE_SLACK:
+                    row["unverified"] = (f"needs {f.cores} free cores; measured as few as {min(cores_free):.2f} "
+                                         "during its rounds (another process held a core)")
         checked.append(row)
     return checked
 
@@ -147,10 +179,14 @@ class CaseRun:
         self.shared.mkdir(parents=True)
         self.measured = {impl.name: [] for impl in case.implementations}
         self.order: list[str] = []
+        self.parallel = max([f.cores for f in case.floors if f.applies(scale)], default=1)
+        self.cores_free: list[float] = []
 
     def measure_round(self, names: list[str], k: int) -> None:
         """Round ``k`` (from 0) of ``names``: declared order in even rounds, reversed in odd ones (ABBA)."""
         case = self.case
+        if self.parallel > 1:
+            self.cores_free.append(free_cores(self.parallel))
         for name in (names if k % 2 == 0 else names[::-1]):
             if self.measured[name] and not self.measured[name][-1].get("ok"):
                 continue  # failed before: not measured again
@@ -167,10 +203,14 @@ class CaseRun:
                          f"peak RSS {fmt_bytes(m['ru_maxrss'])}, Δ timed {fmt_bytes(m['timed_peak_delta'], sign=True)}")
             else:
                 self.log(f"{tag}: FAILED: {m.get('error')}\n{m.get('stderr', '')}")
+        if self.parallel > 1:
+            self.cores_free.append(free_cores(self.parallel))
+            self.log(f"[{case.name}] free cores around round {k + 1}: "
+                     + ", ".join(f"{c:.2f}" for c in self.cores_free[-2:]))
 
     def decide(self) -> tuple[dict, list[dict]]:
         by_name = {n: pool(ms) for n, ms in self.measured.items()}
-        return by_name, check_floors(self.case, by_name, self.scale)
+        return by_name, check_floors(self.case, by_name, self.scale, self.cores_free)
 
     def run(self, rounds: int, retry_rounds: int) -> dict:
         """Round 1 of every implementation, ``rounds - 1`` more of those a floor compares, and
@@ -198,7 +238,8 @@ class CaseRun:
             ok = m.get("ok") and ref.get("ok") and ref["median_s"] > 0
             m["ratio_to_buig"] = m["median_s"] / ref["median_s"] if ok else None
         return {"name": case.name, "module": case.module, "description": case.description, "repeat": self.repeat,
-                "order": self.order, "measurements": list(by_name.values()), "floors": floors}
+                "order": self.order, "measurements": list(by_name.values()), "floors": floors,
+                **({"cores_free": self.cores_free} if self.cores_free else {})}
 
 
 def run(names: list[str], *, scale: str = "small", seed: int = data.DEFAULT_SEED, repeat: int | None = None,
@@ -225,7 +266,7 @@ def run(names: list[str], *, scale: str = "small", seed: int = data.DEFAULT_SEED
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "machine": machine_info(ROOT), "dataset": dataset, "cases": [],
     }
-    violations, failed = [], False
+    violations, unverified, failed = [], [], False
     workdir = Path(tempfile.mkdtemp(prefix="buig-bench-"))
     try:
         for case in selected:
@@ -236,7 +277,10 @@ def run(names: list[str], *, scale: str = "small", seed: int = data.DEFAULT_SEED
             record = cr.run(rounds, retry_rounds)
             failed = failed or any(not m.get("ok") for m in record["measurements"])
             for f in record["floors"]:
-                if not f["ok"]:
+                if f.get("unverified"):
+                    unverified.append(f"{case.name}: {f['peer']} / {f['impl']} = {f['ratio']:.3f}, floor "
+                                      f"{f['min_ratio']}: unverified, {f['unverified']}")
+                elif not f["ok"]:
                     got = f"{f['ratio']:.3f}" if f["ratio"] is not None else f["reason"]
                     violations.append(f"{case.name}: {f['peer']} / {f['impl']} = {got}, floor {f['min_ratio']}"
                                       + (f" ({f['rounds']} interleaved rounds)" if f.get("rounds") else ""))
@@ -244,9 +288,11 @@ def run(names: list[str], *, scale: str = "small", seed: int = data.DEFAULT_SEED
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results["duration_s"] = time.perf_counter() - t_start
-    results["gate"] = {"checked": gate, "violations": violations}
+    results["gate"] = {"checked": gate, "violations": violations, "unverified": unverified}
     write_results(results, Path(out))
     log(f"wrote {Path(out) / 'results.json'} and results.md ({results['duration_s']:.1f} s)")
+    if unverified:
+        log("gate: floors NOT verified (they need free cores this run did not have):\n  " + "\n  ".join(unverified))
     if failed:
         return EXIT_FAILED, results
     if gate and violations:

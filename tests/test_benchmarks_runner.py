@@ -93,6 +93,14 @@ IMPLEMENTATIONS = [
 FLOORS = [Floor(peer="sleepy", min_ratio=2.0)]
 '''
 
+# A floor on parallel speed-up that the sleeps can never meet.
+PARALLEL = '''
+from sleepy_ok import *  # noqa: F401,F403
+from benchmarks.protocol import Floor
+
+FLOORS = [Floor(peer="sleepy", min_ratio=100.0, cores=2)]
+'''
+
 BROKEN = '''
 from benchmarks.protocol import Impl
 
@@ -111,7 +119,7 @@ IMPLEMENTATIONS = [Impl("buig", setup=lambda ctx: None, run=run)]
 def dummy_cases(tmp_path, monkeypatch):
     mods = tmp_path / "mods"
     mods.mkdir()
-    for name, text in (("sleepy_ok", SLEEPY), ("sleepy_strict", STRICT), ("sleepy_flaky", FLAKY),
+    for name, text in (("sleepy_ok", SLEEPY), ("sleepy_strict", STRICT), ("sleepy_flaky", FLAKY), ("sleepy_parallel", PARALLEL),
                        ("broken_case", BROKEN)):
         (mods / f"{name}.py").write_text(textwrap.dedent(text), encoding="utf-8")
     monkeypatch.syspath_prepend(str(mods))
@@ -142,7 +150,8 @@ def test_measures_in_subprocesses_and_writes_results(dummy_cases, tmp_path):
     assert fast["ratio_to_buig"] == 1.0 and slow["ratio_to_buig"] > 2  # about 10; sleeps only overshoot
     assert fast["extras"] == {"slept": 0.01, "calls": 3}
     assert slow["extras"] == {"slept": 0.1, "buig_slept": 0.01}  # shared folder, declared order
-    assert case["floors"][0]["ok"] and results["gate"] == {"checked": True, "violations": []}
+    assert case["floors"][0]["ok"] and results["gate"] == {"checked": True, "violations": [], "unverified": []}
+    assert "cores_free" not in case  # no parallel floor: no free-core probes
     md = (out / "results.md").read_text()
     assert "## sleepy_ok" in md and "| sleepy | peer |" in md and "ten times slower" in md
 
@@ -224,3 +233,30 @@ def test_failed_measurement_is_recorded(dummy_cases, tmp_path):
 def test_cli_rejects_unknown_case(capsys):
     assert runner.main(["--only", "no_such_case"]) == runner.EXIT_USAGE
     assert "available:" in capsys.readouterr().err
+
+
+def test_free_cores_is_at_most_the_cores_asked_for():
+    assert 0 < runner.free_cores(1, seconds=0.05) <= 1.0
+    assert 0 < runner.free_cores(2, seconds=0.05) <= 2.0
+
+
+@pytest.mark.parametrize("free, code", [(1.0, 0), (1.9, runner.EXIT_GATE)])
+def test_parallel_floor_is_unverified_only_when_a_core_was_busy(dummy_cases, tmp_path, monkeypatch, free, code):
+    """A failing floor that needs 2 free cores: not a violation when a probe found one core taken,
+    a violation when both were free (so a real loss of parallel speed-up still fails)."""
+    probes = []
+    monkeypatch.setattr(runner, "free_cores", lambda n, seconds=0.3: probes.append(n) or free)
+    got, results = _run(["sleepy_parallel"], dummy_cases, tmp_path / "r", gate=True, repeat=1, rounds=1,
+                        retry_rounds=1)
+    assert got == code and set(probes) == {2} and len(probes) == 4  # before and after each of 2 rounds
+    (case,) = results["cases"]
+    (floor,) = case["floors"]
+    assert not floor["ok"] and floor["cores"] == 2 and floor["cores_free_min"] == free
+    assert case["cores_free"] == [free] * 4
+    md = (tmp_path / "r" / "results.md").read_text()
+    if free < 2 - runner.CORE_SLACK:
+        assert results["gate"]["violations"] == [] and len(results["gate"]["unverified"]) == 1
+        assert "unverified" in floor and "UNVERIFIED" in md and "some not verified" in md
+    else:
+        assert len(results["gate"]["violations"]) == 1 and results["gate"]["unverified"] == []
+        assert "unverified" not in floor and "VIOLATED" in md

@@ -35,9 +35,11 @@ BATCH = 2
 # there is no second core for the second worker. Alone on the cores (two --only cluster_bootstrap runs) 1.78
 # and 1.78; earlier 1.72 at small scale (load ~2), 1.90 at full scale quiet, 1.53 with other jobs.
 # The small floor, 1.3 = 0.73 x the 1.78 measured alone, still claims a real speed-up of the second worker,
-# so it FAILS when other jobs take a core (see README): no floor that holds then would guard anything.
-FLOORS = [Floor(peer="one_worker", min_ratio=1.3, scales=("small",)),
-          Floor(peer="one_worker", min_ratio=1.5, scales=("full",))]
+# so on its own it would fail whenever other jobs take a core. It is a parallel floor (cores=2): the runner
+# probes the free cores around each round, and a miss while a core was taken is reported as unverified,
+# not as passed (benchmarks/README.md, "Floors and noise").
+FLOORS = [Floor(peer="one_worker", min_ratio=1.3, scales=("small",), cores=2),
+          Floor(peer="one_worker", min_ratio=1.5, scales=("full",), cores=2)]
 
 
 def _setup(ctx, workers: int, numba_threads: int | None):
