@@ -80,9 +80,12 @@ def cmd_fit(args) -> int:
     t0 = time.perf_counter()
     pop = read_population(args.population)
     fit = fit_to_folder(pop, args.out, spec=args.spec, export=args.export_design, progress=Progress("fit", args.quiet))
+    _warn_sparse(args, fit)
     for c in (fit.volume, fit.price):
         extra = f", {len(c.dropped_municipalities)} municipalities without variation left out" if c.dropped_municipalities else ""
         extra += f", {c.n_clipped} fractions clipped to [0, 1]" if c.n_clipped else ""
+        if c.separated_terms:
+            extra += f", levels with no or only outcomes estimated on their own: {', '.join(c.separated_terms)}"
         if c.unestimable_terms:
             extra += (f"; NOT ESTIMABLE (no households in the sample, predicted at the reference level): "
                       f"{', '.join(c.unestimable_terms)}")
@@ -90,6 +93,21 @@ def cmd_fit(args) -> int:
                    f"log-likelihood {c.loglik:,.2f}, gradient norm {c.gradient_norm:.1e}, {c.seconds:.1f} s{extra}")
     _say(args, f"wrote coefficients.parquet, fit.json, covariances.npz to {args.out} ({time.perf_counter() - t0:.1f} s)")
     return 0
+
+
+def _warn_sparse(args, fit) -> None:
+    """On stderr (unless quiet): the municipalities and levels left out of the shared estimate."""
+    if getattr(args, "quiet", False):
+        return
+    for c in (fit.volume, fit.price):
+        if c.dropped_municipalities:
+            print(f"buig: note: {c.name}: {len(c.dropped_municipalities)} municipalities whose households have no or "
+                  f"only outcomes are left out of the shared estimate (predicted with the common effect): "
+                  f"{', '.join(c.dropped_municipalities)}", file=sys.stderr)
+        if c.separated_terms:
+            print(f"buig: note: {c.name}: levels with no or only outcomes left out of the shared estimate, each "
+                  f"with an estimate of its own and no standard error: {', '.join(c.separated_terms)}",
+                  file=sys.stderr)
 
 
 def cmd_predict(args) -> int:

@@ -5,7 +5,8 @@
 - ``coefficients.parquet``: component, term, estimate, se_model, se_robust, se_cluster
   (terms ``factor[level]``, continuous column names, ``municipality[GMxxxx]`` fixed effects);
 - ``fit.json``: spec and norms used, per component the sample size, iterations,
-  log-likelihood, gradient norm, clipped fractions, dropped municipalities, and
+  log-likelihood, gradient norm, clipped fractions, dropped municipalities (codes), separated
+  terms (levels with no or only outcomes, estimated on their own), and
   ``fe_common`` (the effect that replaces the fixed effects in prediction);
 - ``covariances.npz``: the three covariance matrices of each component
   (``volume_model``, ``volume_robust``, ``volume_cluster``, ``price_...``), loaded with
@@ -116,7 +117,8 @@ def read_fit(path: str | Path, spec: ModelSpec | str | Path | None = None) -> Mo
             n_clusters=s["n_clusters"], n_clipped=s["n_clipped"],
             dropped_municipalities=tuple(s["dropped_municipalities"]), seconds=s["seconds"],
             fe_common=s["fe_common"], history=s.get("history", []),
-            unestimable_terms=tuple(s.get("unestimable_terms", [])))
+            unestimable_terms=tuple(s.get("unestimable_terms", [])),
+            separated_terms=tuple(s.get("separated_terms", [])))
         fe = [t[len("municipality["):-1] for t in terms if t.startswith("municipality[")]
         if fe:
             mun_codes = np.array(["?"] + fe, dtype=object)
@@ -127,8 +129,8 @@ def read_fit(path: str | Path, spec: ModelSpec | str | Path | None = None) -> Mo
 def export_design(d: ComponentDesign, fit: ComponentFit, out: Path, name: str) -> None:
     """Dense design of one component as Parquet: one column per term used in the fit, ``_y``, ``_w``.
 
-    Rows and fixed effects of municipalities dropped for separation are left out, so any
-    other tool refits exactly the model that was estimated.
+    Rows and fixed effects of municipalities dropped for separation, and rows and terms of
+    separated levels, are left out, so any other tool refits exactly the shared estimate.
     """
     X = dense_design(d)
     w = d.weight if d.weight.size else np.ones(d.n)
@@ -138,6 +140,9 @@ def export_design(d: ComponentDesign, fit: ComponentFit, out: Path, name: str) -
     if d.layout.fe_start >= 0:
         dropped_mun = np.concatenate([[False], dropped_terms[d.layout.fe_start:]])
         keep_rows = ~dropped_mun[d.nb_mun[d.nbhd]]
+    separated = np.isin(names, list(fit.separated_terms))
+    keep_rows &= ~X[:, separated].any(axis=1)          # households of a level with no or only outcomes
+    dropped_terms |= separated
     cols = {t: X[keep_rows, j] for j, t in enumerate(names) if not dropped_terms[j]}
     cols["_y"] = np.asarray(d.y[keep_rows], dtype=np.float64)
     cols["_w"] = np.asarray(w[keep_rows], dtype=np.float64)
