@@ -16,6 +16,7 @@ table, column and first offending row, with exit status 2; nothing is written th
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -52,8 +53,10 @@ def _say(args, text: str) -> None:
 
 
 def cmd_synth(args) -> int:
+    from engine.app.scenario import check_sizes
     from engine.world.synth import generate
 
+    check_sizes(households=args.households)
     s = generate(args.out, households=args.households, seed=args.seed, planted=args.planted,
                  planted_effect=args.planted_effect, policy_sd=args.policy_sd,
                  progress=Progress("synth", args.quiet))
@@ -141,20 +144,32 @@ def cmd_bootstrap(args) -> int:
     from engine.uncertainty.settings import Settings
     from engine.uncertainty.summaries import flags_table, write_results
 
-    coefficients = args.coefficients
-    if coefficients is None:
-        from engine.model.fitted import fit_to_folder
-        from engine.model.population import read_population
+    from engine.app.scenario import check_sizes
+    from engine.io.outputs import folder_lock
+    from engine.model.spec import load_spec
+    from engine.rules.regime import load_regime
 
-        coefficients = str(Path(args.out) / "fit")
-        if not (Path(coefficients) / "coefficients.parquet").exists():
-            _say(args, f"no --coefficients given: fitting the model into {coefficients}")
-            fit_to_folder(read_population(args.population), coefficients, spec=args.spec)
+    # every option is checked before anything is written
+    if not 0 < args.level < 1:
+        raise ValueError(f"--level must lie between 0 and 1, not {args.level}")
+    check_sizes(replicates=args.replicates)
+    coefficients = args.coefficients or str(Path(args.out) / "fit")
     settings = Settings(population=args.population, coefficients=coefficients, regime=args.regime,
                         method=args.method, seed=args.seed, between_sd=args.between_sd)
-    res = run_bootstrap(settings, args.out, replicates=args.replicates, batch_size=args.batch_size,
-                        workers=args.workers, scheduler=args.scheduler, progress=Progress("bootstrap", args.quiet))
-    write_results(res, args.out, level=args.level)
+    load_regime(args.regime)
+    if args.coefficients is None:
+        load_spec(args.spec)
+    with folder_lock(args.out, "bootstrap"):
+        if args.coefficients is None and not (Path(coefficients) / "coefficients.parquet").exists():
+            from engine.model.fitted import fit_to_folder
+            from engine.model.population import read_population
+
+            _say(args, f"no --coefficients given: fitting the model into {coefficients}")
+            fit = fit_to_folder(read_population(args.population), coefficients, spec=args.spec)
+            _warn_sparse(args, fit)
+        res = run_bootstrap(settings, args.out, replicates=args.replicates, batch_size=args.batch_size,
+                            workers=args.workers, scheduler=args.scheduler, progress=Progress("bootstrap", args.quiet))
+        write_results(res, args.out, level=args.level)
     flags = flags_table(res, args.level).column("flagged").to_numpy()
     _say(args, f"{res.replicates} {args.method} replicates ({res.computed} computed, "
                f"{res.replicates - res.computed} resumed) in {res.seconds:.1f} s; between-municipality sd "
@@ -249,8 +264,8 @@ def cmd_wdeel(args) -> int:
     from engine.model.population import read_population
     from engine.rules.wdeel import format_rows, wdeel
 
-    if args.total is not None and not args.total > 0:
-        raise ValueError(f"--total must be positive, not {args.total}")
+    if args.total is not None and not (args.total > 0 and math.isfinite(args.total)):
+        raise ValueError(f"--total must be a positive finite amount in EUR, not {args.total}")
     pop = read_population(args.population)
     r = wdeel(pop, args.total)
     write_wdeel(r, pop, args.out)
@@ -268,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_dask(p: argparse.ArgumentParser, default: str = "the number of cores") -> None:
         p.add_argument("--workers", type=int, default=None,
-                       help=f"local worker processes (default: {default}; 0: no Dask, in this process)")
+                       help=f"local worker processes (default: {default}; 0: no Dask, in this process; -1: one per core)")
         p.add_argument("--scheduler", default=None,
                        help="address of a Dask scheduler (or set DASK_SCHEDULER_ADDRESS); workers must see the same "
                             "paths")
@@ -400,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
             if not dask.config.get("distributed.comm.tls.ca-file", None):
                 raise ValueError(f"the scheduler at {address} speaks TLS: give --tls-ca-file, --tls-cert and --tls-key "
                                  "(or set them in Dask's configuration, distributed.comm.tls.*)")
+        if hasattr(args, "workers"):
+            from engine.uncertainty.executor import resolve_workers
+
+            args.workers = resolve_workers(args.workers)
         return args.fn(args)
     except PopulationError as exc:
         print(f"buig: invalid input: {exc}", file=sys.stderr)

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from engine.app.scenario import Scenario, load_scenario, validate_scenario, write_regime
-from engine.io.outputs import atomic_dir, remove_stale, write_json, write_text
+from engine.io.outputs import atomic_dir, folder_lock, remove_stale, write_json, write_text
 
 # --------------------------------------------------------------------------- API steps
 
@@ -167,79 +167,79 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     if not scenario.synthetic:
         pop = read_population(pop_dir)
         lap("read + validate")
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)                        # temporary files of a killed run
-    # run.json is the completion record: gone before the first output is replaced, written after the
-    # last, so that while it exists every output in OUT belongs to the run it describes.
-    (out / "run.json").unlink(missing_ok=True)
-    regime_path = write_regime(scenario, out)
-    _write_scenario(out, scenario)
-    if scenario.synthetic:
-        tell(f"population: generating the synthetic Netherlands ({scenario.households:,} households) into {pop_dir}")
-        generate(pop_dir, households=scenario.households, seed=scenario.population_seed, planted=scenario.planted,
-                 planted_effect=scenario.planted_effect, policy_sd=scenario.policy_sd, progress=bar("synth"))
-        lap("population")
-        pop = read_population(pop_dir)
-        lap("read + validate")
-    households, synthetic = pop.households.num_rows, pop.synthetic
+    with folder_lock(out, "run"):            # one run per folder (refused at once)
+        remove_stale(out)                        # temporary files of a killed run
+        # run.json is the completion record: gone before the first output is replaced, written after the
+        # last, so that while it exists every output in OUT belongs to the run it describes.
+        (out / "run.json").unlink(missing_ok=True)
+        regime_path = write_regime(scenario, out)
+        _write_scenario(out, scenario)
+        if scenario.synthetic:
+            tell(f"population: generating the synthetic Netherlands ({scenario.households:,} households) into {pop_dir}")
+            generate(pop_dir, households=scenario.households, seed=scenario.population_seed, planted=scenario.planted,
+                     planted_effect=scenario.planted_effect, policy_sd=scenario.policy_sd, progress=bar("synth"))
+            lap("population")
+            pop = read_population(pop_dir)
+            lap("read + validate")
+        households, synthetic = pop.households.num_rows, pop.synthetic
 
-    if coefficients is None:
-        tell(f"fit: model spec {scenario.spec}")
-        fit = fit_to_folder(pop, out, spec=scenario.spec, progress=bar("fit"))
-    else:
-        fit = read_fit(coefficients)
-        want = load_spec(scenario.spec)
-        if fit.spec.path.resolve() != want.path.resolve():
-            raise ValueError(f"coefficients in {coefficients} are of model spec {fit.spec.path}, the scenario's is "
-                             f"{want.path}")
-        _copy_fit(Path(coefficients), out)
-    lap("fit")
+        if coefficients is None:
+            tell(f"fit: model spec {scenario.spec}")
+            fit = fit_to_folder(pop, out, spec=scenario.spec, progress=bar("fit"))
+        else:
+            fit = read_fit(coefficients)
+            want = load_spec(scenario.spec)
+            if fit.spec.path.resolve() != want.path.resolve():
+                raise ValueError(f"coefficients in {coefficients} are of model spec {fit.spec.path}, the scenario's is "
+                                 f"{want.path}")
+            _copy_fit(Path(coefficients), out)
+        lap("fit")
 
-    hh = households_from_population(pop)
-    pred = predict(hh, fit)
-    names = pop.municipalities.column("name").to_pylist()
-    with atomic_dir(out) as tmp:
-        pq.write_table(municipal_costs_table(pred, names), tmp / "municipal_costs.parquet")
-        pq.write_table(rekentool_table(pred), tmp / "rekentool.parquet")
-    del hh
-    lap("predict")
+        hh = households_from_population(pop)
+        pred = predict(hh, fit)
+        names = pop.municipalities.column("name").to_pylist()
+        with atomic_dir(out) as tmp:
+            pq.write_table(municipal_costs_table(pred, names), tmp / "municipal_costs.parquet")
+            pq.write_table(rekentool_table(pred), tmp / "rekentool.parquet")
+        del hh
+        lap("predict")
 
-    budget = compute_budget(pop, load_regime(regime_path), costs=out)
-    write_budget(budget, out)
-    del pop                                   # the bootstrap reads the population itself
-    lap("distribute")
+        budget = compute_budget(pop, load_regime(regime_path), costs=out)
+        write_budget(budget, out)
+        del pop                                   # the bootstrap reads the population itself
+        lap("distribute")
 
-    tell(f"bootstrap: {scenario.replicates} {scenario.method} replicates")
-    settings = Settings(population=str(pop_dir), coefficients=str(out), regime=str(regime_path),
-                        method=scenario.method, seed=scenario.bootstrap_seed,
-                        between_sd=scenario.bootstrap_between_sd())
-    boot = run_bootstrap(settings, out, replicates=scenario.replicates, batch_size=scenario.batch_size,
-                         workers=workers, scheduler=scheduler, progress=bar("bootstrap"))
-    write_results(boot, out, level=scenario.flag_level)
-    lap("bootstrap")
+        tell(f"bootstrap: {scenario.replicates} {scenario.method} replicates")
+        settings = Settings(population=str(pop_dir), coefficients=str(out), regime=str(regime_path),
+                            method=scenario.method, seed=scenario.bootstrap_seed,
+                            between_sd=scenario.bootstrap_between_sd())
+        boot = run_bootstrap(settings, out, replicates=scenario.replicates, batch_size=scenario.batch_size,
+                             workers=workers, scheduler=scheduler, progress=bar("bootstrap"))
+        write_results(boot, out, level=scenario.flag_level)
+        lap("bootstrap")
 
-    flags = flags_table(boot, scenario.flag_level)
-    table, capped = capped_table(flags, scenario.kappa, scenario.redistribute)
-    with atomic_dir(out) as tmp:
-        pq.write_table(table, tmp / "capped_budgets.parquet")
-    lap("flags + cap")
+        flags = flags_table(boot, scenario.flag_level)
+        table, capped = capped_table(flags, scenario.kappa, scenario.redistribute)
+        with atomic_dir(out) as tmp:
+            pq.write_table(table, tmp / "capped_budgets.parquet")
+        lap("flags + cap")
 
-    report_path = None
-    if report:
-        from engine.app.report.page import write_report
+        report_path = None
+        if report:
+            from engine.app.report.page import write_report
 
-        report_path = write_report(out)
-        lap("report")
-    stages["total"] = time.perf_counter() - t_start
-    write_json(out / "run.json", {
-        "scenario": scenario.to_dict(), "population": str(pop_dir.resolve()), "synthetic": synthetic,
-        "households": households, "workers": workers, "scheduler": scheduler,
-        "coefficients_from": None if coefficients is None else str(Path(coefficients).resolve()),
-        "stages_seconds": stages, "machine": machine()})
-    return RunResult(out=out, scenario=scenario, population_dir=pop_dir, synthetic=synthetic, households=households,
-                     fit=fit, prediction=pred, budget=budget, bootstrap=boot, capped=capped,
-                     flagged=flags.column("flagged").to_numpy(zero_copy_only=False), stages=stages,
-                     report=report_path)
+            report_path = write_report(out)
+            lap("report")
+        stages["total"] = time.perf_counter() - t_start
+        write_json(out / "run.json", {
+            "scenario": scenario.to_dict(), "population": str(pop_dir.resolve()), "synthetic": synthetic,
+            "households": households, "workers": workers, "scheduler": scheduler,
+            "coefficients_from": None if coefficients is None else str(Path(coefficients).resolve()),
+            "stages_seconds": stages, "machine": machine()})
+        return RunResult(out=out, scenario=scenario, population_dir=pop_dir, synthetic=synthetic, households=households,
+                         fit=fit, prediction=pred, budget=budget, bootstrap=boot, capped=capped,
+                         flagged=flags.column("flagged").to_numpy(zero_copy_only=False), stages=stages,
+                         report=report_path)
 
 
 def check_scheduler(address: str | None) -> None:

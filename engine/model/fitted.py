@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.io.outputs import atomic_dir, settle
 from engine.model.design import (ComponentDesign, Households, component_design, dense_design,
                            households_from_population)
 from engine.model.fit import ComponentFit, fit_component
@@ -96,9 +97,12 @@ def write_fit(fit: ModelFit, out: Path) -> None:
 def read_fit(path: str | Path, spec: ModelSpec | str | Path | None = None) -> ModelFit:
     """Read the files of ``write_fit``; the spec named in fit.json unless ``spec`` is given."""
     path = Path(path)
+    settle(path)                 # a set of files whose commit a killed writer left unfinished
     for name in ("coefficients.parquet", "fit.json", "covariances.npz"):
         if not (path / name).exists():
             raise FileNotFoundError(f"{path / name} is missing: run `buig fit` first")
+        if not (path / name).is_file():
+            raise ValueError(f"{path / name} is not a regular file")
     info = json.loads((path / "fit.json").read_text(encoding="utf-8"))
     spec = spec if isinstance(spec, ModelSpec) else load_spec(spec or info["spec"]["file"])
     coef = pq.read_table(path / "coefficients.parquet").to_pydict()
@@ -152,8 +156,6 @@ def export_design(d: ComponentDesign, fit: ComponentFit, out: Path, name: str) -
 def fit_to_folder(pop: Population, out: str | Path, spec: ModelSpec | str | Path = "2019",
                   export: bool = False, max_export_rows: int = 200_000, progress=None) -> ModelFit:
     """``buig fit``: estimate and write the files (atomically) into ``out``."""
-    from engine.io.outputs import atomic_dir
-
     spec = spec if isinstance(spec, ModelSpec) else load_spec(spec)
     if export and pop.households.num_rows > max_export_rows:
         raise ValueError(f"--export-design writes a dense matrix: use a population of at most "

@@ -133,6 +133,19 @@ class PopulationError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+def check_finite(quantity: str, values, codes) -> None:
+    """Stop (``ValueError``) when a stage produced a value that is not finite: the message names
+    ``quantity`` and the first municipality (``codes[i]``) with one. ``values``: one per municipality,
+    or (replicates, municipalities)."""
+    v = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(v)
+    if bad.any():
+        col = np.flatnonzero(bad.reshape(-1, v.shape[-1]).any(axis=0))[0]
+        raise ValueError(f"{quantity} is not finite for municipality {codes[col]} (row {col}): "
+                         f"{v.reshape(-1, v.shape[-1])[:, col][bad.reshape(-1, v.shape[-1])[:, col]][0]}; "
+                         "nothing was written for this stage")
+
+
 def _first(mask) -> int | None:
     """Index of the first True in a boolean Arrow/NumPy array, or None."""
     arr = mask.to_numpy(zero_copy_only=False) if hasattr(mask, "to_numpy") else mask

@@ -58,6 +58,17 @@ def use_tls(ca_file: str | None, cert: str | None, key: str | None) -> None:
                      "distributed.comm.tls.client.key": str(key), "distributed.comm.require-encryption": True})
 
 
+def resolve_workers(workers: int | None) -> int | None:
+    """``--workers``: -1 means every core (``os.cpu_count()``); 0 no Dask; N workers; ``None`` the
+    command's default. Other negative numbers are refused."""
+    if workers is None or workers >= 0:
+        return workers
+    if workers == -1:
+        return os.cpu_count() or 1
+    raise ValueError(f"--workers {workers}: give 0 (no Dask, in this process), a number of workers, "
+                     "or -1 for every core")
+
+
 def client_for(workers: int, scheduler: str | None):
     from dask.distributed import Client, LocalCluster
 
