@@ -119,6 +119,7 @@ def cmd_predict(args) -> int:
     from engine.io.outputs import atomic_dir
     from engine.model.population import read_population
     from engine.model.predict import municipal_costs_table, predict, rekentool_table
+    from engine.model.schema import check_finite
 
     import pyarrow.parquet as pq
 
@@ -128,6 +129,7 @@ def cmd_predict(args) -> int:
     t0 = time.perf_counter()
     pred = predict(hh, fit)
     seconds = time.perf_counter() - t0
+    check_finite("objective cost", pred.objective_cost, hh.mun_codes)
     with atomic_dir(args.out) as tmp:
         pq.write_table(municipal_costs_table(pred, pop.municipalities.column("name").to_pylist()),
                        tmp / "municipal_costs.parquet")

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from engine.app.scenario import Scenario, load_scenario, validate_scenario, write_regime
 from engine.io.outputs import atomic_dir, folder_lock, remove_stale, write_json, write_text
+from engine.model.schema import check_finite
 
 # --------------------------------------------------------------------------- API steps
 
@@ -197,6 +198,7 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
 
         hh = households_from_population(pop)
         pred = predict(hh, fit)
+        check_finite("objective cost", pred.objective_cost, hh.mun_codes)
         names = pop.municipalities.column("name").to_pylist()
         with atomic_dir(out) as tmp:
             pq.write_table(municipal_costs_table(pred, names), tmp / "municipal_costs.parquet")

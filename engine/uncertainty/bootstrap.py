@@ -37,7 +37,8 @@ from engine.io.outputs import folder_lock, remove_stale
 from engine.uncertainty.draws import context
 from engine.uncertainty.executor import batch_task, client_for, dask_threads_per_host, resolve_workers
 from engine.uncertainty.settings import METHODS, Settings
-from engine.uncertainty.store import check_settings, done_ranges, inputs_digest, plan_batches, read_replicates, write_batch
+from engine.model.schema import check_finite
+from engine.uncertainty.store import FINITE_COLUMNS, check_settings, done_ranges, inputs_digest, plan_batches, read_replicates, write_batch
 from engine.uncertainty.summaries import BootstrapResult
 
 
@@ -105,6 +106,8 @@ def _run_bootstrap(settings: Settings, out: Path, replicates: int, batch_size: i
                 if client.cluster is not None:
                     client.cluster.close()
     values = read_replicates(out, replicates, codes)
+    for c in FINITE_COLUMNS:
+        check_finite(f"bootstrap {c.replace('_', ' ')}", values[c], codes)
     return BootstrapResult(settings=settings, replicates=replicates, codes=codes,
                            names=np.asarray(ctx.municipalities.column("name").to_pylist(), dtype=object),
                            point_budget=ctx.point_budget.budget, spending=ctx.spending, between_sd=ctx.between_sd,

@@ -7,6 +7,8 @@ cores divided by the Dask threads on that host, so the two never oversubscribe.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,14 @@ def client_for(workers: int, scheduler: str | None):
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         return Client(address)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None)
+    # the workers start with Ctrl-C ignored (an ignored signal stays ignored in a child process):
+    # an interrupt stops the driver, which closes the cluster, and no worker prints a traceback
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old)
     return Client(cluster)
