@@ -407,9 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         if any(tls):
             from engine.uncertainty.executor import use_tls
 
-            if not address:
+            if not address.startswith("tls://"):
                 raise ValueError("--tls-ca-file, --tls-cert and --tls-key secure the connection to a scheduler: "
-                                 "give its address with --scheduler tls://HOST:PORT")
+                                 "give its address as --scheduler tls://HOST:PORT" + (f", not {address}" if address else ""))
             use_tls(*tls)
         if address.startswith("tls://"):
             import dask

@@ -32,7 +32,8 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from engine.app.scenario import Scenario, load_scenario, validate_scenario, write_regime
+from engine.app.scenario import (Scenario, load_scenario, regime_file, regime_toml, validate_scenario,
+                                 write_regime)
 from engine.io.outputs import atomic_dir, folder_lock, remove_stale, write_json, write_text
 from engine.model.schema import check_finite
 
@@ -99,6 +100,23 @@ def _check_folder(out: Path, s: Scenario) -> None:
         diff = [f"{sec}.{k}" for sec in b for k in b[sec] if a.get(sec, {}).get(k) != b[sec][k]]
         raise ValueError(f"{out} holds a run of another scenario (it differs in {', '.join(diff) or 'population'}); "
                          f"use a new --out folder, or delete {out} to replace that run")
+
+
+def _check_total_budget(s: Scenario, pop) -> None:
+    """The regime's TB (overrides applied) is positive and finite for this population, before
+    anything is written (for a synthetic one of ``households`` households, when TB does not
+    depend on its spending)."""
+    import tomllib
+
+    from engine.rules.budget import total_budget
+    from engine.rules.regime import parse_regime
+
+    regime = parse_regime(tomllib.loads(regime_toml(s)), regime_file(s))
+    if pop is not None:
+        total_budget(regime, float(pop.municipalities.column("households").to_numpy().sum()),
+                     float(pop.municipalities.column("spending_t").to_numpy().sum()))
+    elif regime.macrobudget is not None:
+        total_budget(regime, float(s.households), 0.0)
 
 
 def _write_scenario(out: Path, s: Scenario) -> None:
@@ -168,6 +186,7 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     if not scenario.synthetic:
         pop = read_population(pop_dir)
         lap("read + validate")
+    _check_total_budget(scenario, None if scenario.synthetic else pop)
     with folder_lock(out, "run"):            # one run per folder (refused at once)
         remove_stale(out)                        # temporary files of a killed run
         # run.json is the completion record: gone before the first output is replaced, written after the

@@ -154,6 +154,31 @@ def _first(mask) -> int | None:
     return int(idx[0]) if idx.size else None
 
 
+def _first_invalid_utf8(arr) -> int | None:
+    """Row of the first string that is not valid UTF-8 (Parquet does not guarantee it), or None."""
+    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+    start = 0
+    for c in chunks:
+        values = c.dictionary if pa.types.is_dictionary(c.type) else c
+        try:
+            values.validate(full=True)
+        except pa.ArrowInvalid:
+            raw = values.cast(pa.binary()) if not pa.types.is_large_string(values.type) else values.cast(pa.large_binary())
+            bad = None
+            for i, b in enumerate(raw.to_pylist()):
+                try:
+                    b is None or b.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad = i
+                    break
+            if bad is not None:
+                if pa.types.is_dictionary(c.type):
+                    bad = _first(pc.equal(c.indices, bad))
+                return start + bad
+        start += len(c)
+    return None
+
+
 def _is_string_like(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):
         t = t.value_type
@@ -163,8 +188,8 @@ def _is_string_like(t: pa.DataType) -> bool:
 def _type_ok(col: Column, t: pa.DataType) -> bool:
     if col.code or pa.types.is_string(col.type):
         return _is_string_like(t)
-    if pa.types.is_floating(col.type):
-        return pa.types.is_floating(t) or pa.types.is_integer(t)
+    if pa.types.is_floating(col.type):      # not float16: 3 significant digits, maximum 65,504
+        return pa.types.is_float32(t) or pa.types.is_float64(t) or pa.types.is_integer(t)
     if pa.types.is_integer(col.type):
         return pa.types.is_integer(t) and t.bit_width <= max(col.type.bit_width, 64)
     return t == col.type
@@ -238,6 +263,10 @@ def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | N
         first = _first(arr.is_null())
         if first is not None:
             raise PopulationError(table_name, col.name, first, "missing value")
+        if _is_string_like(arr.type):
+            first = _first_invalid_utf8(arr)
+            if first is not None:
+                raise PopulationError(table_name, col.name, first, "not valid UTF-8 text")
         if col.pattern is not None:
             values = as_strings(arr)
             first = _first(pc.invert(pc.match_substring_regex(values, f"^(?:{col.pattern})$")))
