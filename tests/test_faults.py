@@ -646,3 +646,30 @@ def test_resume_does_not_depend_on_how_the_folder_is_spelled(small_world, tmp_pa
             rc = main(["bootstrap", "--population", pop, "--coefficients", os.path.relpath(fit), *args, "--out", out])
         assert rc == 0, err.getvalue()
         assert _batch_state(tmp_path / "a" / "boot") == first, (cwd, out)     # resumed, nothing rewritten
+
+
+def test_ctrl_c_on_a_dask_bootstrap_prints_one_line(boot, tmp_path):
+    """SIGINT to the whole process group (what Ctrl-C in a terminal sends) while a 2-worker local cluster
+    runs: exit 130, one line on stderr, no worker traceback; the finished batches are kept."""
+    settings, _, _ = boot
+    out = tmp_path / "out"
+    proc = subprocess.Popen(CLI + ["bootstrap", "--population", settings.population, "--coefficients",
+                                   settings.coefficients, "--replicates", "400", "--method", "cluster",
+                                   "--batch-size", "2", "--workers", "2", "--seed", "3", "--out", str(out), "--quiet"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while not list((out / "batches").glob("replicates-*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines = [l for l in err.splitlines()                      # Dask's notice of a dashboard port in use aside
+             if not any(w in l for w in ("Port 8787", "Perhaps you already", "Hosting the HTTP", "warnings.warn"))]
+    assert proc.returncode == 130 and lines == ["buig: interrupted; run the same command again to resume "
+                                                "(finished bootstrap batches are kept)"], err
+    assert list((out / "batches").glob("replicates-*.parquet"))

@@ -438,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"buig: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nbuig: interrupted; run the same command again to resume (finished bootstrap batches are kept)",
+        print(("\n" if sys.stderr.isatty() else "")         # ends a progress bar's line
+              + "buig: interrupted; run the same command again to resume (finished bootstrap batches are kept)",
               file=sys.stderr)
         return 130
 

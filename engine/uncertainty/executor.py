@@ -6,6 +6,7 @@ cores divided by the Dask threads on that host, so the two never oversubscribe.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -82,8 +83,10 @@ def client_for(workers: int, scheduler: str | None):
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
+        # worker and nanny logs from ERROR up: their warnings when an interrupted run cancels tasks and
+        # closes the cluster (cancelled tasks, workers killed after a timeout) are expected, not news
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
+                               dashboard_address=None, silence_logs=logging.ERROR)
     finally:
         if main:
             signal.signal(signal.SIGINT, old)
