@@ -227,6 +227,7 @@ def cmd_run(args) -> int:
                          "--population (or a scenario whose population.source is a folder)")
     result = run(scenario, args.out, workers=args.workers, scheduler=args.scheduler,
                  progress=lambda label: Progress(label, args.quiet), say=lambda text: _say(args, text))
+    _warn_sparse(args, result.fit)
     _say(args, "\n" + format_summary(result))
     return 0
 

@@ -152,7 +152,7 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     from engine.app.budget_files import compute_budget, write_budget
     from engine.rules.cap import capped_table
     from engine.model.design import households_from_population
-    from engine.model.fitted import fit_to_folder, read_fit
+    from engine.model.fitted import fit_model, read_fit, save_fit
     from engine.model.population import read_population
     from engine.model.predict import municipal_costs_table, predict, rekentool_table
     from engine.rules.regime import load_regime
@@ -168,7 +168,7 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     def lap(name: str) -> None:
         nonlocal t
         now = time.perf_counter()
-        stages[name] = now - t
+        stages[name] = stages.get(name, 0.0) + now - t
         t = now
 
     _check_folder(out, scenario)
@@ -187,6 +187,17 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
         pop = read_population(pop_dir)
         lap("read + validate")
     _check_total_budget(scenario, None if scenario.synthetic else pop)
+    fit = None                                # estimated (or read) before anything is written when it can be
+    if coefficients is not None:
+        fit = read_fit(coefficients)
+        want = load_spec(scenario.spec)
+        if fit.spec.path.resolve() != want.path.resolve():
+            raise ValueError(f"coefficients in {coefficients} are of model spec {fit.spec.path}, the scenario's is "
+                             f"{want.path}")
+    elif not scenario.synthetic:
+        tell(f"fit: model spec {scenario.spec}")
+        fit = fit_model(pop, scenario.spec, progress=bar("fit"))
+        lap("fit")
     with folder_lock(out, "run"):            # one run per folder (refused at once)
         remove_stale(out)                        # temporary files of a killed run
         # run.json is the completion record: gone before the first output is replaced, written after the
@@ -204,14 +215,11 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
         households, synthetic = pop.households.num_rows, pop.synthetic
 
         if coefficients is None:
-            tell(f"fit: model spec {scenario.spec}")
-            fit = fit_to_folder(pop, out, spec=scenario.spec, progress=bar("fit"))
+            if fit is None:
+                tell(f"fit: model spec {scenario.spec}")
+                fit = fit_model(pop, scenario.spec, progress=bar("fit"))
+            save_fit(fit, out)
         else:
-            fit = read_fit(coefficients)
-            want = load_spec(scenario.spec)
-            if fit.spec.path.resolve() != want.path.resolve():
-                raise ValueError(f"coefficients in {coefficients} are of model spec {fit.spec.path}, the scenario's is "
-                                 f"{want.path}")
             _copy_fit(Path(coefficients), out)
         lap("fit")
 

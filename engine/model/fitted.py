@@ -162,10 +162,16 @@ def fit_to_folder(pop: Population, out: str | Path, spec: ModelSpec | str | Path
                          f"{max_export_rows:,} households (this one has {pop.households.num_rows:,})")
     hh = households_from_population(pop)
     fit = fit_model(hh, spec, progress=progress)
+    save_fit(fit, out, hh if export else None)
+    return fit
+
+
+def save_fit(fit: ModelFit, out: str | Path, export: Households | None = None) -> None:
+    """Write the files of ``fit`` into ``out`` as one set (and, with households ``export``, the designs)."""
     with atomic_dir(out) as tmp:
         write_fit(fit, tmp)
-        if export:
+        if export is not None:
+            hh, spec = export, fit.spec
             for comp in (spec.volume, spec.price):
                 d = component_design(hh, comp, fit.norms)
                 export_design(d, fit.component(comp.name), tmp, comp.name)
-    return fit
