@@ -131,10 +131,7 @@ def _copy_fit(src: Path, out: Path) -> None:
             shutil.copyfile(src / name, tmp / name)
 
 
-def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, scheduler: str | None = None,
-        coefficients: str | Path | None = None, report: bool = True,
-        progress: Callable[[str], Callable[[int, int], None]] | None = None,
-        say: Callable[[str], None] | None = None) -> RunResult:
+def run(scenario: Scenario, out: str | Path, **options) -> RunResult:
     """Run ``scenario`` into folder ``out`` (see the module docstring for the files).
 
     The bootstrap runs in this process with Numba on every core (``workers=None`` without a
@@ -144,8 +141,17 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     ``DASK_SCHEDULER_ADDRESS``): a Dask cluster, as in :func:`engine.uncertainty.bootstrap.run_bootstrap`. ``coefficients``: a folder written by ``buig fit`` for the scenario's spec on
     the same population, used instead of fitting (copied into ``out``). ``progress(label)``
     returns a ``(done, total)`` callback for a long stage; ``say`` gets one line per stage.
-    A rerun into the same folder with the same scenario resumes the bootstrap.
+    A rerun into the same folder with the same scenario resumes the bootstrap. One run per
+    folder: a second run (or bootstrap, sweep) into ``out`` while this one runs is refused at once.
     """
+    with folder_lock(out, "run"):      # an OS lock on the folder itself: a failed check adds no file
+        return _run(scenario, out, **options)
+
+
+def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, scheduler: str | None = None,
+         coefficients: str | Path | None = None, report: bool = True,
+         progress: Callable[[str], Callable[[int, int], None]] | None = None,
+         say: Callable[[str], None] | None = None) -> RunResult:
     from engine.uncertainty.bootstrap import run_bootstrap
     from engine.uncertainty.settings import Settings
     from engine.uncertainty.summaries import flags_table, write_results
@@ -198,77 +204,76 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
         tell(f"fit: model spec {scenario.spec}")
         fit = fit_model(pop, scenario.spec, progress=bar("fit"))
         lap("fit")
-    with folder_lock(out, "run"):            # one run per folder (refused at once)
-        remove_stale(out)                        # temporary files of a killed run
-        # run.json is the completion record: gone before the first output is replaced, written after the
-        # last, so that while it exists every output in OUT belongs to the run it describes.
-        (out / "run.json").unlink(missing_ok=True)
-        regime_path = write_regime(scenario, out)
-        _write_scenario(out, scenario)
-        if scenario.synthetic:
-            tell(f"population: generating the synthetic Netherlands ({scenario.households:,} households) into {pop_dir}")
-            generate(pop_dir, households=scenario.households, seed=scenario.population_seed, planted=scenario.planted,
-                     planted_effect=scenario.planted_effect, policy_sd=scenario.policy_sd, progress=bar("synth"))
-            lap("population")
-            pop = read_population(pop_dir)
-            lap("read + validate")
-        households, synthetic = pop.households.num_rows, pop.synthetic
+    remove_stale(out)                        # temporary files of a killed run
+    # run.json is the completion record: gone before the first output is replaced, written after the
+    # last, so that while it exists every output in OUT belongs to the run it describes.
+    (out / "run.json").unlink(missing_ok=True)
+    regime_path = write_regime(scenario, out)
+    _write_scenario(out, scenario)
+    if scenario.synthetic:
+        tell(f"population: generating the synthetic Netherlands ({scenario.households:,} households) into {pop_dir}")
+        generate(pop_dir, households=scenario.households, seed=scenario.population_seed, planted=scenario.planted,
+                 planted_effect=scenario.planted_effect, policy_sd=scenario.policy_sd, progress=bar("synth"))
+        lap("population")
+        pop = read_population(pop_dir)
+        lap("read + validate")
+    households, synthetic = pop.households.num_rows, pop.synthetic
 
-        if coefficients is None:
-            if fit is None:
-                tell(f"fit: model spec {scenario.spec}")
-                fit = fit_model(pop, scenario.spec, progress=bar("fit"))
-            save_fit(fit, out)
-        else:
-            _copy_fit(Path(coefficients), out)
-        lap("fit")
+    if coefficients is None:
+        if fit is None:
+            tell(f"fit: model spec {scenario.spec}")
+            fit = fit_model(pop, scenario.spec, progress=bar("fit"))
+        save_fit(fit, out)
+    else:
+        _copy_fit(Path(coefficients), out)
+    lap("fit")
 
-        hh = households_from_population(pop)
-        pred = predict(hh, fit)
-        check_finite("objective cost", pred.objective_cost, hh.mun_codes)
-        names = pop.municipalities.column("name").to_pylist()
-        with atomic_dir(out) as tmp:
-            pq.write_table(municipal_costs_table(pred, names), tmp / "municipal_costs.parquet")
-            pq.write_table(rekentool_table(pred), tmp / "rekentool.parquet")
-        del hh
-        lap("predict")
+    hh = households_from_population(pop)
+    pred = predict(hh, fit)
+    check_finite("objective cost", pred.objective_cost, hh.mun_codes)
+    names = pop.municipalities.column("name").to_pylist()
+    with atomic_dir(out) as tmp:
+        pq.write_table(municipal_costs_table(pred, names), tmp / "municipal_costs.parquet")
+        pq.write_table(rekentool_table(pred), tmp / "rekentool.parquet")
+    del hh
+    lap("predict")
 
-        budget = compute_budget(pop, load_regime(regime_path), costs=out)
-        write_budget(budget, out)
-        del pop                                   # the bootstrap reads the population itself
-        lap("distribute")
+    budget = compute_budget(pop, load_regime(regime_path), costs=out)
+    write_budget(budget, out)
+    del pop                                   # the bootstrap reads the population itself
+    lap("distribute")
 
-        tell(f"bootstrap: {scenario.replicates} {scenario.method} replicates")
-        settings = Settings(population=str(pop_dir), coefficients=str(out), regime=str(regime_path),
-                            method=scenario.method, seed=scenario.bootstrap_seed,
-                            between_sd=scenario.bootstrap_between_sd())
-        boot = run_bootstrap(settings, out, replicates=scenario.replicates, batch_size=scenario.batch_size,
-                             workers=workers, scheduler=scheduler, progress=bar("bootstrap"))
-        write_results(boot, out, level=scenario.flag_level)
-        lap("bootstrap")
+    tell(f"bootstrap: {scenario.replicates} {scenario.method} replicates")
+    settings = Settings(population=str(pop_dir), coefficients=str(out), regime=str(regime_path),
+                        method=scenario.method, seed=scenario.bootstrap_seed,
+                        between_sd=scenario.bootstrap_between_sd())
+    boot = run_bootstrap(settings, out, replicates=scenario.replicates, batch_size=scenario.batch_size,
+                         workers=workers, scheduler=scheduler, progress=bar("bootstrap"))
+    write_results(boot, out, level=scenario.flag_level)
+    lap("bootstrap")
 
-        flags = flags_table(boot, scenario.flag_level)
-        table, capped = capped_table(flags, scenario.kappa, scenario.redistribute)
-        with atomic_dir(out) as tmp:
-            pq.write_table(table, tmp / "capped_budgets.parquet")
-        lap("flags + cap")
+    flags = flags_table(boot, scenario.flag_level)
+    table, capped = capped_table(flags, scenario.kappa, scenario.redistribute)
+    with atomic_dir(out) as tmp:
+        pq.write_table(table, tmp / "capped_budgets.parquet")
+    lap("flags + cap")
 
-        report_path = None
-        if report:
-            from engine.app.report.page import write_report
+    report_path = None
+    if report:
+        from engine.app.report.page import write_report
 
-            report_path = write_report(out)
-            lap("report")
-        stages["total"] = time.perf_counter() - t_start
-        write_json(out / "run.json", {
-            "scenario": scenario.to_dict(), "population": str(pop_dir.resolve()), "synthetic": synthetic,
-            "households": households, "workers": workers, "scheduler": scheduler,
-            "coefficients_from": None if coefficients is None else str(Path(coefficients).resolve()),
-            "stages_seconds": stages, "machine": machine()})
-        return RunResult(out=out, scenario=scenario, population_dir=pop_dir, synthetic=synthetic, households=households,
-                         fit=fit, prediction=pred, budget=budget, bootstrap=boot, capped=capped,
-                         flagged=flags.column("flagged").to_numpy(zero_copy_only=False), stages=stages,
-                         report=report_path)
+        report_path = write_report(out)
+        lap("report")
+    stages["total"] = time.perf_counter() - t_start
+    write_json(out / "run.json", {
+        "scenario": scenario.to_dict(), "population": str(pop_dir.resolve()), "synthetic": synthetic,
+        "households": households, "workers": workers, "scheduler": scheduler,
+        "coefficients_from": None if coefficients is None else str(Path(coefficients).resolve()),
+        "stages_seconds": stages, "machine": machine()})
+    return RunResult(out=out, scenario=scenario, population_dir=pop_dir, synthetic=synthetic, households=households,
+                     fit=fit, prediction=pred, budget=budget, bootstrap=boot, capped=capped,
+                     flagged=flags.column("flagged").to_numpy(zero_copy_only=False), stages=stages,
+                     report=report_path)
 
 
 def check_scheduler(address: str | None) -> None:

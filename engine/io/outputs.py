@@ -111,13 +111,17 @@ _HELD: dict[str, int] = {}       # folder -> depth: the folder locks this proces
 def folder_lock(out: str | Path, command: str):
     """Hold an exclusive OS lock on folder ``out`` (``fcntl.flock`` on the folder itself, so no
     file is added) while the block runs; a second command into the folder is refused at once
-    with a ``ValueError``. ``out`` is created if missing, and removed again if the block fails
-    while it is still empty. Re-entrant within a process (``buig run`` holds it while its
+    with a ``ValueError``. ``out`` (and missing parents) is created if missing, and removed again
+    if the block fails while it is still empty. Re-entrant within a process (``buig run`` holds it while its
     bootstrap takes it again). Released by the OS when the process dies, however it dies."""
     import fcntl
 
     out = Path(out)
-    created = not out.exists()
+    created = []                      # folders made here, deepest first: removed again if the block fails
+    for d in (out, *out.parents):
+        if d.exists():
+            break
+        created.append(d)
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -137,11 +141,12 @@ def folder_lock(out: str | Path, command: str):
         try:
             yield
         except BaseException:
-            if created and _HELD[key] == 1:
-                try:
-                    out.rmdir()              # a failed command leaves no new empty folder behind
-                except OSError:
-                    pass
+            if _HELD[key] == 1:
+                for d in created:            # a failed command leaves no new empty folder behind
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
             raise
         finally:
             _HELD[key] -= 1
