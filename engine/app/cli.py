@@ -185,8 +185,9 @@ def cmd_cap(args) -> int:
     import pyarrow.parquet as pq
 
     from engine.rules.cap import capped_table
-    from engine.io.outputs import atomic_dir
+    from engine.io.outputs import atomic_dir, settle
 
+    settle(args.bootstrap)          # a set of files whose commit a killed writer left unfinished
     flags_file = Path(args.bootstrap) / "flags.parquet"
     if not flags_file.exists():
         raise FileNotFoundError(f"{flags_file} is missing: run `buig bootstrap` first")
