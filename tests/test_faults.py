@@ -267,7 +267,7 @@ def test_run_killed_at_random_moments_leaves_whole_consistent_outputs(small_worl
     seconds = k["seconds"]
     # the outputs are written in the last part: the population is read and the model fitted before anything
     # is written (about 0.9 of the time of a 30,000-household run, interpreter start-up included)
-    for f in (0.5, 0.7, 0.84, 0.88, 0.91, 0.94, 0.97):
+    for f in (0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98):
         t0 = time.perf_counter()
         rc = _kill_after(k["args"], out, f * seconds)
         state = _check_run_folder(out, k["old"], k["new"], f"killed after {f:.2f} x {seconds:.1f} s")
