@@ -192,7 +192,7 @@ def test_relative_paths_reach_the_workers_of_a_hand_started_cluster(small_world,
     monkeypatch.chdir(here)
     settings = Settings(population=os.path.relpath(small_world), coefficients=os.path.relpath(small_fit),
                         regime="2019", seed=4)
-    assert not Path(settings.population).is_absolute()
+    assert settings.population == str(Path(small_world).resolve())   # made absolute where it is given
     reference = run_bootstrap(settings, tmp_path / "ref", replicates=4, batch_size=2, workers=0)
     dask = [sys.executable, "-m", "dask"]
     loopback = ["--host", "127.0.0.1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0"]

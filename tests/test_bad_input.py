@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -652,3 +653,177 @@ def test_bad_regime_names_the_file_and_key(world, kind, data):
     where = f"regime file {file}: " + (f"key '{'.'.join(named)}': " if named else "")
     assert where in line and re.search(problem, line), line
     assert line.endswith("(after the scenario's regime.overrides)") == (via == "overrides"), line
+
+
+# --------------------------------------------------------------------------- values, sizes, files, options
+# Each case: a command on bad options, values or files; exit 2, one line naming the option, key,
+# file or column, and the population and output folders byte for byte as they were.
+
+@pytest.fixture(scope="module")
+def made(world, tmp_path_factory):
+    """A fit, cost files and a 4-replicate bootstrap of the world (outside the watched folders)."""
+    root = tmp_path_factory.mktemp("made")
+    p = str(world.population)
+    for argv in (["fit", "--population", p, "--out", str(root / "fit")],
+                 ["predict", "--population", p, "--coefficients", str(root / "fit"), "--out", str(root / "costs")],
+                 ["bootstrap", "--population", p, "--coefficients", str(root / "fit"), "--replicates", "4",
+                  "--batch-size", "2", "--workers", "0", "--out", str(root / "boot")]):
+        assert main([*argv, "--quiet"]) == 0
+    return root
+
+
+def _option_cases(p: str, m: Path, o: str) -> list[tuple[list[str], str]]:
+    fit, boot = str(m / "fit"), str(m / "boot")
+    bs = ["bootstrap", "--population", p, "--coefficients", fit, "--replicates", "2", "--workers", "0"]
+    cases = [([*bs, "--level", v], "--level") for v in ("nan", "5", "inf", "0")]
+    cases += [([*bs, "--between-sd", v], "--between-sd") for v in ("-1", "nan", "inf", "lots")]
+    cases += [(["budget", "--population", p, "--costs", str(m / "costs"), "--macrobudget", v], "--macrobudget")
+              for v in ("inf", "nan", "0")]
+    cases += [(["wdeel", "--population", p, "--total", v], "--total") for v in ("inf", "nan")]
+    cases += [(["cap", "--bootstrap", boot, "--kappa", v], "--kappa") for v in ("nan", "inf", "-0.1")]
+    cases += [(["synth", "--households", "30000", "--policy-sd", v], "--policy-sd") for v in ("nan", "inf", "-1")]
+    cases += [(["synth", "--households", "30000", "--planted-effect", v], "--planted-effect") for v in ("nan", "inf")]
+    return [(argv + ["--out", o], words) for argv, words in cases]
+
+
+def _size_cases(p: str, m: Path, o: str) -> list[tuple[list[str], str]]:
+    fit = str(m / "fit")
+    return [(["synth", "--households", str(10 ** 13), "--out", o], "--households 10,000,000,000,000 would need"),
+            (["bootstrap", "--population", p, "--coefficients", fit, "--replicates", str(10 ** 12), "--workers", "0",
+              "--out", o], "--replicates 1,000,000,000,000 would need"),
+            (["run", "--population", p, "--replicates", str(10 ** 12), "--out", o], "bootstrap.replicates' 1,000,000,000,000"),
+            (["run", "--households", str(10 ** 13), "--out", o], "population.households' 10,000,000,000,000")]
+
+
+def _dask_cases(p: str, m: Path, o: str, sweep: Path) -> list[tuple[list[str], str]]:
+    fit = str(m / "fit")
+    tls = ["--tls-ca-file", str(sweep), "--tls-cert", str(sweep), "--tls-key", str(sweep)]
+    commands = [["bootstrap", "--population", p, "--coefficients", fit, "--replicates", "2", "--out", o],
+                ["run", "--population", p, "--replicates", "2", "--out", o], ["sweep", str(sweep), "--out", o]]
+    cases = [([*c, "--workers", w], f"--workers {w}: give 0") for c in commands for w in ("-2", "-100")]
+    cases += [([*c, "--scheduler", "tcp://127.0.0.1:1", *tls], "tls://HOST:PORT, not tcp://127.0.0.1:1")
+              for c in commands]
+    return cases
+
+
+@pytest.mark.parametrize("kind", ["option not finite or out of range", "size that cannot fit", "dask option"])
+def test_bad_option_is_refused_before_anything_is_written(world, made, kind):
+    p, o = str(world.population), str(world.outputs / "existing")
+    sweep = world.scratch / "sweep.toml"
+    sweep.write_text('[grid]\n"cap.kappa" = [0.1, 0.2]\n', encoding="utf-8")
+    cases = {"option not finite or out of range": lambda: _option_cases(p, made, o),
+             "size that cannot fit": lambda: _size_cases(p, made, o),
+             "dask option": lambda: _dask_cases(p, made, o, sweep)}[kind]()
+    for argv, words in cases:
+        for out in (o, str(world.outputs / "new")):
+            argv = [out if a == o else a for a in argv]
+            line = _rejected(argv, kind, world.population, world.outputs, made)
+            assert words in line, (argv, line)
+
+
+def _with_column(table: pa.Table, name: str, values) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, values)
+
+
+def _invalid_utf8(values: list[str], row: int) -> pa.Array:
+    raw = [v.encode() for v in values]
+    raw[row] = raw[row][:2] + b"\xff\xfe" + raw[row][2:]
+    arr = pa.array(raw, pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(arr), arr.buffers())      # unchecked, as a foreign writer may
+
+
+def _file_cases(w: World, m: Path) -> list[tuple[str, str, object, list[str], str]]:
+    """(file of the population or fit, how it is replaced, content, command, words)."""
+    t = w.tables
+    mun, nb = t["municipalities"], t["neighbourhoods"]
+    s2 = mun.column("spending_t2").to_numpy().copy()
+    s2[[3, 10, 20]] = 1e308
+    jobs = mun.column("jobs_availability").to_numpy().astype(np.float16)
+    p, fit = str(w.population), str(m / "fit")
+    validate, predict = ["validate", p], ["predict", "--population", p, "--coefficients", fit]
+    budget = ["budget", "--population", p, "--costs", str(m / "costs")]
+    cases = [(f"{name}.parquet", how, None, validate, f"{name}.parquet is not a regular file")
+             for name in TABLE_NAMES for how in ("fifo", "device")]
+    cases += [("coefficients.parquet", how, None, predict, "coefficients.parquet is not a regular file")
+              for how in ("fifo", "device")]
+    cases += [("municipalities.parquet", "table", _with_column(mun, "spending_t2", pa.array(s2)), budget,
+               "historical spending (t-2): the sum overflows"),
+              ("municipalities.parquet", "table", _with_column(mun, "jobs_availability", pa.array(jobs)), validate,
+               "municipalities.jobs_availability: has type halffloat"),
+              ("municipalities.parquet", "table", _with_column(mun, "name", _invalid_utf8(mun.column("name").to_pylist(), 7)),
+               validate, "municipalities.name, row 7: not valid UTF-8"),
+              ("neighbourhoods.parquet", "table", _with_column(nb, "code", _invalid_utf8(nb.column("code").to_pylist(), 11)),
+               validate, "neighbourhoods.code, row 11: not valid UTF-8")]
+    return cases
+
+
+def test_bad_file_in_place_of_a_table_is_refused(world, made):
+    for name, how, content, argv, words in _file_cases(world, made):
+        folder = made / "fit" if name == "coefficients.parquet" else world.population
+        file = folder / name
+        original = file.read_bytes()
+        file.unlink()
+        try:
+            if how == "fifo":
+                os.mkfifo(file)
+            elif how == "device":
+                file.symlink_to("/dev/zero")
+            else:
+                pq.write_table(content, file)
+            watched = [world.outputs] + ([world.population] if folder == made / "fit" else [made])
+            for out in ("existing", "new"):
+                line = _rejected([*argv, *(["--out", str(world.outputs / out)] if argv[0] != "validate" else [])],
+                                 f"file {how}", *watched)
+                assert words in line, (name, how, line)
+        finally:
+            file.unlink(missing_ok=True)
+            file.write_bytes(original)
+
+
+def test_values_that_overflow_in_a_regime_are_refused(world, made):
+    regime = tomllib.loads((REGIMES / "2019.toml").read_text(encoding="utf-8"))
+    for value in (1e-300, 5e-324):
+        regime["budget"]["reference_households"] = value
+        file = world.scratch / "tiny_reference.toml"
+        file.write_text(dump_toml(regime), encoding="utf-8")
+        scenario = world.scratch / "scenario.toml"
+        _write_scenario(scenario, {"regime": {"name": str(file)}}, world.population)
+        for argv in (["budget", "--population", str(world.population), "--costs", str(made / "costs"),
+                      "--regime", str(file)], ["run", str(scenario)]):
+            line = _rejected([*argv, "--out", str(world.outputs / "existing")], "regime value overflows",
+                             world.outputs, world.population, made)
+            assert "the budget to distribute (TB) is not finite" in line and "reference_households" in line, line
+
+
+def test_batch_file_with_other_replicates_than_its_name_is_refused(world, made, tmp_path):
+    boot = tmp_path / "boot"
+    shutil.copytree(made / "boot", boot)
+    batches = boot / "batches"
+    first = batches / "replicates-000000-000002.parquet"
+    t = pq.read_table(first)
+    for name, table, words in (
+            ("replicates-000004-000006.parquet", t, "column replicate, row 0: holds replicate 0, its name says 4 to 5"),
+            ("replicates-000004-000006.parquet", t.slice(0, 100), "is not a batch of replicates 4 to 5"),
+            ("replicates-000004-000006.parquet", _with_column(t, "replicate", pa.array(t.column("replicate").to_numpy() + 4))
+             .set_column(2, "objective_cost", pa.array(np.full(t.num_rows, np.nan))), "column objective_cost, row 0: not a finite")):
+        pq.write_table(table, batches / name)
+        argv = ["bootstrap", "--population", str(world.population), "--coefficients", str(made / "fit"),
+                "--replicates", "6", "--batch-size", "2", "--workers", "0", "--out", str(boot)]
+        # the planted batch covers 4-5: nothing is left to compute, so the command only reads
+        line = _rejected(argv, "batch file", boot, world.population)
+        assert f"{batches / name}: " in line and words in line, line
+        (batches / name).unlink()
+
+
+def test_a_sweep_with_a_bad_variant_leaves_the_previous_sweep_alone(world, tmp_path):
+    out = world.outputs / "existing"
+    sweep = world.scratch / "bad_sweep.toml"
+    sweep.write_text(f'[base]\n"population.source" = "{world.population}"\n[grid]\n"cap.kappa" = [0.1, 5.0]\n',
+                     encoding="utf-8")
+    (out / "comparison.csv").write_text("variant\nfrom an earlier sweep\n")
+    try:
+        line = _rejected(["sweep", str(sweep), "--out", str(out), "--workers", "0"], "sweep variant", world.outputs,
+                         world.population)
+    finally:
+        (out / "comparison.csv").unlink()
+    assert "key 'cap.kappa': must lie between 0 and 1" in line, line

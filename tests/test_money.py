@@ -5,7 +5,6 @@ directly, NumPy twins of the vangnet rule)."""
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 from pathlib import Path
 

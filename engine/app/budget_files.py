@@ -20,12 +20,12 @@ import pyarrow.parquet as pq
 
 from engine.model import municipal as mm
 from engine.rules import redistribution as rd
-from engine.io.outputs import atomic_dir
+from engine.io.outputs import atomic_dir, settle
 from engine.model.population import Population
 from engine.rules.regime import Regime
 from engine.rules.budget import Budgets, allocate, hand_out, historical_costs, historical_shares, total_budget
 from engine.rules.vangnet import vangnet_payout
-from engine.model.schema import PopulationError, as_strings
+from engine.model.schema import PopulationError, as_strings, check_finite
 from engine.rules.wdeel import NEED_NOTE, WdeelResult
 
 COSTS_FILE = "municipal_costs.parquet"
@@ -43,6 +43,7 @@ def read_costs(folder: str | Path, codes: np.ndarray) -> dict[str, np.ndarray]:
     The file must cover exactly the municipalities ``codes``, once each, with finite
     non-negative ``objective_cost``; the error names the file, the column and the first bad row.
     """
+    settle(folder)               # a set of files whose commit a killed writer left unfinished
     file = Path(folder) / COSTS_FILE
     if not file.is_file():
         raise _costs_error(file, None, None, "file is missing")
@@ -109,8 +110,8 @@ def parse_macrobudget(text: str | None) -> float | str | None:
         value = float(text)
     except ValueError:
         raise ValueError(f"--macrobudget must be an amount in EUR or 'spending', not {text!r}") from None
-    if not value > 0:
-        raise ValueError(f"--macrobudget must be positive, not {text}")
+    if not (value > 0 and np.isfinite(value)):
+        raise ValueError(f"--macrobudget must be a positive finite amount, not {text}")
     return value
 
 
@@ -155,6 +156,7 @@ def compute_budget(pop: Population, regime: Regime, costs: str | Path | np.ndarr
     if components:
         extra = sum(components.values())
         b = dataclasses.replace(b, budget=b.budget + extra, uncapped=b.uncapped + extra)
+    check_finite("budget", b.budget, data.codes)
     eff = rd.effects(b.budget, data.spending_t, data.inhabitants)
     seed = rd.seed_table(data, correct_growth=regime.household_growth_correction)
     rows = _rows(regime, data, cost, hist, tb, b, seed, k)

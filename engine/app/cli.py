@@ -16,6 +16,7 @@ table, column and first offending row, with exit status 2; nothing is written th
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -67,8 +68,10 @@ def _say_csv_copies(args, *names: str) -> None:
 
 
 def cmd_synth(args) -> int:
+    from engine.app.scenario import check_sizes
     from engine.world.synth import generate
 
+    check_sizes(households=args.households)
     s = generate(args.out, households=args.households, seed=args.seed, planted=args.planted,
                  planted_effect=args.planted_effect, policy_sd=args.policy_sd,
                  progress=Progress("synth", args.quiet))
@@ -95,9 +98,12 @@ def cmd_fit(args) -> int:
     t0 = time.perf_counter()
     pop = read_population(args.population)
     fit = fit_to_folder(pop, args.out, spec=args.spec, export=args.export_design, progress=Progress("fit", args.quiet))
+    _warn_sparse(args, fit)
     for c in (fit.volume, fit.price):
         extra = f", {len(c.dropped_municipalities)} municipalities without variation left out" if c.dropped_municipalities else ""
         extra += f", {c.n_clipped} fractions clipped to [0, 1]" if c.n_clipped else ""
+        if c.separated_terms:
+            extra += f", levels with no or only outcomes estimated on their own: {', '.join(c.separated_terms)}"
         if c.unestimable_terms:
             extra += (f"; NOT ESTIMABLE (no households in the sample, predicted at the reference level): "
                       f"{', '.join(c.unestimable_terms)}")
@@ -108,12 +114,28 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def _warn_sparse(args, fit) -> None:
+    """On stderr (unless quiet): the municipalities and levels left out of the shared estimate."""
+    if getattr(args, "quiet", False):
+        return
+    for c in (fit.volume, fit.price):
+        if c.dropped_municipalities:
+            print(f"buig: note: {c.name}: {len(c.dropped_municipalities)} municipalities whose households have no or "
+                  f"only outcomes are left out of the shared estimate (predicted with the common effect): "
+                  f"{', '.join(c.dropped_municipalities)}", file=sys.stderr)
+        if c.separated_terms:
+            print(f"buig: note: {c.name}: levels with no or only outcomes left out of the shared estimate, each "
+                  f"with an estimate of its own and no standard error: {', '.join(c.separated_terms)}",
+                  file=sys.stderr)
+
+
 def cmd_predict(args) -> int:
     from engine.model.design import households_from_population
     from engine.model.fitted import read_fit
     from engine.io.outputs import atomic_dir
     from engine.model.population import read_population
     from engine.model.predict import municipal_costs_table, predict, rekentool_table
+    from engine.model.schema import check_finite
 
     import pyarrow.parquet as pq
 
@@ -123,6 +145,7 @@ def cmd_predict(args) -> int:
     t0 = time.perf_counter()
     pred = predict(hh, fit)
     seconds = time.perf_counter() - t0
+    check_finite("objective cost", pred.objective_cost, hh.mun_codes)
     with atomic_dir(args.out) as tmp:
         pq.write_table(municipal_costs_table(pred, pop.municipalities.column("name").to_pylist()),
                        tmp / "municipal_costs.parquet")
@@ -147,20 +170,32 @@ def cmd_bootstrap(args) -> int:
     from engine.uncertainty.settings import Settings
     from engine.uncertainty.summaries import flags_table, write_results
 
-    coefficients = args.coefficients
-    if coefficients is None:
-        from engine.model.fitted import fit_to_folder
-        from engine.model.population import read_population
+    from engine.app.scenario import check_sizes
+    from engine.io.outputs import folder_lock
+    from engine.model.spec import load_spec
+    from engine.rules.regime import load_regime
 
-        coefficients = str(Path(args.out) / "fit")
-        if not (Path(coefficients) / "coefficients.parquet").exists():
-            _say(args, f"no --coefficients given: fitting the model into {coefficients}")
-            fit_to_folder(read_population(args.population), coefficients, spec=args.spec)
+    # every option is checked before anything is written
+    if not 0 < args.level < 1:
+        raise ValueError(f"--level must lie between 0 and 1, not {args.level}")
+    check_sizes(replicates=args.replicates)
+    coefficients = args.coefficients or str(Path(args.out) / "fit")
     settings = Settings(population=args.population, coefficients=coefficients, regime=args.regime,
                         method=args.method, seed=args.seed, between_sd=args.between_sd)
-    res = run_bootstrap(settings, args.out, replicates=args.replicates, batch_size=args.batch_size,
-                        workers=args.workers, scheduler=args.scheduler, progress=Progress("bootstrap", args.quiet))
-    write_results(res, args.out, level=args.level)
+    load_regime(args.regime)
+    if args.coefficients is None:
+        load_spec(args.spec)
+    with folder_lock(args.out, "bootstrap"):
+        if args.coefficients is None and not (Path(coefficients) / "coefficients.parquet").exists():
+            from engine.model.fitted import fit_to_folder
+            from engine.model.population import read_population
+
+            _say(args, f"no --coefficients given: fitting the model into {coefficients}")
+            fit = fit_to_folder(read_population(args.population), coefficients, spec=args.spec)
+            _warn_sparse(args, fit)
+        res = run_bootstrap(settings, args.out, replicates=args.replicates, batch_size=args.batch_size,
+                            workers=args.workers, scheduler=args.scheduler, progress=Progress("bootstrap", args.quiet))
+        write_results(res, args.out, level=args.level)
     flags = flags_table(res, args.level).column("flagged").to_numpy()
     _say(args, f"{res.replicates} {args.method} replicates ({res.computed} computed, "
                f"{res.replicates - res.computed} resumed) in {res.seconds:.1f} s; between-municipality sd "
@@ -175,8 +210,9 @@ def cmd_cap(args) -> int:
     import pyarrow.parquet as pq
 
     from engine.rules.cap import capped_table
-    from engine.io.outputs import atomic_dir
+    from engine.io.outputs import atomic_dir, settle
 
+    settle(args.bootstrap)          # a set of files whose commit a killed writer left unfinished
     flags_file = Path(args.bootstrap) / "flags.parquet"
     if not flags_file.exists():
         raise FileNotFoundError(f"{flags_file} is missing: run `buig bootstrap` first")
@@ -232,6 +268,7 @@ def cmd_run(args) -> int:
     result = run(scenario, args.out, workers=args.workers, scheduler=args.scheduler, xlsx=not args.no_xlsx,
                  formats=("parquet", "csv") if args.format == "csv" else ("parquet",), labels=args.labels,
                  progress=lambda label: Progress(label, args.quiet), say=lambda text: _say(args, text))
+    _warn_sparse(args, result.fit)
     _say(args, "\n" + format_summary(result))
     return 0
 
@@ -281,8 +318,8 @@ def cmd_wdeel(args) -> int:
     from engine.model.population import read_population
     from engine.rules.wdeel import NEED_NOTE, format_rows, wdeel
 
-    if args.total is not None and not args.total > 0:
-        raise ValueError(f"--total must be positive, not {args.total}")
+    if args.total is not None and not (args.total > 0 and math.isfinite(args.total)):
+        raise ValueError(f"--total must be a positive finite amount in EUR, not {args.total}")
     pop = read_population(args.population)
     r = wdeel(pop, args.total)
     write_wdeel(r, pop, args.out)
@@ -313,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_dask(p: argparse.ArgumentParser, default: str = "the number of cores") -> None:
         p.add_argument("--workers", type=int, default=None,
-                       help=f"local worker processes (default: {default}; 0: no Dask, in this process)")
+                       help=f"local worker processes (default: {default}; 0: no Dask, in this process; -1: one per core)")
         p.add_argument("--scheduler", default=None,
                        help="address of a Dask scheduler (or set DASK_SCHEDULER_ADDRESS); workers must see the same "
                             "paths")
@@ -448,9 +485,9 @@ def main(argv: list[str] | None = None) -> int:
         if any(tls):
             from engine.uncertainty.executor import use_tls
 
-            if not address:
+            if not address.startswith("tls://"):
                 raise ValueError("--tls-ca-file, --tls-cert and --tls-key secure the connection to a scheduler: "
-                                 "give its address with --scheduler tls://HOST:PORT")
+                                 "give its address as --scheduler tls://HOST:PORT" + (f", not {address}" if address else ""))
             use_tls(*tls)
         if address.startswith("tls://"):
             import dask
@@ -458,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
             if not dask.config.get("distributed.comm.tls.ca-file", None):
                 raise ValueError(f"the scheduler at {address} speaks TLS: give --tls-ca-file, --tls-cert and --tls-key "
                                  "(or set them in Dask's configuration, distributed.comm.tls.*)")
+        if hasattr(args, "workers"):
+            from engine.uncertainty.executor import resolve_workers
+
+            args.workers = resolve_workers(args.workers)
         return args.fn(args)
     except PopulationError as exc:
         print(f"buig: invalid input: {exc}", file=sys.stderr)
@@ -475,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"buig: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nbuig: interrupted; run the same command again to resume (finished bootstrap batches are kept)",
+        print(("\n" if sys.stderr.isatty() else "")         # ends a progress bar's line
+              + "buig: interrupted; run the same command again to resume (finished bootstrap batches are kept)",
               file=sys.stderr)
         return 130
 

@@ -33,9 +33,11 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from engine.app.scenario import Scenario, load_scenario, validate_scenario, write_regime
+from engine.app.scenario import (Scenario, load_scenario, regime_file, regime_toml, validate_scenario,
+                                 write_regime)
 from engine.app.labels import check_language
-from engine.io.outputs import atomic_dir, remove_stale, write_csv_copies, write_json, write_text
+from engine.io.outputs import atomic_dir, folder_lock, remove_stale, write_csv_copies, write_json, write_text
+from engine.model.schema import check_finite
 
 # --------------------------------------------------------------------------- API steps
 
@@ -103,6 +105,23 @@ def _check_folder(out: Path, s: Scenario) -> None:
                          f"use a new --out folder, or delete {out} to replace that run")
 
 
+def _check_total_budget(s: Scenario, pop) -> None:
+    """The regime's TB (overrides applied) is positive and finite for this population, before
+    anything is written (for a synthetic one of ``households`` households, when TB does not
+    depend on its spending)."""
+    import tomllib
+
+    from engine.rules.budget import total_budget
+    from engine.rules.regime import parse_regime
+
+    regime = parse_regime(tomllib.loads(regime_toml(s)), regime_file(s))
+    if pop is not None:
+        total_budget(regime, float(pop.municipalities.column("households").to_numpy().sum()),
+                     float(pop.municipalities.column("spending_t").to_numpy().sum()))
+    elif regime.macrobudget is not None:
+        total_budget(regime, float(s.households), 0.0)
+
+
 def _write_scenario(out: Path, s: Scenario) -> None:
     write_text(out / "scenario.toml", s.to_toml())
 
@@ -115,10 +134,7 @@ def _copy_fit(src: Path, out: Path) -> None:
             shutil.copyfile(src / name, tmp / name)
 
 
-def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, scheduler: str | None = None,
-        coefficients: str | Path | None = None, report: bool = True, xlsx: bool = True, formats=("parquet",),
-        labels: str = "en", progress: Callable[[str], Callable[[int, int], None]] | None = None,
-        say: Callable[[str], None] | None = None) -> RunResult:
+def run(scenario: Scenario, out: str | Path, **options) -> RunResult:
     """Run ``scenario`` into folder ``out`` (see the module docstring for the files).
 
     The bootstrap runs in this process with Numba on every core (``workers=None`` without a
@@ -128,11 +144,20 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     ``DASK_SCHEDULER_ADDRESS``): a Dask cluster, as in :func:`engine.uncertainty.bootstrap.run_bootstrap`. ``coefficients``: a folder written by ``buig fit`` for the scenario's spec on
     the same population, used instead of fitting (copied into ``out``). ``progress(label)``
     returns a ``(done, total)`` callback for a long stage; ``say`` gets one line per stage.
-    A rerun into the same folder with the same scenario resumes the bootstrap.
+    A rerun into the same folder with the same scenario resumes the bootstrap. One run per
+    folder: a second run (or bootstrap, sweep) into ``out`` while this one runs is refused at once.
     ``xlsx``: write ``rekentool.xlsx``; ``formats``: ``("parquet", "csv")`` adds a CSV copy next
     to every Parquet table (a run without it removes CSV copies of an earlier one);
     ``labels``: household types in the report and workbook as codes (``en``) or Dutch (``nl``).
     """
+    with folder_lock(out, "run"):      # an OS lock on the folder itself: a failed check adds no file
+        return _run(scenario, out, **options)
+
+
+def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, scheduler: str | None = None,
+         coefficients: str | Path | None = None, report: bool = True, xlsx: bool = True, formats=("parquet",),
+         labels: str = "en", progress: Callable[[str], Callable[[int, int], None]] | None = None,
+         say: Callable[[str], None] | None = None) -> RunResult:
     from engine.uncertainty.bootstrap import run_bootstrap
     from engine.uncertainty.settings import Settings
     from engine.uncertainty.summaries import flags_table, write_results
@@ -140,7 +165,7 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     from engine.app.workbook import FILE as WORKBOOK, write_rekentool_workbook
     from engine.rules.cap import capped_table
     from engine.model.design import households_from_population
-    from engine.model.fitted import fit_to_folder, read_fit
+    from engine.model.fitted import fit_model, read_fit, save_fit
     from engine.model.population import read_population
     from engine.model.predict import municipal_costs_table, predict, rekentool_table
     from engine.rules.regime import load_regime
@@ -156,7 +181,7 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     def lap(name: str) -> None:
         nonlocal t
         now = time.perf_counter()
-        stages[name] = now - t
+        stages[name] = stages.get(name, 0.0) + now - t
         t = now
 
     _check_folder(out, scenario)
@@ -177,7 +202,18 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     if not scenario.synthetic:
         pop = read_population(pop_dir)
         lap("read + validate")
-    out.mkdir(parents=True, exist_ok=True)
+    _check_total_budget(scenario, None if scenario.synthetic else pop)
+    fit = None                                # estimated (or read) before anything is written when it can be
+    if coefficients is not None:
+        fit = read_fit(coefficients)
+        want = load_spec(scenario.spec)
+        if fit.spec.path.resolve() != want.path.resolve():
+            raise ValueError(f"coefficients in {coefficients} are of model spec {fit.spec.path}, the scenario's is "
+                             f"{want.path}")
+    elif not scenario.synthetic:
+        tell(f"fit: model spec {scenario.spec}")
+        fit = fit_model(pop, scenario.spec, progress=bar("fit"))
+        lap("fit")
     remove_stale(out)                        # temporary files of a killed run
     # run.json is the completion record: gone before the first output is replaced, written after the
     # last, so that while it exists every output in OUT belongs to the run it describes.
@@ -194,19 +230,17 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     households, synthetic = pop.households.num_rows, pop.synthetic
 
     if coefficients is None:
-        tell(f"fit: model spec {scenario.spec}")
-        fit = fit_to_folder(pop, out, spec=scenario.spec, progress=bar("fit"))
+        if fit is None:
+            tell(f"fit: model spec {scenario.spec}")
+            fit = fit_model(pop, scenario.spec, progress=bar("fit"))
+        save_fit(fit, out)
     else:
-        fit = read_fit(coefficients)
-        want = load_spec(scenario.spec)
-        if fit.spec.path.resolve() != want.path.resolve():
-            raise ValueError(f"coefficients in {coefficients} are of model spec {fit.spec.path}, the scenario's is "
-                             f"{want.path}")
         _copy_fit(Path(coefficients), out)
     lap("fit")
 
     hh = households_from_population(pop)
     pred = predict(hh, fit)
+    check_finite("objective cost", pred.objective_cost, hh.mun_codes)
     names = pop.municipalities.column("name").to_pylist()
     with atomic_dir(out) as tmp:
         pq.write_table(municipal_costs_table(pred, names), tmp / "municipal_costs.parquet")

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import functools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,37 @@ def _synthetic_municipalities() -> int:
     return len(load_geography().mun_code)
 
 
+# memory per unit, measured on the 2-core machine: a whole `buig run` peaked at 1.39 GiB for
+# 7.79 M households (about 190 bytes each); a replicate holds 5 values per municipality, kept
+# twice (the replicate table and the summaries)
+BYTES_PER_HOUSEHOLD = 190
+BYTES_PER_REPLICATE_MUNICIPALITY = 5 * 8 * 2
+
+
+def _memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def check_sizes(households: int | None = None, replicates: int | None = None, municipalities: int = 388,
+                where: str = "--") -> None:
+    """Refuse, before anything runs, a size whose arrays cannot fit in this machine's memory;
+    the message gives the memory it would need. ``where``: ``"--"`` for options, else the file."""
+    have = _memory()
+    for key, n, per in (("households", households, BYTES_PER_HOUSEHOLD),
+                        ("replicates", replicates, BYTES_PER_REPLICATE_MUNICIPALITY * municipalities)):
+        if n is None or n * per <= have:
+            continue
+        name = f"--{key}" if where == "--" else f"{where}: key '{'population' if key == 'households' else 'bootstrap'}.{key}'"
+        raise ValueError(f"{name} {n:,} would need about {_gib(n * per)} of memory; this machine has {_gib(have)}")
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2 ** 30:,.1f} GiB" if b < 2 ** 50 else f"{b / 2 ** 50:,.1f} PiB"
+
+
 def validate_scenario(s: Scenario, where: str = "scenario") -> Scenario:
     """Check the values that the stages would reject late, the model spec and the regime with its
     overrides included; the error names the key."""
@@ -159,6 +191,7 @@ def validate_scenario(s: Scenario, where: str = "scenario") -> Scenario:
     for key, v in (("bootstrap.seed", s.bootstrap_seed), ("population.seed", s.population_seed)):
         if v < 0:
             raise bad(key, f"a seed must be >= 0, not {v}")
+    check_sizes(s.households if s.synthetic else None, s.replicates, where=where)
     if not 0 < s.flag_level < 1:
         raise bad("bootstrap.flag_level", f"must lie between 0 and 1, not {s.flag_level}")
     if not 0 <= s.kappa <= 1:                 # a surplus never exceeds the budget: kappa >= 1 caps nothing
@@ -174,8 +207,10 @@ def validate_scenario(s: Scenario, where: str = "scenario") -> Scenario:
     if s.synthetic:
         for key, v in (("population.households", s.households), ("population.planted", s.planted),
                        ("population.policy_sd", s.policy_sd)):
-            if not v >= 0:
-                raise bad(key, f"must be >= 0, not {v}")
+            if not 0 <= v < float("inf"):
+                raise bad(key, f"must be >= 0 (and finite), not {v}")
+        if not math.isfinite(s.planted_effect):
+            raise bad("population.planted_effect", f"must be a finite number, not {s.planted_effect}")
         if s.households < _synthetic_municipalities():
             raise bad("population.households", f"the synthetic Netherlands needs at least "
                       f"{_synthetic_municipalities()} households (one per municipality), not {s.households}")

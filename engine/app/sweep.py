@@ -33,15 +33,14 @@ import csv
 import itertools
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.io.outputs import atomic_file, remove_stale, write_json
+from engine.io.outputs import atomic_file, folder_lock, remove_stale, write_json
 from engine.app.pipeline import check_scheduler, run, statistics
-from engine.app.scenario import FIELDS, Scenario, load_scenario, with_overrides, write_regime
+from engine.app.scenario import FIELDS, Scenario, load_scenario, validate_scenario, with_overrides
 from engine.io.config import read_toml
 
 STAT_COLUMNS = ("tb", "spending_eur", "gap_pct", "objective_cost_eur", "objective_vs_spending_pct", "municipalities",
@@ -169,18 +168,30 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, *, workers: int | Non
               say: Callable[[str], None] | None = None) -> SweepResult:
     """Run every variant of ``sweep`` (one Dask task each; ``workers=0``: one by one in this
     process) and write ``comparison.csv`` and ``sweep.json`` into ``out``."""
-    from engine.model.fitted import fit_to_folder
-    from engine.model.population import read_population
-    from engine.world.synth import generate
-
     if workers != 0:
         check_scheduler(scheduler)
     t0 = time.perf_counter()
     tell = say or (lambda text: None)
     stem = sweep.path.stem if sweep.path else "sweep"
     out = Path(out or sweep.out or f"sweep-{stem}")
-    out.mkdir(parents=True, exist_ok=True)
     base = sweep.base
+    # every variant is checked before anything is written (its regime with overrides included)
+    for v in sweep.variants:
+        validate_scenario(v.scenario, f"variant {v.name!r}")
+    if not base.synthetic and not Path(base.population).is_dir():
+        raise FileNotFoundError(f"population folder {base.population} does not exist")
+    with folder_lock(out, "sweep"):                      # one sweep per folder (refused at once)
+        return _run_sweep(sweep, out, workers, scheduler, progress, tell, t0)
+
+
+def _run_sweep(sweep: Sweep, out: Path, workers, scheduler, progress, tell, t0) -> SweepResult:
+    from engine.model.fitted import fit_to_folder
+    from engine.model.population import read_population
+    from engine.world.synth import generate
+
+    base = sweep.base
+    remove_stale(out)                                   # temporary files of a killed sweep
+    (out / "comparison.csv").unlink(missing_ok=True)    # written last: present = every variant of this sweep
     if base.synthetic:
         pop_dir = out / "population"
         tell(f"population: generating the synthetic Netherlands ({base.households:,} households) into {pop_dir}")
@@ -191,18 +202,10 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, *, workers: int | Non
         pop_dir = Path(base.population)
     pop_dir = pop_dir.resolve()
     variants = [with_overrides(v.scenario, {"population.source": str(pop_dir)}) for v in sweep.variants]
-    with tempfile.TemporaryDirectory() as tmp:          # every regime (with its overrides) is valid
-        for v, s in zip(sweep.variants, variants):
-            try:
-                write_regime(s, Path(tmp))
-            except ValueError as exc:
-                raise ValueError(f"variant {v.name!r}: {exc}") from None
     specs = list(dict.fromkeys(s.spec for s in variants))
     fit_dirs = {spec: str((out / "fits" / f"{i + 1:02d}-{_slug(Path(spec).stem)}").resolve())
                 for i, spec in enumerate(specs)}
     folders = [str((out / "variants" / v.folder).resolve()) for v in sweep.variants]
-    remove_stale(out)                                   # temporary files of a killed sweep
-    (out / "comparison.csv").unlink(missing_ok=True)    # written last: present = every variant of this sweep
     write_json(out / "sweep.json", {"sweep": str(sweep.path), "population": str(pop_dir), "keys": list(sweep.keys),
                                     "variants": [{"name": v.name, "folder": f, "changes": v.changes}
                                                  for v, f in zip(sweep.variants, folders)]})

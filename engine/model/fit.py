@@ -13,12 +13,22 @@ statsmodels uses. Municipality fixed effects are estimated with the model and le
 of prediction: they are replaced there by one common effect (``fe_common``) chosen so that
 the national number of predicted households equals the observed one.
 
-Separation: a factor level whose sample has no (or only) outcomes would get an infinite
-coefficient; it is reported as an error naming the term. A level with no households at
-all in the sample is not estimable: its term is left out (NaN; prediction uses the
-reference level for it) and listed in ``unestimable_terms``. A municipality whose sample has
-no (or only) outcomes carries no information on the other coefficients given its fixed
-effect: its rows are left out and it is listed in ``dropped_municipalities``.
+Separation, handled explicitly. A factor level whose sample has no (or only) outcomes has
+its maximum-likelihood coefficient at minus (plus) infinity; given that coefficient its
+households carry no information on the others, so they are left out of the shared
+estimate (exactly the estimate with the infinite coefficient), the term is listed in
+``separated_terms`` and gets a finite coefficient of its own: the one at which its
+households' predicted number of outcomes (with the common effect, as in prediction) is
+half a household instead of 0 (or all but half a household): the correction of one half
+of Haldane (1956, Biometrika 43, 'The estimation and viewing of the logarithm of a
+ratio'). It has no standard error (NaN) and is not drawn in the parametric bootstrap.
+A municipality whose sample has no (or only) outcomes has its fixed effect at infinity
+likewise: its rows are left out of the shared estimate and it is listed in
+``dropped_municipalities``; in prediction it gets the common effect like every other.
+Leaving rows out can make another level or municipality degenerate: the checks repeat
+until none is. Only when nothing estimable is left is it an :class:`EstimationError`.
+A level with no households at all in the sample is not estimable: its term is left out
+(NaN; prediction uses the reference level for it) and listed in ``unestimable_terms``.
 """
 
 from __future__ import annotations
@@ -73,6 +83,7 @@ class ComponentFit:
     fe_common: float = 0.0
     history: list = field(default_factory=list)
     unestimable_terms: tuple[str, ...] = ()   # levels without households in the sample (NaN)
+    separated_terms: tuple[str, ...] = ()     # levels with no or only outcomes (own finite estimate, se NaN)
 
     def se(self, kind: str = "cluster") -> np.ndarray:
         cov = {"model": self.cov_model, "robust": self.cov_robust, "cluster": self.cov_cluster}[kind]
@@ -83,7 +94,8 @@ class ComponentFit:
                 "iterations": self.iterations, "loglik": self.loglik, "gradient_norm": self.gradient_norm,
                 "converged": True, "n_clipped": self.n_clipped, "fe_common": self.fe_common,
                 "dropped_municipalities": list(self.dropped_municipalities),
-                "unestimable_terms": list(self.unestimable_terms), "seconds": self.seconds,
+                "unestimable_terms": list(self.unestimable_terms),
+                "separated_terms": list(self.separated_terms), "seconds": self.seconds,
                 "history": self.history}
 
 
@@ -181,9 +193,9 @@ def _collinear_message(H: np.ndarray, names) -> str:
             f" are (nearly) collinear (smallest scaled eigenvalue {w[0]:.2e}); drop one of them from the model spec")
 
 
-def _sample_sums(d: ComponentDesign, M) -> tuple[np.ndarray, ...]:
+def _sample_sums(d: ComponentDesign, M, weight: np.ndarray | None) -> tuple[np.ndarray, ...]:
     """Sums of weight and outcome per factor level and per municipality (NumPy, one pass each)."""
-    w = d.weight if d.weight.size else None
+    w = weight if weight is not None else (d.weight if d.weight.size else None)
     y = d.y.astype(np.float64)
     wy = y if w is None else y * w
     w_j, y_j = [], []
@@ -197,27 +209,53 @@ def _sample_sums(d: ComponentDesign, M) -> tuple[np.ndarray, ...]:
             np.bincount(mun, weights=wy, minlength=n_mun))
 
 
-def _separation_checks(d: ComponentDesign, sums, names) -> tuple[np.ndarray, np.ndarray]:
-    """(dropped municipality mask, active parameter mask) from the sample sums.
-
-    A factor level with no households in the sample is not estimable: its term is left
-    out (inactive, NaN, predicted at the reference level) and reported."""
+def _level_rows(d: ComponentDesign, level: int) -> np.ndarray:
+    """Mask of the sample rows with factor level ``level`` (an index into the level tables)."""
     lay = d.layout
-    w_lev, y_lev, w_m, y_m = sums
-    tol = 1e-9 * max(w_lev.max(initial=0), 1.0)
-    for l, par in enumerate(lay.level_param):
-        if par < 0 or w_lev[l] <= tol:
-            continue        # reference, or no households with this level (reported below)
-        if y_lev[l] <= tol or y_lev[l] >= w_lev[l] - tol:
-            kind = "no" if y_lev[l] <= tol else "only"
-            raise EstimationError(f"{d.spec.name}: separation: term {names[par]} has {kind} households with the "
-                                  f"outcome ({w_lev[l]:.0f} households); its coefficient would be infinite")
-    dropped = np.zeros(w_m.size, dtype=bool)
-    active = np.ones(lay.n_params, dtype=bool)
-    absent = lay.level_param[(lay.level_param >= 0) & (w_lev <= tol)]
-    active[absent] = False
+    k = int(np.searchsorted(lay.lev_off, level, side="right")) - 1
+    return d.codes[:, lay.cols[k]] == level - lay.lev_off[k]
+
+
+def _degenerate(w: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
+    """Groups with weight whose outcome sum is 0 or all of their weight."""
+    return (w > tol) & ((y <= tol) | (y >= w - tol))
+
+
+def _separation_checks(d: ComponentDesign, M, names) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(dropped municipality mask, active parameter mask, separated level indices, sample weight
+    with the rows of separated levels and dropped municipalities at 0, or None if none is).
+
+    Rows of a separated level are left out, then the sums are taken again (another level or
+    municipality may have become degenerate), until nothing changes. A factor level with no
+    households in the sample is not estimable: its term is left out (inactive, NaN, predicted
+    at the reference level) and reported."""
+    lay = d.layout
+    base = d.weight if d.weight.size else np.ones(d.n)
+    weight = None
+    separated = np.zeros(lay.n_levels_total, dtype=bool)
+    dropped = np.zeros(int(d.nb_mun.max()) + 1, dtype=bool)
+    tol = 1e-9 * max(float(base.sum()), 1.0)
+    absent_lev = _sample_sums(d, M, None)[0] <= tol
+    while True:
+        w_lev, y_lev, w_m, y_m = _sample_sums(d, M, weight)
+        new_lev = _degenerate(w_lev, y_lev, tol) & (lay.level_param >= 0) & ~separated
+        new_mun = _degenerate(w_m, y_m, tol) & ~dropped if lay.fe_start >= 0 else np.zeros_like(dropped)
+        if not new_lev.any() and not new_mun.any():
+            break
+        separated |= new_lev
+        dropped |= new_mun
+        keep = ~dropped[d.nb_mun[d.nbhd]]
+        for l in np.flatnonzero(separated):
+            keep &= ~_level_rows(d, l)
+        weight = base * keep
+        if not weight.any():
+            raise EstimationError(f"{d.spec.name}: nothing estimable is left: every household is in a "
+                                  "municipality or factor level whose outcome is all 0 or all 1")
     if lay.fe_start >= 0:
-        dropped = (w_m <= tol) | (y_m <= tol) | (y_m >= w_m - tol)
+        dropped |= w_m <= tol         # no households left in the sample
+    active = np.ones(lay.n_params, dtype=bool)
+    active[lay.level_param[(lay.level_param >= 0) & (absent_lev | separated | (w_lev <= tol))]] = False
+    if lay.fe_start >= 0:
         active[lay.fe_start:] = ~dropped[1:]
         if dropped[0]:
             # the first municipality with variation becomes the reference (its effect 0):
@@ -226,7 +264,36 @@ def _separation_checks(d: ComponentDesign, sums, names) -> tuple[np.ndarray, np.
             if kept.size == 0:
                 raise EstimationError(f"{d.spec.name}: no municipality has variation in the outcome")
             active[lay.fe_start + kept[0] - 1] = False
-    return dropped, active
+    return dropped, active, np.flatnonzero(separated), weight
+
+
+def _separated_estimates(d: ComponentDesign, params: np.ndarray, levels: np.ndarray, c: float) -> None:
+    """Set, in place, each separated level's coefficient to the one at which its households'
+    predicted outcomes (common effect ``c``, other coefficients as estimated) are half a
+    household's weight from 0 (no outcomes) or from all (only outcomes): Newton on a monotone
+    function of one number."""
+    lay = d.layout
+    base = d.weight if d.weight.size else np.ones(d.n)
+    for l in levels:
+        par = lay.level_param[l]
+        rows = _level_rows(d, l) & (base > 0)
+        params[par] = 0.0
+        level_coef, nb_eta = lay.tables(np.nan_to_num(params), d.nb_cont, d.nb_mun, fe_value=c)
+        eta = linear_predictor(np.ascontiguousarray(d.codes[rows]), lay.cols, lay.lev_off, level_coef,
+                               np.ascontiguousarray(d.nbhd[rows]), nb_eta)
+        w = base[rows]
+        total = float(w.sum())
+        half = 0.5 * total / max(int(rows.sum()), 1)
+        target = half if float(np.dot(w, d.y[rows])) <= 0.5 * total else total - half
+        b = 0.0
+        for _ in range(100):
+            p = 1.0 / (1.0 + np.exp(-(eta + b)))
+            f = float(np.dot(w, p)) - target
+            step = f / max(float(np.dot(w, p * (1 - p))), 1e-300)
+            b -= float(np.clip(step, -5.0, 5.0))
+            if abs(f) < 1e-10 * total:
+                break
+        params[par] = b
 
 
 def _dropped_params(lay, dropped: np.ndarray) -> np.ndarray:
@@ -285,13 +352,10 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     if not 0 < ybar < 1:
         raise EstimationError(f"{d.spec.name}: the outcome is {'never' if ybar <= 0 else 'always'} "
                               "observed in the estimation sample")
-    sums = _sample_sums(d, ev.M)
-    dropped, active = _separation_checks(d, sums, names)
-    weight = None
-    if dropped.any():
-        keep = ~dropped[d.nb_mun[d.nbhd]]
-        weight = (d.weight if d.weight.size else np.ones(d.n)) * keep
+    dropped, active, separated, weight = _separation_checks(d, ev.M, names)
+    if weight is not None:
         wt_sum = float(weight.sum())
+    sums = _sample_sums(d, ev.M, weight)
     act = np.flatnonzero(active)
     theta = np.zeros(K)
     theta[0] = np.log(ybar / (1 - ybar))
@@ -332,7 +396,8 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
         history.append({"iteration": it, "loglik": st.ll, "gradient_norm": gnorm, "step": t})
 
     level_terms = lay.level_param[lay.level_param >= 0]
-    unestimable = level_terms[~active[level_terms]]
+    sep_params = lay.level_param[separated]
+    unestimable = level_terms[~active[level_terms] & ~np.isin(level_terms, sep_params)]
     left_out = np.concatenate([_dropped_params(lay, dropped), unestimable])
     params = np.where(active | ~np.isin(np.arange(K), left_out), theta, np.nan)
     # covariances on the active parameters
@@ -357,10 +422,16 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     corr = G / (G - 1) * (n_obs - 1) / (n_obs - k) if G > 1 else np.nan
     cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
     fe_common = common_effect(d, params) if lay.fe_start >= 0 else 0.0
+    if separated.size:
+        params[sep_params] = 0.0
+        for _ in range(3):     # the separated levels' own estimates and the common effect, alternately
+            _separated_estimates(d, params, separated, fe_common)
+            fe_common = common_effect(d, params) if lay.fe_start >= 0 else 0.0
     codes = mun_codes if mun_codes is not None else np.array([str(i) for i in range(ev.n_mun)], dtype=object)
     return ComponentFit(name=d.spec.name, term_names=names, params=params, cov_model=Hinv, cov_robust=robust,
                         cov_cluster=cluster, loglik=float(meat.ll), iterations=it, gradient_norm=gnorm, n_obs=n_obs,
                         n_clusters=G, n_clipped=d.n_clipped,
                         dropped_municipalities=tuple(str(c) for c in codes[np.flatnonzero(dropped)]),
                         unestimable_terms=tuple(names[i] for i in unestimable),
+                        separated_terms=tuple(names[i] for i in sep_params),
                         seconds=time.perf_counter() - t0, fe_common=fe_common, history=history)

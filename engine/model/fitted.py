@@ -5,7 +5,8 @@
 - ``coefficients.parquet``: component, term, estimate, se_model, se_robust, se_cluster
   (terms ``factor[level]``, continuous column names, ``municipality[GMxxxx]`` fixed effects);
 - ``fit.json``: spec and norms used, per component the sample size, iterations,
-  log-likelihood, gradient norm, clipped fractions, dropped municipalities, and
+  log-likelihood, gradient norm, clipped fractions, dropped municipalities (codes), separated
+  terms (levels with no or only outcomes, estimated on their own), and
   ``fe_common`` (the effect that replaces the fixed effects in prediction);
 - ``covariances.npz``: the three covariance matrices of each component
   (``volume_model``, ``volume_robust``, ``volume_cluster``, ``price_...``), loaded with
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.io.outputs import atomic_dir, settle
 from engine.model.design import (ComponentDesign, Households, component_design, dense_design,
                            households_from_population)
 from engine.model.fit import ComponentFit, fit_component
@@ -95,9 +97,12 @@ def write_fit(fit: ModelFit, out: Path) -> None:
 def read_fit(path: str | Path, spec: ModelSpec | str | Path | None = None) -> ModelFit:
     """Read the files of ``write_fit``; the spec named in fit.json unless ``spec`` is given."""
     path = Path(path)
+    settle(path)                 # a set of files whose commit a killed writer left unfinished
     for name in ("coefficients.parquet", "fit.json", "covariances.npz"):
         if not (path / name).exists():
             raise FileNotFoundError(f"{path / name} is missing: run `buig fit` first")
+        if not (path / name).is_file():
+            raise ValueError(f"{path / name} is not a regular file")
     info = json.loads((path / "fit.json").read_text(encoding="utf-8"))
     spec = spec if isinstance(spec, ModelSpec) else load_spec(spec or info["spec"]["file"])
     coef = pq.read_table(path / "coefficients.parquet").to_pydict()
@@ -116,7 +121,8 @@ def read_fit(path: str | Path, spec: ModelSpec | str | Path | None = None) -> Mo
             n_clusters=s["n_clusters"], n_clipped=s["n_clipped"],
             dropped_municipalities=tuple(s["dropped_municipalities"]), seconds=s["seconds"],
             fe_common=s["fe_common"], history=s.get("history", []),
-            unestimable_terms=tuple(s.get("unestimable_terms", [])))
+            unestimable_terms=tuple(s.get("unestimable_terms", [])),
+            separated_terms=tuple(s.get("separated_terms", [])))
         fe = [t[len("municipality["):-1] for t in terms if t.startswith("municipality[")]
         if fe:
             mun_codes = np.array(["?"] + fe, dtype=object)
@@ -127,8 +133,8 @@ def read_fit(path: str | Path, spec: ModelSpec | str | Path | None = None) -> Mo
 def export_design(d: ComponentDesign, fit: ComponentFit, out: Path, name: str) -> None:
     """Dense design of one component as Parquet: one column per term used in the fit, ``_y``, ``_w``.
 
-    Rows and fixed effects of municipalities dropped for separation are left out, so any
-    other tool refits exactly the model that was estimated.
+    Rows and fixed effects of municipalities dropped for separation, and rows and terms of
+    separated levels, are left out, so any other tool refits exactly the shared estimate.
     """
     X = dense_design(d)
     w = d.weight if d.weight.size else np.ones(d.n)
@@ -138,6 +144,9 @@ def export_design(d: ComponentDesign, fit: ComponentFit, out: Path, name: str) -
     if d.layout.fe_start >= 0:
         dropped_mun = np.concatenate([[False], dropped_terms[d.layout.fe_start:]])
         keep_rows = ~dropped_mun[d.nb_mun[d.nbhd]]
+    separated = np.isin(names, list(fit.separated_terms))
+    keep_rows &= ~X[:, separated].any(axis=1)          # households of a level with no or only outcomes
+    dropped_terms |= separated
     cols = {t: X[keep_rows, j] for j, t in enumerate(names) if not dropped_terms[j]}
     cols["_y"] = np.asarray(d.y[keep_rows], dtype=np.float64)
     cols["_w"] = np.asarray(w[keep_rows], dtype=np.float64)
@@ -147,18 +156,22 @@ def export_design(d: ComponentDesign, fit: ComponentFit, out: Path, name: str) -
 def fit_to_folder(pop: Population, out: str | Path, spec: ModelSpec | str | Path = "2019",
                   export: bool = False, max_export_rows: int = 200_000, progress=None) -> ModelFit:
     """``buig fit``: estimate and write the files (atomically) into ``out``."""
-    from engine.io.outputs import atomic_dir
-
     spec = spec if isinstance(spec, ModelSpec) else load_spec(spec)
     if export and pop.households.num_rows > max_export_rows:
         raise ValueError(f"--export-design writes a dense matrix: use a population of at most "
                          f"{max_export_rows:,} households (this one has {pop.households.num_rows:,})")
     hh = households_from_population(pop)
     fit = fit_model(hh, spec, progress=progress)
+    save_fit(fit, out, hh if export else None)
+    return fit
+
+
+def save_fit(fit: ModelFit, out: str | Path, export: Households | None = None) -> None:
+    """Write the files of ``fit`` into ``out`` as one set (and, with households ``export``, the designs)."""
     with atomic_dir(out) as tmp:
         write_fit(fit, tmp)
-        if export:
+        if export is not None:
+            hh, spec = export, fit.spec
             for comp in (spec.volume, spec.price):
                 d = component_design(hh, comp, fit.norms)
                 export_design(d, fit.component(comp.name), tmp, comp.name)
-    return fit

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.io.outputs import settle
 from engine.model.schema import PopulationError, check_unique, validate
 
 TABLE_NAMES = ("municipalities", "neighbourhoods", "households")
@@ -52,9 +53,7 @@ def _unreadable(table: str, file: Path, exc: Exception) -> PopulationError:
 
 
 def _read_table(path: Path, name: str, columns=None) -> pa.Table:
-    file = path / f"{name}.parquet"
-    if not file.exists():
-        raise PopulationError(name, None, None, f"file {file} is missing")
+    file = _table_file(path, name)
     try:   # ParquetFile, not read_table: 10x faster on many row groups, and keeps duplicate columns to report
         with pq.ParquetFile(file) as f:
             return f.read(columns=columns)
@@ -92,12 +91,25 @@ def _folder(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise PopulationError("population", None, None, f"folder {path} does not exist")
+    settle(path)                 # a set of files whose commit a killed writer left unfinished
     return path
+
+
+def _table_file(path: Path, name: str) -> Path:
+    """``path/name.parquet``, which must exist and be a regular file (a FIFO or device would hang)."""
+    file = path / f"{name}.parquet"
+    if not file.exists():
+        raise PopulationError(name, None, None, f"file {file} is missing")
+    if not file.is_file():
+        raise PopulationError(name, None, None, f"{file} is not a regular file")
+    return file
 
 
 def _read_truth(path: Path) -> dict | None:
     if not (path / "truth.json").exists():
         return None
+    if not (path / "truth.json").is_file():
+        raise PopulationError("truth", None, None, f"{path / 'truth.json'} is not a regular file")
     try:
         truth = json.loads((path / "truth.json").read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:     # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -187,9 +199,7 @@ def stream_population(path: str | Path, batch_rows: int = 1 << 20) -> HouseholdB
     municipalities, neighbourhoods = _read_table(path, "municipalities"), _read_table(path, "neighbourhoods")
     truth = _read_truth(path)
     _, nm = _geography(neighbourhoods, municipalities)
-    file = path / "households.parquet"
-    if not file.exists():
-        raise PopulationError("households", None, None, f"file {file} is missing")
+    file = _table_file(path, "households")
     try:
         with pq.ParquetFile(file) as f:
             empty, rows = f.schema_arrow.empty_table(), f.metadata.num_rows

@@ -133,12 +133,50 @@ class PopulationError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+def check_finite(quantity: str, values, codes) -> None:
+    """Stop (``ValueError``) when a stage produced a value that is not finite: the message names
+    ``quantity`` and the first municipality (``codes[i]``) with one. ``values``: one per municipality,
+    or (replicates, municipalities)."""
+    v = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(v)
+    if bad.any():
+        col = np.flatnonzero(bad.reshape(-1, v.shape[-1]).any(axis=0))[0]
+        raise ValueError(f"{quantity} is not finite for municipality {codes[col]} (row {col}): "
+                         f"{v.reshape(-1, v.shape[-1])[:, col][bad.reshape(-1, v.shape[-1])[:, col]][0]}; "
+                         "nothing was written for this stage")
+
+
 def _first(mask) -> int | None:
     """Index of the first True in a boolean Arrow/NumPy array, or None."""
     arr = mask.to_numpy(zero_copy_only=False) if hasattr(mask, "to_numpy") else mask
     arr = np.asarray(arr, dtype=bool)
     idx = np.flatnonzero(arr)
     return int(idx[0]) if idx.size else None
+
+
+def _first_invalid_utf8(arr) -> int | None:
+    """Row of the first string that is not valid UTF-8 (Parquet does not guarantee it), or None."""
+    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+    start = 0
+    for c in chunks:
+        values = c.dictionary if pa.types.is_dictionary(c.type) else c
+        try:
+            values.validate(full=True)
+        except pa.ArrowInvalid:
+            raw = values.cast(pa.binary()) if not pa.types.is_large_string(values.type) else values.cast(pa.large_binary())
+            bad = None
+            for i, b in enumerate(raw.to_pylist()):
+                try:
+                    b is None or b.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad = i
+                    break
+            if bad is not None:
+                if pa.types.is_dictionary(c.type):
+                    bad = _first(pc.equal(c.indices, bad))
+                return start + bad
+        start += len(c)
+    return None
 
 
 def _is_string_like(t: pa.DataType) -> bool:
@@ -150,8 +188,8 @@ def _is_string_like(t: pa.DataType) -> bool:
 def _type_ok(col: Column, t: pa.DataType) -> bool:
     if col.code or pa.types.is_string(col.type):
         return _is_string_like(t)
-    if pa.types.is_floating(col.type):
-        return pa.types.is_floating(t) or pa.types.is_integer(t)
+    if pa.types.is_floating(col.type):      # not float16: 3 significant digits, maximum 65,504
+        return pa.types.is_float32(t) or pa.types.is_float64(t) or pa.types.is_integer(t)
     if pa.types.is_integer(col.type):
         return pa.types.is_integer(t) and t.bit_width <= max(col.type.bit_width, 64)
     return t == col.type
@@ -225,6 +263,10 @@ def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | N
         first = _first(arr.is_null())
         if first is not None:
             raise PopulationError(table_name, col.name, first, "missing value")
+        if _is_string_like(arr.type):
+            first = _first_invalid_utf8(arr)
+            if first is not None:
+                raise PopulationError(table_name, col.name, first, "not valid UTF-8 text")
         if col.pattern is not None:
             values = as_strings(arr)
             first = _first(pc.invert(pc.match_substring_regex(values, f"^(?:{col.pattern})$")))

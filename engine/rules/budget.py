@@ -47,10 +47,14 @@ def total_budget(regime: Regime, population_households: float, spending_t: float
     With ``scale = "households"`` the national amounts are multiplied by
     ``population_households / reference_households`` (a sample gets its proportional part).
     """
-    factor = population_households / regime.reference_households if regime.scale == "households" else 1.0
-    deducted = factor * sum(d.amount for d in regime.deductions)
-    macro = spending_t if regime.macrobudget is None else factor * regime.macrobudget
-    tb = float(macro - deducted)
+    with np.errstate(over="ignore", invalid="ignore"):          # checked just below
+        factor = population_households / regime.reference_households if regime.scale == "households" else 1.0
+        deducted = factor * sum(d.amount for d in regime.deductions)
+        macro = spending_t if regime.macrobudget is None else factor * regime.macrobudget
+        tb = float(macro - deducted)
+    if not math.isfinite(tb):
+        raise ValueError(f"regime {regime.name}: the budget to distribute (TB) is not finite ({tb}): check "
+                         f"budget.macrobudget, the deductions and reference_households ({regime.reference_households})")
     if tb <= 0:
         raise ValueError(f"regime {regime.name}: the budget to distribute (TB = {tb:,.2f}) is not positive")
     return tb
@@ -73,7 +77,10 @@ def _shares(values: np.ndarray, what: str) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0 or not np.all(np.isfinite(v)) or np.any(v < 0):
         raise ValueError(f"{what}: values must be finite and non-negative")
-    total = v.sum()
+    with np.errstate(over="ignore"):
+        total = v.sum()
+    if not math.isfinite(total):
+        raise ValueError(f"{what}: the sum overflows (values up to {v.max():.3g}); the amounts are not in EUR")
     if total <= 0:
         raise ValueError(f"{what}: the total is not positive")
     return v / total

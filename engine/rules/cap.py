@@ -47,8 +47,8 @@ def rob_cap(budget: np.ndarray, spending: np.ndarray, flagged: np.ndarray, kappa
     """Apply the cap at level ``kappa`` (a fraction of the budget) to flagged municipalities."""
     if redistribute not in REDISTRIBUTION:
         raise ValueError(f"redistribute must be one of {', '.join(REDISTRIBUTION)}, not {redistribute!r}")
-    if not kappa >= 0:
-        raise ValueError(f"kappa must be >= 0, not {kappa}")
+    if not 0 <= kappa < float("inf"):
+        raise ValueError(f"--kappa must be a finite number >= 0, not {kappa}")
     b = np.asarray(budget, dtype=np.float64)
     s = np.asarray(spending, dtype=np.float64)
     excess = np.where(np.asarray(flagged, dtype=bool), np.maximum(b - s - kappa * b, 0.0), 0.0)

@@ -33,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.io.outputs import remove_stale
+from engine.io.outputs import folder_lock, remove_stale
 from engine.uncertainty.draws import context
-from engine.uncertainty.executor import batch_task, client_for, dask_threads_per_host
+from engine.uncertainty.executor import batch_task, client_for, dask_threads_per_host, resolve_workers
 from engine.uncertainty.settings import METHODS, Settings
-from engine.uncertainty.store import check_settings, done_ranges, inputs_digest, plan_batches, read_replicates, write_batch
+from engine.model.schema import check_finite
+from engine.uncertainty.store import FINITE_COLUMNS, check_settings, done_ranges, inputs_digest, plan_batches, read_replicates, write_batch
 from engine.uncertainty.summaries import BootstrapResult
 
 
@@ -56,17 +57,23 @@ def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, ba
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {settings.method!r}")
     if replicates < 1 or batch_size < 1:
         raise ValueError("--replicates and --batch-size must be at least 1")
-    out = Path(out)
+    workers = resolve_workers(workers)
+    with folder_lock(out, "bootstrap"):           # one bootstrap per folder (refused at once)
+        return _run_bootstrap(settings, Path(out), replicates, batch_size, workers, scheduler, progress, client)
+
+
+def _run_bootstrap(settings: Settings, out: Path, replicates: int, batch_size: int, workers: int | None,
+                   scheduler: str | None, progress, client) -> BootstrapResult:
     t0 = time.perf_counter()
-    (out / "batches").mkdir(parents=True, exist_ok=True)
+    inputs = inputs_digest(settings)
+    ctx = context(settings, inputs)              # the driver needs the codes and the point budget
+    (out / "batches").mkdir(parents=True, exist_ok=True)      # the inputs are valid: now write
     remove_stale(out)                            # temporary files of a killed run
     remove_stale(out / "batches")
-    inputs = inputs_digest(settings)
     check_settings(out, settings, inputs)
     todo = plan_batches(replicates, batch_size, done_ranges(out))
     cores = os.cpu_count() or 1
     workers = cores if workers is None else workers
-    ctx = context(settings, inputs)              # the driver needs the codes and the point budget
     codes = ctx.hh.mun_codes
     done_n = replicates - sum(b - a for a, b in todo)
     if progress:
@@ -84,8 +91,7 @@ def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, ba
         client = client_for(workers, scheduler) if own else client
         try:
             threads = dask_threads_per_host(client)
-            remote = settings.absolute()            # workers may run in another folder
-            futures = {client.submit(batch_task, remote, a, b, threads, inputs, pure=False,
+            futures = {client.submit(batch_task, settings, a, b, threads, inputs, pure=False,
                                      key=f"buig-batch-{a}-{b}-{os.getpid()}-{time.time_ns()}"): (a, b)
                        for a, b in todo}
             for fut in as_completed(futures):
@@ -100,6 +106,8 @@ def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, ba
                 if client.cluster is not None:
                     client.cluster.close()
     values = read_replicates(out, replicates, codes)
+    for c in FINITE_COLUMNS:
+        check_finite(f"bootstrap {c.replace('_', ' ')}", values[c], codes)
     return BootstrapResult(settings=settings, replicates=replicates, codes=codes,
                            names=np.asarray(ctx.municipalities.column("name").to_pylist(), dtype=object),
                            point_budget=ctx.point_budget.budget, spending=ctx.spending, between_sd=ctx.between_sd,

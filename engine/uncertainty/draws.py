@@ -82,9 +82,11 @@ class Context:
         self.between_sd = (between_sd_from_fit(self.fit) if settings.between_sd == "auto"
                            else float(settings.between_sd))
         v, p = self.fit.volume, self.fit.price
-        self.v_draw = np.asarray([i for i, t in enumerate(v.term_names)
-                                  if t != "intercept" and not t.startswith("municipality[")])
-        self.p_draw = np.flatnonzero(np.isfinite(p.params))
+        # terms without a variance (not estimable, or separated with an estimate of their own) are not drawn
+        self.v_draw = np.asarray([i for i, t in enumerate(v.term_names) if t != "intercept"
+                                  and not t.startswith("municipality[") and np.isfinite(v.cov_cluster[i, i])],
+                                 dtype=np.int64)
+        self.p_draw = np.flatnonzero(np.isfinite(p.params) & np.isfinite(np.diag(p.cov_cluster)))
         self.v_root = _sqrt_psd(v.cov_cluster[np.ix_(self.v_draw, self.v_draw)])
         self.p_root = _sqrt_psd(p.cov_cluster[np.ix_(self.p_draw, self.p_draw)])
 

@@ -6,7 +6,10 @@ cores divided by the Dask threads on that host, so the two never oversubscribe.
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -58,14 +61,35 @@ def use_tls(ca_file: str | None, cert: str | None, key: str | None) -> None:
                      "distributed.comm.tls.client.key": str(key), "distributed.comm.require-encryption": True})
 
 
+def resolve_workers(workers: int | None) -> int | None:
+    """``--workers``: -1 means every core (``os.cpu_count()``); 0 no Dask; N workers; ``None`` the
+    command's default. Other negative numbers are refused."""
+    if workers is None or workers >= 0:
+        return workers
+    if workers == -1:
+        return os.cpu_count() or 1
+    raise ValueError(f"--workers {workers}: give 0 (no Dask, in this process), a number of workers, "
+                     "or -1 for every core")
+
+
 def client_for(workers: int, scheduler: str | None):
     from dask.distributed import Client, LocalCluster
 
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         return Client(address)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=dashboard_address())
+    # the workers start with Ctrl-C ignored (an ignored signal stays ignored in a child process):
+    # an interrupt stops the driver, which closes the cluster, and no worker prints a traceback
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        # worker and nanny logs from ERROR up: their warnings when an interrupted run cancels tasks and
+        # closes the cluster (cancelled tasks, workers killed after a timeout) are expected, not news
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=dashboard_address(), silence_logs=logging.ERROR)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old)
     return Client(cluster)
 
 

@@ -6,7 +6,7 @@ every other module of :mod:`engine.uncertainty` imports it from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 METHODS = ("parametric", "cluster")
@@ -25,16 +25,24 @@ class Settings:
     seed: int = 0
     between_sd: str = "auto"
 
-    def absolute(self) -> "Settings":
-        """The same settings with every path absolute (a built-in regime name stays a name): what
-        is sent to Dask workers, which on a hand-started cluster run in folders of their own."""
+    def __post_init__(self):
+        # paths absolute: a resume does not depend on how a path was spelled or on the working
+        # folder, and Dask workers (started elsewhere) find the files
         from engine.io.config import is_name
 
-        regime = self.regime if is_name(self.regime) else str(Path(self.regime).expanduser().resolve())
-        return replace(self, population=str(Path(self.population).expanduser().resolve()),
-                       coefficients=str(Path(self.coefficients).expanduser().resolve()), regime=regime)
+        object.__setattr__(self, "population", str(Path(self.population).expanduser().resolve()))
+        object.__setattr__(self, "coefficients", str(Path(self.coefficients).expanduser().resolve()))
+        if not is_name(self.regime):
+            object.__setattr__(self, "regime", str(Path(self.regime).expanduser().resolve()))
+        sd = self.between_sd
+        if sd != "auto":
+            try:
+                ok = not isinstance(sd, bool) and 0 <= float(sd) < float("inf")
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"--between-sd must be auto or a finite number >= 0, not {sd!r}")
 
     def key(self) -> dict:
         return {"method": self.method, "seed": self.seed, "regime": self.regime, "between_sd": self.between_sd,
-                "population": str(Path(self.population).resolve()),
-                "coefficients": str(Path(self.coefficients).resolve())}
+                "population": self.population, "coefficients": self.coefficients}

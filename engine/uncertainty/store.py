@@ -19,6 +19,9 @@ from engine.io.outputs import write_json, write_table
 from engine.uncertainty.settings import REPLICATE_COLUMNS, Settings
 
 
+FINITE_COLUMNS = ("objective_cost", "budget", "share", "simulated_spending")   # effect_pct: NaN without spending
+
+
 def _batch_file(out: Path, start: int, stop: int) -> Path:
     return out / "batches" / f"replicates-{start:06d}-{stop:06d}.parquet"
 
@@ -128,8 +131,37 @@ def read_replicates(out: Path, replicates: int, codes: np.ndarray) -> dict[str, 
     for a, b in done_ranges(out):
         if a >= replicates:
             continue
-        t = pq.read_table(_batch_file(out, a, b))
+        t = _read_batch(_batch_file(out, a, b), a, b, codes)
         k = (min(b, replicates) - a) * len(codes)
         for c in REPLICATE_COLUMNS:
             res[c][a:min(b, replicates)] = t.column(c).to_numpy()[:k].reshape(-1, len(codes))
     return res
+
+
+def _read_batch(f: Path, a: int, b: int, codes: np.ndarray) -> pa.Table:
+    """A batch file, refused unless it holds replicates a .. b-1 (as its name says) of every
+    municipality in ``codes``, in order, with finite values."""
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"{f}: {problem}; delete the file and rerun to compute that batch again")
+
+    try:
+        t = pq.read_table(f)
+    except (pa.ArrowException, OSError) as exc:
+        raise bad(f"cannot be read ({' '.join(str(exc).split())})") from None
+    want = {"replicate", "code", *REPLICATE_COLUMNS}
+    if not want <= set(t.column_names) or t.num_rows != (b - a) * len(codes):
+        raise bad(f"is not a batch of replicates {a} to {b - 1} ({t.num_rows} rows, columns "
+                  f"{', '.join(t.column_names)})")
+    rep = np.asarray(t.column("replicate").to_numpy(zero_copy_only=False))
+    expected = np.repeat(np.arange(a, b, dtype=np.int64), len(codes))
+    if rep.dtype.kind not in "iu" or not np.array_equal(rep, expected):
+        row = int(np.flatnonzero(rep != expected)[0]) if rep.shape == expected.shape else 0
+        raise bad(f"column replicate, row {row}: holds replicate {rep[row]}, its name says {a} to {b - 1}")
+    if t.column("code").to_pylist() != np.tile(codes, b - a).tolist():
+        raise bad("column code: not the municipalities of this population in order")
+    for c in FINITE_COLUMNS:
+        v = np.asarray(t.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)
+        if not np.isfinite(v).all():
+            row = int(np.flatnonzero(~np.isfinite(v))[0])
+            raise bad(f"column {c}, row {row}: not a finite number")
+    return t

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from engine.io.outputs import write_json, write_table
+from engine.io.outputs import atomic_dir, write_json
 from engine.uncertainty.settings import QUANTILES, REPLICATE_COLUMNS, Settings
 
 
@@ -60,16 +61,14 @@ def replicates_table(res: BootstrapResult) -> pa.Table:
 
 
 def write_results(res: BootstrapResult, out: str | Path, level: float = 0.01) -> None:
-    """replicates.parquet, bands.parquet, flags.parquet (each atomically) and bootstrap.json.
-
-    ``bootstrap.json`` names ``replicates`` only while the three tables belong to it: it is
-    rewritten without them before the first table is replaced, and in full after the last."""
+    """replicates.parquet, bands.parquet, flags.parquet and bootstrap.json, committed as one set
+    (:func:`engine.io.outputs.atomic_dir`): a kill never leaves new flags beside old bands."""
     out = Path(out)
     record = {"settings": res.settings.key(), "inputs": res.inputs}
-    write_json(out / "bootstrap.json", record)
-    for name, table in (("replicates", replicates_table(res)), ("bands", bands_table(res)),
-                        ("flags", flags_table(res, level))):
-        write_table(out / f"{name}.parquet", table)
-    write_json(out / "bootstrap.json", {**record, "replicates": res.replicates, "flag_level": level,
-                                         "between_sd": res.between_sd, "seconds": res.seconds,
-                                         "computed": res.computed})
+    with atomic_dir(out) as tmp:
+        for name, table in (("replicates", replicates_table(res)), ("bands", bands_table(res)),
+                            ("flags", flags_table(res, level))):
+            pq.write_table(table, tmp / f"{name}.parquet")
+        write_json(tmp / "bootstrap.json", {**record, "replicates": res.replicates, "flag_level": level,
+                                             "between_sd": res.between_sd, "seconds": res.seconds,
+                                             "computed": res.computed})

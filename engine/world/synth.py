@@ -28,6 +28,7 @@ draws from child g, so the output is bit-identical for the same seed):
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -351,6 +352,12 @@ def generate(out: str | Path, households: int = REAL_HOUSEHOLDS, seed: int = 0, 
     n_mun = len(geo.mun_code)
     if households < n_mun:
         raise ValueError(f"--households must be at least {n_mun} (one per municipality), not {households}")
+    if not 0 <= policy_sd < math.inf:
+        raise ValueError(f"--policy-sd must be a finite number >= 0, not {policy_sd}")
+    if not math.isfinite(planted_effect):
+        raise ValueError(f"--planted-effect must be a finite number, not {planted_effect}")
+    if planted < 0:
+        raise ValueError(f"--planted must be >= 0, not {planted}")
     root = np.random.SeedSequence(seed)
     world_ss, *mun_ss = root.spawn(n_mun + 1)
     wp = _world_params(geo, np.random.default_rng(world_ss), planted, policy_sd)
