@@ -85,7 +85,7 @@ def run_numpy(state):
 
     np, b = state["np"], state["bctx"]
     out = {c: np.empty((DRAWS, state["n_mun"])) for c in ("objective_cost", "budget", "share", "effect_pct",
-                                                            "simulated_spending")}
+                                                            "outcome_sd", "simulated_spending")}
     for r in range(DRAWS):
         rng = b.rng(r)
         vp, pp = b.parametric_params(rng)
@@ -104,7 +104,9 @@ def run_numpy(state):
         budget = allocate(b.regime, cost, b.hist, b.inhabitants, b.tb).budget
         out["objective_cost"][r], out["budget"][r], out["share"][r] = cost, budget, budget / budget.sum()
         out["effect_pct"][r] = effects(budget, b.spending, b.inhabitants).pct
-        out["simulated_spending"][r] = (cost + np.sqrt(var) * z) * np.exp(b.between_sd * u * (1.0 - b.rate))
+        out["outcome_sd"][r] = np.sqrt(var)
+        out["simulated_spending"][r] = ((cost + np.sqrt(var) * z) *
+                                        np.exp((b.between.mean + b.between_sd * u) * b.elasticity))
     return out
 
 
