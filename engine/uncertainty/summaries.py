@@ -134,7 +134,7 @@ def flags_table(res: BootstrapResult, level: float = 0.01, fdr: float | None = N
         "code": res.codes.tolist(), "name": res.names.tolist(), "budget": res.point_budget,
         "actual_spending": res.spending, "surplus": surplus,
         "spending_band_q2_5": lo, "spending_band_q97_5": hi, "p_explained": p_explained, "q_value": q,
-        "flagged": flagged,
+        "flagged": flagged, "spending_elasticity": res.elasticity,
     }).replace_schema_metadata({"level": repr(level), "fdr": repr(fdr), "flag_rule": rule,
                                 "between_sd": repr(res.between_sd),
                                 "between_mean": repr(res.between_mean),

@@ -193,6 +193,7 @@ class RunData:
     bands: dict
     flags: dict
     flag_level: float
+    flag_rule: str
     replicates: int
     capped: dict
     kappa: float
@@ -255,6 +256,7 @@ def load_run(out: str | Path) -> RunData:
                    budgets=_columns(b, codes, "budgets.parquet"), tb=float(bmeta.get("tb", "nan")),
                    bands=_columns(pq.read_table(out / "bands.parquet"), codes, "bands.parquet"),
                    flags=_columns(flags_t, codes, "flags.parquet"), flag_level=float(fmeta.get("level", "nan")),
+                   flag_rule=fmeta.get("flag_rule", f"p_explained < {fmeta.get('level', '?')} (per test)"),
                    replicates=int(fmeta.get("replicates", "0")),
                    capped=_columns(capped_t, codes, "capped_budgets.parquet"),
                    kappa=float(cmeta.get("kappa", "nan")), redistribute=cmeta.get("redistribute", ""),
@@ -301,7 +303,7 @@ def section_headline(d: RunData) -> str:
         ("Households in the population", _num(d.households) if d.households is not None else "&ndash;"),
         ("Vangnet payouts", f"EUR {_eur(b['vangnet_payout'].sum())} to {int((b['vangnet_payout'] > 0).sum())} "
                             "municipalities"),
-        ("Unexplained surpluses (flagged)", f"{int(flagged.sum())} municipalities (level {d.flag_level:g}, "
+        ("Unexplained surpluses (flagged)", f"{int(flagged.sum())} municipalities ({_esc(d.flag_rule)}, "
                                             f"{d.replicates} {_esc(bs.get('method', ''))} replicates)"),
         (f"Rob cap at kappa = {d.kappa:g}", f"{int((c['clawed_back'] > 0).sum())} municipalities capped; EUR "
                                             f"{_eur(c['clawed_back'].sum())} redistributed "
@@ -404,8 +406,9 @@ def section_bands(d: RunData) -> str:
     caption = (f"Every municipality's budget band (dark, 95% of {d.replicates} replicates) and the band of spending "
                "the model predicts for it (light; coefficient, outcome and between-municipality randomness), both "
                "relative to its point budget, against its actual spending (dot). A municipality is flagged (red) "
-               f"when it has a surplus and fewer than {100 * d.flag_level:g}% of the replicates simulate spending "
-               "as low as its actual spending. Values beyond the axis are drawn at its edge; hover for figures.")
+               f"when it has a surplus and {_esc(d.flag_rule)}: p_explained is the probability under the light "
+               "band of spending as low as its actual spending, q_value its Benjamini-Hochberg adjustment over all "
+               "municipalities (false discovery rate). Values beyond the axis are drawn at its edge; hover for figures.")
     rows = []
     for i in np.flatnonzero(flagged)[np.argsort(-f["surplus"][flagged] / budget[flagged], kind="stable")]:
         row = [_esc(d.names[i]), _esc(d.codes[i]), _eur(budget[i]), _eur(spend[i]),
@@ -672,8 +675,8 @@ def render(d: RunData) -> str:
     body.append(f"<h1>{_esc(title)}</h1>")
     body.append(f"<p>{_esc(source)}; model spec {_esc(model.get('spec'))}; regime {_esc(d.regime.name)}"
                 f"{' with overrides' if s.get('regime', {}).get('overrides') else ''}; {d.replicates} "
-                f"{_esc(bs.get('method'))} bootstrap replicates (seed {_esc(bs.get('seed'))}); flag level "
-                f"{d.flag_level:g}; cap kappa {d.kappa:g} ({_esc(cap.get('redistribute'))}).</p>")
+                f"{_esc(bs.get('method'))} bootstrap replicates (seed {_esc(bs.get('seed'))}); flags: "
+                f"{_esc(d.flag_rule)}; cap kappa {d.kappa:g} ({_esc(cap.get('redistribute'))}).</p>")
     body.append("<nav>" + "".join(f'<a href="#{a}">{_esc(t.split(":")[0])}</a>' for a, t, _ in sections) + "</nav>")
     for anchor, heading, content in sections:
         body.append(f'<section id="{anchor}">\n<h2>{_esc(heading)}{syn}</h2>')
