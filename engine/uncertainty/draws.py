@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtr
 from threadpoolctl import threadpool_limits
 
 from engine.model.design import read_households
@@ -86,8 +87,10 @@ def municipality_effects(fit: ModelFit) -> tuple[np.ndarray, np.ndarray, np.ndar
     return effect[ok], cov[np.ix_(ok, ok)], np.asarray(mun, dtype=np.int64)[ok]
 
 
-# median of a chi-square with one degree of freedom: median(x^2) for x ~ N(0, 1)
-_CHI2_MEDIAN = 0.45493642311957283
+# Huber's bound on standardised residuals, and E[min(Z^2, k^2)] for Z ~ N(0, 1)
+_HUBER_K = 2.5
+_HUBER_BETA = float((2 * ndtr(_HUBER_K) - 1) - 2 * _HUBER_K * np.exp(-_HUBER_K ** 2 / 2) / np.sqrt(2 * np.pi)
+                    + 2 * _HUBER_K ** 2 * (1 - ndtr(_HUBER_K)))
 
 
 def between_sd_estimate(fit: ModelFit, codes: np.ndarray | None = None, sd: float | None = None) -> BetweenSd:
@@ -97,11 +100,10 @@ def between_sd_estimate(fit: ModelFit, codes: np.ndarray | None = None, sd: floa
     c = a - mean(a), whose covariance C V_a C' (C = I - 11'/G) holds each effect's own
     sampling variance v_g but not the reference municipality's error, which every a_g
     shares and which does not spread them. Under a_g = mu + u_g + e_g, u_g ~ N(0, tau^2),
-    c_g / sqrt(tau^2 + v_g) is about N(0, 1); tau^2 solves
-    median(c_g^2 / (tau^2 + v_g)) = median of chi-square(1) (a robust, heteroscedastic
-    method of moments: a few municipalities with a strong policy of their own do not
-    inflate it; 0 when the sampling variance alone explains the spread; ``sd`` given: that
-    value). The mean is the precision-weighted mean of a_g - (intercept + common effect),
+    c_g / sqrt(tau^2 + v_g) is about N(0, 1), and tau^2 solves the likelihood equation with
+    bounded residuals (:func:`_solve_tau`: heteroscedastic, and a few municipalities with a
+    strong policy of their own do not inflate it; 0 when the sampling variance alone
+    explains the spread; ``sd`` given: that value). The mean is the precision-weighted mean of a_g - (intercept + common effect),
     weights 1 / (tau^2 + v_g). Municipalities
     without an estimable effect are left out and named in ``left_out`` (by ``codes``, the
     population's municipality codes in order; default the fit's); never NaN."""
@@ -123,14 +125,20 @@ def between_sd_estimate(fit: ModelFit, codes: np.ndarray | None = None, sd: floa
 
 
 def _solve_tau(c: np.ndarray, v: np.ndarray) -> float:
-    """tau >= 0 with median(c^2 / (tau^2 + v)) = median of chi-square(1) (bisection), 0 if none."""
-    stat = lambda t2: np.median(c ** 2 / (t2 + v)) - _CHI2_MEDIAN  # noqa: E731  decreasing in t2
-    if not np.isfinite(stat(0.0)) or stat(0.0) <= 0:
+    """tau >= 0 solving sum_g (min(r_g^2, k^2) - beta) / (tau^2 + v_g) = 0, r_g = c_g / sqrt(tau^2 + v_g):
+    the maximum-likelihood equation of tau^2 for c_g ~ N(0, tau^2 + v_g) with the squared
+    standardised residuals bounded at k = 2.5 (Huber's proposal 2; beta = E min(Z^2, k^2) keeps it
+    unbiased under the normal model). Bisection; 0 when the equation is negative at 0."""
+    def score(t2: float) -> float:
+        s2 = t2 + v
+        return float(np.sum((np.minimum(c ** 2 / s2, _HUBER_K ** 2) - _HUBER_BETA) / s2))
+
+    if not np.isfinite(score(0.0)) or score(0.0) <= 0:
         return 0.0
     lo, hi = 0.0, float(np.max(c ** 2)) + 1.0
     for _ in range(200):                                           # bisection to 1e-12 relative
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if stat(mid) > 0 else (lo, mid)
+        lo, hi = (mid, hi) if score(mid) > 0 else (lo, mid)
         if hi - lo <= 1e-12 * hi:
             break
     return float(np.sqrt(0.5 * (lo + hi)))
