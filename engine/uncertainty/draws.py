@@ -103,9 +103,10 @@ def between_sd_estimate(fit: ModelFit, codes: np.ndarray | None = None, sd: floa
     c_g / sqrt(tau^2 + v_g) is about N(0, 1), and tau^2 solves the likelihood equation with
     bounded residuals (:func:`_solve_tau`: heteroscedastic, and a few municipalities with a
     strong policy of their own do not inflate it; 0 when the sampling variance alone
-    explains the spread; ``sd`` given: that value). The mean is the precision-weighted mean of a_g - (intercept + common effect),
-    weights 1 / (tau^2 + v_g). Municipalities
-    without an estimable effect are left out and named in ``left_out`` (by ``codes``, the
+    explains the spread; ``sd`` given: that value). The mean is a Huber M-estimate of the
+    location of a_g - (intercept + common effect) with precision weights 1 / (tau^2 + v_g)
+    (the same bound k: planted strict municipalities do not drag it). Municipalities without
+    an estimable effect are left out and named in ``left_out`` (by ``codes``, the
     population's municipality codes in order; default the fit's); never NaN."""
     effect, cov, mun = municipality_effects(fit)
     codes = fit.mun_codes if codes is None else codes
@@ -118,9 +119,15 @@ def between_sd_estimate(fit: ModelFit, codes: np.ndarray | None = None, sd: floa
     Ca = cov - cov.mean(axis=0, keepdims=True)                     # C V (column means removed)
     v = np.clip(np.diag(Ca) - Ca.mean(axis=1), 1e-300, None)       # diag(C V C')
     tau = _solve_tau(c, v) if sd is None else float(sd)
-    w = 1.0 / (tau ** 2 + v)
-    level = fit.volume.params[0] + fit.volume.fe_common
-    mean = float(np.dot(w, effect) / w.sum() - level)
+    s2 = tau ** 2 + v
+    mu = float(np.dot(1 / s2, effect) / np.sum(1 / s2))
+    for _ in range(50):                                            # iteratively reweighted
+        r = np.abs(effect - mu) / np.sqrt(s2)
+        w = np.minimum(1.0, _HUBER_K / np.maximum(r, 1e-300)) / s2
+        mu, old = float(np.dot(w, effect) / w.sum()), mu
+        if abs(mu - old) <= 1e-12 * max(abs(mu), 1.0):
+            break
+    mean = mu - float(fit.volume.params[0] + fit.volume.fe_common)
     return BetweenSd(tau, G, left_out, mean if np.isfinite(mean) else 0.0)
 
 
