@@ -270,3 +270,32 @@ def test_planted_surpluses_are_drawn_in_the_range(tmp_path):
     assert np.all((s >= 0.1) & (s <= 0.3)) and s.std() > 0.02
     with pytest.raises(ValueError, match="planted-surplus"):
         generate(tmp_path / "x", households=20_000, seed=3, planted_surplus=(0.3, 0.1))
+
+
+def test_flags_by_fdr_or_level_and_the_rule_in_the_metadata(tmp_path):
+    """A hand-made result: three clear surpluses among 40 municipalities; flags per test and by BH."""
+    from engine.app.cli import main
+    from engine.uncertainty.settings import Settings
+    from engine.uncertainty.summaries import BootstrapResult, flags_table
+
+    G, R = 40, 30
+    rng = np.random.default_rng(7)
+    cost = 1e6 * np.exp(rng.normal(0, 0.01, (R, G)))
+    spending = 1e6 * np.exp(rng.normal(0, 0.05, G))
+    spending[:3] = 0.7e6                                   # 30% below the model: p about 1e-12
+    res = BootstrapResult(settings=Settings("p", "c", "2019"), replicates=R, codes=np.array([f"G{g}" for g in range(G)]),
+                          names=np.array([f"n{g}" for g in range(G)], dtype=object), point_budget=np.full(G, 1e6),
+                          spending=spending, between_sd=0.05, values={"objective_cost": cost,
+                          "outcome_sd": np.full((R, G), 1e4), "simulated_spending": cost}, seconds=0.0, computed=R,
+                          elasticity=np.ones(G))
+    by_level, by_fdr = flags_table(res, level=0.05), flags_table(res, fdr=0.1)
+    p = by_level.column("p_explained").to_numpy()
+    q = by_fdr.column("q_value").to_numpy()
+    surplus = by_level.column("surplus").to_numpy() > 0
+    np.testing.assert_array_equal(by_level.column("flagged").to_numpy(), surplus & (p < 0.05))
+    np.testing.assert_array_equal(by_fdr.column("flagged").to_numpy(), surplus & (q <= 0.1))
+    assert by_fdr.column("flagged").to_numpy()[:3].all() and np.all(p[:3] < 1e-6)
+    assert b"Benjamini-Hochberg" in by_fdr.schema.metadata[b"flag_rule"]
+    assert b"per test" in by_level.schema.metadata[b"flag_rule"]
+    assert main(["bootstrap", "--population", str(tmp_path), "--fdr", "1.5", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()

@@ -139,6 +139,7 @@ def cmd_bootstrap(args) -> int:
     from engine.uncertainty.settings import Settings
     from engine.uncertainty.summaries import flags_table, write_results
 
+    _check_fdr(args.fdr)
     coefficients = args.coefficients
     if coefficients is None:
         from engine.model.fitted import fit_to_folder
@@ -148,7 +149,6 @@ def cmd_bootstrap(args) -> int:
         if not (Path(coefficients) / "coefficients.parquet").exists():
             _say(args, f"no --coefficients given: fitting the model into {coefficients}")
             fit_to_folder(read_population(args.population), coefficients, spec=args.spec)
-    _check_fdr(args.fdr)
     settings = Settings(population=args.population, coefficients=coefficients, regime=args.regime,
                         method=args.method, seed=args.seed, between_sd=args.between_sd)
     res = run_bootstrap(settings, args.out, replicates=args.replicates, batch_size=args.batch_size,
