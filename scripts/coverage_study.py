@@ -36,6 +36,19 @@ Diagnostics, to explain a coverage that is off rather than hide it:
 - the z-score of the budget share (point - truth) / bootstrap sd, its mean (bias) and sd
   (should be about 1) over the municipalities of each world.
 
+Flags, on the same worlds (``engine.uncertainty.summaries.flags_table``):
+
+- calibration of ``p_explained`` on the municipalities without a planted effect: the
+  Kolmogorov-Smirnov distance from the uniform, pooled over worlds and per world, and the
+  counts below 0.01 and 0.05 against the binomial 99% range (``--planted 0``: null worlds);
+- on the planted ones (surpluses drawn from ``--planted-surplus``): precision, recall and the
+  false discovery proportion per world of the Benjamini-Hochberg flags at ``--fdr``, and the
+  recall (power) by planted surplus (10%, 15%, 20%, 25%, 30% bins) at ``--fdr`` and ``--level``;
+- the between-municipality sd of the band over the truth's sd of municipality effects.
+
+Per-world coverage is reported as a distribution (5th percentile and quartiles) and the
+coefficient z-score mean squares with their standard error over worlds.
+
 Outputs in ``--out``: ``coverage_worlds.csv`` (one row per world), ``coverage_municipalities.csv``
 (one row per world and municipality), ``coverage_terms.csv`` (one row per world and
 coefficient: estimate, truth, cluster-robust se, z), ``coverage_summary.json``, and a readable table on
@@ -62,9 +75,54 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 LEVEL = 0.95
 CLASSES = ("historical", "pro_rata", "objective")
+NULL_LEVELS = (0.01, 0.05)
+SURPLUS_BINS = ((0.0, 0.125), (0.125, 0.175), (0.175, 0.225), (0.225, 0.275), (0.275, 1.0))
+
+
+def mean_se(x) -> tuple[float, float]:
+    """Mean over worlds and its standard error (sd / sqrt(worlds))."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(x.mean()), (float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan"))
+
+
+def binomial_99(n: int, p: float) -> tuple[int, int]:
+    """The central 99% range of a Binomial(n, p) count."""
+    return int(stats.binom.ppf(0.005, n, p)), int(stats.binom.ppf(0.995, n, p))
+
+
+def flag_summary(worlds: list[dict], muns: list[dict], fdr: float) -> dict:
+    """Calibration of p_explained on the municipalities without a planted effect (KS against the
+    uniform, pooled and per world; counts below each level against the binomial 99% range) and,
+    on the planted ones, recall by planted surplus and precision at false discovery rate ``fdr``."""
+    null = np.array([m["p_explained"] for m in muns if not m["planted"]])
+    ks = stats.kstest(null, "uniform")
+    out = {"null_municipalities": int(null.size), "ks_null_pooled": float(ks.statistic),
+           "ks_null_pooled_p": float(ks.pvalue),
+           "ks_null_per_world": [round(w["ks_null"], 4) for w in worlds],
+           "ks_null_per_world_p_below_0_01": int(sum(w["ks_null_p"] < 0.01 for w in worlds))}
+    for a in NULL_LEVELS:
+        lo, hi = binomial_99(null.size, a)
+        out[f"null_below_{a:g}"] = {"count": int((null < a).sum()), "expected": a * null.size,
+                                   "binomial_99": [lo, hi]}
+    planted = [m for m in muns if m["planted"] and m["planted_surplus"] is not None]
+    flagged = sum(w["flagged_q"] for w in worlds)
+    fdp = [w["false_flagged_q"] / w["flagged_q"] if w["flagged_q"] else 0.0 for w in worlds]
+    out["fdr"] = fdr
+    out["precision_q"] = (sum(w["true_flagged_q"] for w in worlds) / flagged) if flagged else float("nan")
+    out["false_discovery_proportion_mean"], out["false_discovery_proportion_se"] = mean_se(fdp)
+    out["recall_q"] = (float(np.mean([m["flagged_q"] for m in planted])) if planted else float("nan"))
+    out["power_by_surplus"] = []
+    for lo, hi in SURPLUS_BINS:
+        sel = [m for m in planted if lo <= m["planted_surplus"] < hi]
+        if sel:
+            out["power_by_surplus"].append({"surplus_from": lo, "surplus_to": hi, "n": len(sel),
+                                            "recall_q": float(np.mean([m["flagged_q"] for m in sel])),
+                                            "recall_level": float(np.mean([m["flagged_level"] for m in sel]))})
+    return out
 
 
 def expected_coverage_finite_b(replicates: int, level: float = LEVEL) -> float:
@@ -133,7 +191,7 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
     from engine.uncertainty.bootstrap import run_bootstrap
     from engine.uncertainty.draws import context
     from engine.uncertainty.settings import Settings
-    from engine.uncertainty.summaries import bands_table
+    from engine.uncertainty.summaries import bands_table, flags_table
     from engine.model.fitted import fit_to_folder
     from engine.model.population import read_population
     from engine.rules.budget import allocate
@@ -142,7 +200,7 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
     world = root / f"world-{seed}"
     t0 = time.perf_counter()
     generate(world / "population", households=args.households, seed=seed, planted=args.planted,
-             planted_effect=args.planted_effect, policy_sd=args.policy_sd)
+             planted_effect=args.planted_effect, planted_surplus=tuple(args.planted_surplus), policy_sd=args.policy_sd)
     t1 = time.perf_counter()
     fit_to_folder(read_population(world / "population"), world / "fit", spec=args.spec)
     t2 = time.perf_counter()
@@ -193,6 +251,15 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
     zv = (v.params[v_cmp] - vp[v_cmp]) / v.se("cluster")[v_cmp]
     zp = (p.params[p_cmp] - pp[p_cmp]) / p.se("cluster")[p_cmp]
 
+    flags = flags_table(res, args.level)
+    p_explained = flags.column("p_explained").to_numpy()
+    q_value = flags.column("q_value").to_numpy()
+    surplus_pos = flags.column("surplus").to_numpy() > 0
+    planted = np.array([bool(by_code[c]["planted"]) for c in codes])
+    planted_surplus = truth.get("planted_surplus") or {}
+    null_p = p_explained[~planted]
+    ks = stats.kstest(null_p, "uniform")
+    flag_q = surplus_pos & (q_value <= args.fdr)
     ok = ~degenerate
     objective = ok & (cls > 0)
     row = {"seed": seed, "households": args.households, "replicates": args.replicates,
@@ -209,6 +276,12 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
         "z_share_mean_gt15k": float(np.mean(zs)), "z_share_sd_gt15k": float(np.std(zs, ddof=1)),
         "z2_volume": float(np.mean(zv ** 2)), "z2_price": float(np.mean(zp ** 2)),
         "n_volume_terms": len(zv), "n_price_terms": len(zp),
+        "between_sd": res.between_sd, "between_mean": res.between_mean,
+        "truth_effect_sd": float(np.std([m["policy_effect"] for m in truth["municipalities"] if not m["planted"]])),
+        "ks_null": float(ks.statistic), "ks_null_p": float(ks.pvalue), "n_null": int(null_p.size),
+        **{f"null_below_{a:g}": int((null_p < a).sum()) for a in NULL_LEVELS},
+        "flagged_q": int(flag_q.sum()), "true_flagged_q": int((flag_q & planted).sum()),
+        "false_flagged_q": int((flag_q & ~planted).sum()), "planted": int(planted.sum()),
         "common_effect_fit": float(v.params[0] + v.fe_common), "common_effect_truth": float(vp[0]),
         "common_effect_truth_realised": float(real_c),
         "objective_cost_point_over_truth": float(res.values["objective_cost"].mean(axis=0).sum() / true_cost.sum()),
@@ -222,7 +295,9 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
                  "budget_q2_5": b_lo[g], "budget_q97_5": b_hi[g], "covered": bool(cover["budget"][g]),
                  "true_share": true_share[g], "share_q2_5": s_lo[g], "share_q97_5": s_hi[g],
                  "share_covered": bool(cover["share"][g]), "objective_share_covered": bool(cover["objective_share"][g]),
-                 "z_share": z_share[g]}
+                 "z_share": z_share[g], "planted_surplus": planted_surplus.get(c) if planted[g] else None,
+                 "p_explained": p_explained[g], "q_value": q_value[g], "flagged_q": bool(flag_q[g]),
+                 "flagged_level": bool(surplus_pos[g] and p_explained[g] < args.level)}
                 for g, c in enumerate(codes)]
     term_rows = [{"seed": seed, "component": comp.name, "term": comp.term_names[i], "estimate": comp.params[i],
                   "truth": truth_params[i], "se_cluster": comp.se("cluster")[i], "z": z}
@@ -259,14 +334,17 @@ def summarise(worlds: list[dict], muns: list[dict], replicates: int) -> dict:
         out[f"{what}_gt15k"]["per_world_max"] = float(np.max(per_world))
         sd = float(np.std(per_world, ddof=1)) if len(per_world) > 1 else float("nan")
         out[f"{what}_gt15k"]["per_world_sd"] = sd
+        out[f"{what}_gt15k"]["per_world_q5"] = float(np.quantile(per_world, 0.05))
+        out[f"{what}_gt15k"]["per_world_quartiles"] = [float(x) for x in np.quantile(per_world, [0.25, 0.5, 0.75])]
         # municipalities of one world miss together (one coefficient error moves them all):
         # the standard error of the pooled rate is that of the mean of the per-world rates
         out[f"{what}_gt15k"]["se_between_worlds"] = sd / np.sqrt(len(per_world))
     for what in ("budget_realised", "share_realised"):
         out[f"{what}_gt15k"] = {"coverage": float(np.mean([w[f"{what}_cov_gt15k"] for w in worlds]))}
     out["degenerate_per_world"] = sorted({w["degenerate"] for w in worlds})
-    out["z2_volume_mean"] = float(np.mean([w["z2_volume"] for w in worlds]))
-    out["z2_price_mean"] = float(np.mean([w["z2_price"] for w in worlds]))
+    out["z2_volume_mean"], out["z2_volume_se"] = mean_se([w["z2_volume"] for w in worlds])
+    out["z2_price_mean"], out["z2_price_se"] = mean_se([w["z2_price"] for w in worlds])
+    out["between_sd_over_truth"] = mean_se([w["between_sd"] / w["truth_effect_sd"] for w in worlds])
     out["n_volume_terms"], out["n_price_terms"] = worlds[0]["n_volume_terms"], worlds[0]["n_price_terms"]
     out["z_share_mean_gt15k"] = float(np.mean([w["z_share_mean_gt15k"] for w in worlds]))
     out["z_share_sd_gt15k"] = float(np.mean([w["z_share_sd_gt15k"] for w in worlds]))
@@ -292,7 +370,8 @@ def format_report(worlds: list[dict], s: dict) -> str:
               f"degenerate bands excluded (width 0; per world: {s['degenerate_per_world']})",
               f"budget coverage, municipalities > 15k inhabitants: {g['coverage']:.4f} (n = {g['n']}; per world "
               f"{g['per_world_min']:.3f} .. {g['per_world_max']:.3f}, sd {g['per_world_sd']:.3f}; standard error of the "
-              f"rate over worlds {g['se_between_worlds']:.3f})"]
+              f"rate over worlds {g['se_between_worlds']:.3f}); 5th percentile of per-world coverage "
+              f"{g['per_world_q5']:.3f}, quartiles " + " / ".join(f"{x:.3f}" for x in g["per_world_quartiles"])]
     for what in ("budget", "share", "objective_share"):
         parts = [f"{lab} {s[f'{what}_{lab}']['coverage']:.4f} (n {s[f'{what}_{lab}']['n']})"
                  for lab in ("gt15k", "all", *CLASSES) if f"{what}_{lab}" in s]
@@ -301,9 +380,28 @@ def format_report(worlds: list[dict], s: dict) -> str:
               f"share {s['share_realised_gt15k']['coverage']:.4f} (> 15k)",
               f"  planted municipalities: budget coverage {s['planted_budget_coverage']:.3f}",
               f"coefficient z-scores (estimate - truth) / cluster-robust se, mean square over worlds: volume "
-              f"{s['z2_volume_mean']:.2f} ({s['n_volume_terms']} terms), price {s['z2_price_mean']:.2f} "
-              f"({s['n_price_terms']} terms); 1 if the covariance is right",
-              f"budget share z = (point - truth) / bootstrap sd (> 15k): mean {s['z_share_mean_gt15k']:+.2f}, "
+              f"{s['z2_volume_mean']:.3f} (se {s['z2_volume_se']:.3f}; {s['n_volume_terms']} terms), price "
+              f"{s['z2_price_mean']:.3f} (se {s['z2_price_se']:.3f}; {s['n_price_terms']} terms); 1 if the covariance "
+              "is right",
+              f"between-municipality sd / truth's sd of municipality effects: {s['between_sd_over_truth'][0]:.3f} "
+              f"(se {s['between_sd_over_truth'][1]:.3f})"]
+    f = s["flags"]
+    lines += [f"p_explained of the {f['null_municipalities']} municipality-worlds without a planted effect: KS "
+              f"{f['ks_null_pooled']:.4f} (p {f['ks_null_pooled_p']:.3g}) pooled; per world "
+              f"{min(f['ks_null_per_world']):.3f} .. {max(f['ks_null_per_world']):.3f}, "
+              f"{f['ks_null_per_world_p_below_0_01']} of {s['worlds']} worlds with KS p < 0.01"]
+    for a in NULL_LEVELS:
+        c = f[f"null_below_{a:g}"]
+        lines.append(f"  p_explained < {a:g}: {c['count']} (expected {c['expected']:.1f}, binomial 99% range "
+                     f"{c['binomial_99'][0]}-{c['binomial_99'][1]})")
+    lines.append(f"flags at false discovery rate q = {f['fdr']:g}: precision {f['precision_q']:.3f}, recall "
+                 f"{f['recall_q']:.3f}; false discovery proportion per world {f['false_discovery_proportion_mean']:.3f} "
+                 f"(se {f['false_discovery_proportion_se']:.3f})")
+    for b in f["power_by_surplus"]:
+        lines.append(f"  planted surplus {100 * b['surplus_from']:.1f}-{100 * min(b['surplus_to'], 1):.1f}%: recall "
+                     f"{b['recall_q']:.3f} at q = {f['fdr']:g}, {b['recall_level']:.3f} at level {s['level']:g} per "
+                     f"test (n {b['n']})")
+    lines += [f"budget share z = (point - truth) / bootstrap sd (> 15k): mean {s['z_share_mean_gt15k']:+.2f}, "
               f"sd {s['z_share_sd_gt15k']:.2f} (averaged over worlds)"]
     return "\n".join(lines)
 
@@ -319,8 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicates", type=int, default=1000, help="parametric bootstrap replicates per world")
     p.add_argument("--seed", type=int, default=1000, help="seed of the first world (then +1, +2, ...); also "
                                                            "the bootstrap seed of that world")
-    p.add_argument("--planted", type=int, default=10, help="planted strong-policy municipalities per world")
-    p.add_argument("--planted-effect", type=float, default=-0.7, help="planted effect on the log-odds")
+    p.add_argument("--planted", type=int, default=10, help="planted strict-policy municipalities per world "
+                                                            "(0: null worlds)")
+    p.add_argument("--planted-surplus", type=float, nargs=2, default=(0.10, 0.30), metavar=("MIN", "MAX"),
+                   help="planted surpluses drawn uniformly from MIN-MAX (equal: one size)")
+    p.add_argument("--planted-effect", type=float, default=0.0,
+                   help="not 0: a fixed planted effect on the log-odds instead")
+    p.add_argument("--level", type=float, default=0.01, help="flag level per test")
+    p.add_argument("--fdr", type=float, default=0.1, help="false discovery rate of the BH flags")
     p.add_argument("--policy-sd", type=float, default=0.05, help="sd of the natural policy effects")
     p.add_argument("--spec", default="2019", help="model spec")
     p.add_argument("--regime", default="2019", help="regime of the household model")
@@ -349,9 +453,12 @@ def main(argv: list[str] | None = None) -> int:
               f"all {row['budget_cov_all']:.3f}; "
               f"{row['seconds_generate'] + row['seconds_fit'] + row['seconds_bootstrap']:.1f} s", flush=True)
     s = summarise(worlds, muns, args.replicates)
+    s["flags"] = flag_summary(worlds, muns, args.fdr)
+    s["level"] = args.level
     s.update({"households": args.households, "seconds": time.perf_counter() - t0, "cores": os.cpu_count(),
               "loadavg_start": load0, "loadavg_end": os.getloadavg(), "seed": args.seed,
-              "planted": args.planted, "planted_effect": args.planted_effect, "policy_sd": args.policy_sd})
+              "planted": args.planted, "planted_effect": args.planted_effect, "policy_sd": args.policy_sd,
+              "planted_surplus": list(args.planted_surplus)})
     _write_csv(out / "coverage_worlds.csv", worlds)
     _write_csv(out / "coverage_municipalities.csv", muns)
     _write_csv(out / "coverage_terms.csv", terms)

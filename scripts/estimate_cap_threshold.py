@@ -24,8 +24,18 @@ and for every kappa of the grid:
   the model's prediction rule applied to the truth) by more than kappa of it. The rate
   is false caps / caps (empty: no caps). Missed planted municipalities are counted too.
 
-Also: the flag precision and recall on the planted municipalities at ``--level`` (issue
-figure: precision >= 90% at recall >= 80%) and a curve over ``--levels``.
+Also: the flag precision and recall on the planted municipalities at ``--level`` and a
+curve over ``--levels``.
+
+``--worlds N`` instead generates N synthetic worlds (seeds ``--world-seed``, +1, ...; each
+with ``--planted`` strict-policy municipalities whose surplus is drawn from
+``--planted-surplus``), fits and bootstraps each, and reports per error rate (``--levels``
+per test and ``--fdrs`` Benjamini-Hochberg) and kappa: municipalities capped, false caps
+(capped without a planted strict policy), the false-cap rate, the euros clawed back and the
+euros wrongly clawed back (from the falsely capped; also from those whose true surplus is at
+most kappa), each as the mean over worlds with a Monte Carlo 95% interval (mean +- 1.96
+standard errors) and the 2.5-97.5% range of the worlds; ``false_caps_worlds.csv`` (one row per
+world, rule and kappa) and ``false_caps_summary.csv``.
 
 Outputs in ``--out``: ``cap_threshold.csv`` (one row per kappa and redistribution rule),
 ``cap_stability.csv`` (one row per municipality and kappa: flagged, capped at the point,
@@ -35,6 +45,8 @@ on stdout. Only the public engine API is used (no CLI subprocesses).
     python scripts/estimate_cap_threshold.py --households 1000000 --out /tmp/cap        # a synthetic world
     python scripts/estimate_cap_threshold.py --population POP --coefficients FIT --bootstrap BOOT --out /tmp/cap
     python scripts/estimate_cap_threshold.py --population POP --kappas 0,0.05,0.1,0.2 --level 0.005 --out /tmp/cap
+    python scripts/estimate_cap_threshold.py --worlds 20 --households 1000000 --kappas 0,0.05,0.1,0.2 \
+        --levels 0.001,0.01,0.05 --fdrs 0.05,0.1 --out /tmp/cap-worlds
 """
 
 from __future__ import annotations
@@ -182,6 +194,123 @@ def flag_curve(res, planted: np.ndarray, levels: list[float]) -> list[dict]:
     return out
 
 
+def error_rules(levels: list[float], fdrs: list[float]) -> list[tuple[str, float]]:
+    """The flag rules of the sweep: ("level", a) per test and ("fdr", q) Benjamini-Hochberg."""
+    return [("level", a) for a in levels] + [("fdr", q) for q in fdrs]
+
+
+def false_caps(res, truth: Truth, kappas: list[float], rules: list[tuple[str, float]]) -> list[dict]:
+    """One world: per flag rule and kappa the caps against the truth (point budgets, pro rata).
+
+    A cap is false when the municipality has no planted strict policy; ``wrong_eur`` is what is
+    clawed back from those, ``wrong_eur_true_surplus`` what is clawed back from municipalities whose
+    true surplus (1 - expected cost / objective cost) is at most kappa."""
+    from engine.rules.cap import rob_cap
+    from engine.uncertainty.summaries import flags_table
+
+    out = []
+    for kind, x in rules:
+        flags = flags_table(res, level=x) if kind == "level" else flags_table(res, fdr=x)
+        flagged = flags.column("flagged").to_numpy(zero_copy_only=False)
+        for kappa in kappas:
+            c = rob_cap(res.point_budget, res.spending, flagged, kappa, "pro_rata")
+            capped = c.clawed_back > 0
+            wrong = capped & ~truth.planted
+            not_truly = capped & ~(truth.true_surplus() > kappa)
+            out.append({"rule": kind, "error_rate": x, "kappa": kappa, "flagged": int(flagged.sum()),
+                        "capped": int(capped.sum()), "false_caps": int(wrong.sum()),
+                        "false_cap_rate": wrong.sum() / capped.sum() if capped.any() else float("nan"),
+                        "clawed_back_eur": float(c.clawed_back.sum()), "wrong_eur": float(c.clawed_back[wrong].sum()),
+                        "wrong_eur_true_surplus": float(c.clawed_back[not_truly].sum()),
+                        "planted_capped": int((capped & truth.planted).sum()), "planted": int(truth.planted.sum())})
+    return out
+
+
+def over_worlds(rows: list[dict]) -> list[dict]:
+    """Per rule, error rate and kappa: the mean over worlds with a Monte Carlo 95% interval
+    (mean +- 1.96 standard errors) and the 2.5-97.5% range of the worlds. The false-cap rate
+    is pooled (false caps / caps over all worlds) besides its mean over worlds with caps."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["rule"], r["error_rate"], r["kappa"]), []).append(r)
+    out = []
+    for (rule, x, kappa), rs in groups.items():
+        row = {"rule": rule, "error_rate": x, "kappa": kappa, "worlds": len(rs)}
+        for k in ("capped", "false_caps", "clawed_back_eur", "wrong_eur", "wrong_eur_true_surplus", "planted_capped"):
+            v = np.array([r[k] for r in rs], dtype=np.float64)
+            se = v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else float("nan")
+            row.update({f"{k}_mean": v.mean(), f"{k}_ci_lo": v.mean() - 1.96 * se, f"{k}_ci_hi": v.mean() + 1.96 * se,
+                        f"{k}_q2_5": float(np.quantile(v, 0.025)), f"{k}_q97_5": float(np.quantile(v, 0.975))})
+        caps = sum(r["capped"] for r in rs)
+        row["false_cap_rate_pooled"] = sum(r["false_caps"] for r in rs) / caps if caps else float("nan")
+        rates = np.array([r["false_cap_rate"] for r in rs if r["capped"]])
+        se = rates.std(ddof=1) / np.sqrt(rates.size) if rates.size > 1 else float("nan")
+        row.update({"false_cap_rate_mean": float(rates.mean()) if rates.size else float("nan"),
+                    "false_cap_rate_ci_lo": float(rates.mean() - 1.96 * se) if rates.size else float("nan"),
+                    "false_cap_rate_ci_hi": float(rates.mean() + 1.96 * se) if rates.size else float("nan"),
+                    "worlds_with_caps": int(rates.size),
+                    "recall_planted": sum(r["planted_capped"] for r in rs) / max(sum(r["planted"] for r in rs), 1)})
+        out.append(row)
+    return out
+
+
+def format_worlds(rows: list[dict]) -> str:
+    lines = [f"{'rule':>5} {'rate':>7} {'kappa':>6} {'capped':>13} {'false caps':>13} {'false rate':>19} "
+             f"{'wrong EUR mln (95% MC)':>26} {'clawed EUR mln':>15} {'recall':>6}"]
+    for r in rows:
+        lines.append(f"{r['rule']:>5} {r['error_rate']:>7g} {r['kappa']:>6.3f} {r['capped_mean']:>6.2f} "
+                     f"({r['capped_q2_5']:.0f}-{r['capped_q97_5']:.0f}) {r['false_caps_mean']:>6.2f} "
+                     f"({r['false_caps_q2_5']:.0f}-{r['false_caps_q97_5']:.0f}) {r['false_cap_rate_pooled']:>6.3f} "
+                     f"[{r['false_cap_rate_ci_lo']:.2f}, {r['false_cap_rate_ci_hi']:.2f}] "
+                     f"{r['wrong_eur_mean'] / 1e6:>8.2f} [{r['wrong_eur_ci_lo'] / 1e6:.2f}, "
+                     f"{r['wrong_eur_ci_hi'] / 1e6:.2f}] {r['clawed_back_eur_mean'] / 1e6:>15.2f} "
+                     f"{r['recall_planted']:>6.2f}")
+    return "\n".join(lines)
+
+
+def run_worlds(args) -> int:
+    """``--worlds N``: N synthetic worlds (seeds --world-seed, +1, ...): generate, fit, bootstrap,
+    and the false caps per flag rule and kappa with Monte Carlo intervals over the worlds."""
+    import shutil
+
+    from engine.model.fitted import fit_to_folder
+    from engine.model.population import read_population
+    from engine.uncertainty.bootstrap import run_bootstrap
+    from engine.uncertainty.draws import context
+    from engine.uncertainty.settings import Settings
+    from engine.world.synth import generate
+
+    kappas = parse_grid(args.kappas)
+    rules = error_rules(parse_grid(args.levels), parse_grid(args.fdrs) if args.fdrs else [])
+    out = Path(args.out)
+    rows = []
+    for i in range(args.worlds):
+        seed = args.world_seed + i
+        w = out / "worlds" / f"world-{seed}"
+        t0 = time.perf_counter()
+        generate(w / "population", households=args.households, seed=seed, planted=args.planted,
+                 planted_surplus=tuple(args.planted_surplus))
+        fit_to_folder(read_population(w / "population"), w / "fit", spec=args.spec)
+        s = Settings(population=str(w / "population"), coefficients=str(w / "fit"), regime=args.regime,
+                     method=args.method, seed=args.seed + i, between_sd=args.between_sd)
+        res = run_bootstrap(s, w / "bootstrap", replicates=args.replicates, batch_size=args.batch_size,
+                            workers=args.workers)
+        truth = Truth.from_json(context(s).truth, res.codes)
+        rows += [{"world_seed": seed, **r} for r in false_caps(res, truth, kappas, rules)]
+        shutil.rmtree(w, ignore_errors=True)
+        print(f"world {i + 1}/{args.worlds} (seed {seed}): {time.perf_counter() - t0:.1f} s", flush=True)
+    summary = over_worlds(rows)
+    _write_csv(out / "false_caps_worlds.csv", rows)
+    _write_csv(out / "false_caps_summary.csv", summary)
+    print(f"\n{args.worlds} worlds of {args.households:,} households, {args.planted} planted surpluses of "
+          f"{100 * args.planted_surplus[0]:g}-{100 * args.planted_surplus[1]:g}%, {args.replicates} replicates; "
+          "caps pro rata at the point budgets; mean over worlds (2.5-97.5% of worlds) [Monte Carlo 95% interval "
+          "of the mean]; false: capped without a planted strict policy; wrong EUR: clawed back from those")
+    print(format_worlds(summary))
+    print(f"\nwrote false_caps_worlds.csv, false_caps_summary.csv to {out}")
+    return 0
+
+
 def _write_csv(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
@@ -243,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kappas", default=DEFAULT_KAPPAS, help="kappa grid: start:stop:step or a list")
     p.add_argument("--levels", default=DEFAULT_LEVELS, help="flag levels of the precision/recall curve")
     p.add_argument("--top", type=int, default=5, help="top recipients listed per rule")
+    p.add_argument("--worlds", type=int, default=0, help="N > 0: false caps over N generated synthetic worlds "
+                                                          "(per kappa and error rate, Monte Carlo intervals)")
+    p.add_argument("--planted", type=int, default=10, help="planted strict-policy municipalities of generated worlds")
+    p.add_argument("--planted-surplus", type=float, nargs=2, default=(0.10, 0.30), metavar=("MIN", "MAX"),
+                   help="planted surpluses of generated worlds, drawn uniformly from MIN-MAX")
+    p.add_argument("--fdrs", default="0.05,0.1,0.2", help="false discovery rates (Benjamini-Hochberg) of --worlds; "
+                                                          "empty: none")
     return p
 
 
@@ -262,7 +398,8 @@ def prepare(args) -> tuple:
 
             print(f"generating a synthetic world of {args.households:,} households (seed {args.world_seed}) "
                   f"into {population}", flush=True)
-            generate(population, households=args.households, seed=args.world_seed)
+            generate(population, households=args.households, seed=args.world_seed, planted=args.planted,
+                     planted_surplus=tuple(args.planted_surplus))
     coefficients = args.coefficients
     if coefficients is None:
         coefficients = str(out / "fit")
@@ -287,6 +424,10 @@ def prepare(args) -> tuple:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.worlds > 0:
+        if args.population or args.coefficients or args.bootstrap:
+            raise SystemExit("--worlds generates its own worlds: drop --population, --coefficients, --bootstrap")
+        return run_worlds(args)
     from engine.uncertainty.draws import context
     from engine.uncertainty.summaries import flags_table
 

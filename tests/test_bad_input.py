@@ -418,6 +418,11 @@ OUT_OF_RANGE = {
     ("population", "households"): (st.integers(-2**63, 387), "households"),      # 388 municipalities
     ("population", "planted"): (st.integers(-2**63, -1), "must be >= 0"),
     ("population", "policy_sd"): (NEGATIVE, "must be >= 0"),
+    ("bootstrap", "flag_fdr"): (st.one_of(NEGATIVE, st.floats(min_value=1, allow_infinity=False)),
+                                "must be 0 (flags per test at flag_level) or lie between 0 and 1"),
+    ("population", "planted_surplus"): (st.one_of(st.lists(st.floats(0, 0.5), max_size=1),
+                                                  st.lists(st.floats(min_value=1, allow_infinity=False), min_size=2,
+                                                           max_size=2)), "must be [min, max]"),
 }
 
 

@@ -128,7 +128,7 @@ def test_flags_find_planted_municipalities(tmp_path):
     from engine.model.population import read_population
     from engine.world.synth import generate
 
-    generate(tmp_path / "pop", households=1_000_000, seed=3)
+    generate(tmp_path / "pop", households=1_000_000, seed=3, planted_effect=-0.7)   # strong: a sanity check
     fit_to_folder(read_population(tmp_path / "pop"), tmp_path / "fit")
     s = Settings(population=str(tmp_path / "pop"), coefficients=str(tmp_path / "fit"), regime="2019", seed=1)
     res = run_bootstrap(s, tmp_path / "boot", replicates=200, batch_size=50, workers=0)

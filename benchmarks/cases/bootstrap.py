@@ -101,13 +101,15 @@ def _distribute(b, sums, noise):
     from engine.rules.budget import allocate
 
     out = {c: np.empty((len(noise), b.n_mun)) for c in ("objective_cost", "budget", "share", "effect_pct",
-                                                         "simulated_spending")}
+                                                         "outcome_sd", "simulated_spending")}
     for r, (z, u) in enumerate(noise):
         cost, var = sums[:, 0, r], sums[:, 1, r]
         budget = allocate(b.regime, cost, b.hist, b.inhabitants, b.tb).budget
         out["objective_cost"][r], out["budget"][r], out["share"][r] = cost, budget, budget / budget.sum()
         out["effect_pct"][r] = effects(budget, b.spending, b.inhabitants).pct
-        out["simulated_spending"][r] = (cost + np.sqrt(var) * z) * np.exp(b.between_sd * u * (1.0 - b.rate))
+        out["outcome_sd"][r] = np.sqrt(var)
+        out["simulated_spending"][r] = ((cost + np.sqrt(var) * z) *
+                                        np.exp((b.between.mean + b.between_sd * u) * b.elasticity))
     return out
 
 

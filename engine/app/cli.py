@@ -73,12 +73,28 @@ def cmd_synth(args) -> int:
 
     check_sizes(households=args.households)
     s = generate(args.out, households=args.households, seed=args.seed, planted=args.planted,
-                 planted_effect=args.planted_effect, policy_sd=args.policy_sd,
-                 progress=Progress("synth", args.quiet))
+                 planted_effect=args.planted_effect, planted_surplus=_min_max(args.planted_surplus),
+                 policy_sd=args.policy_sd, progress=Progress("synth", args.quiet))
     _say(args, f"synthetic Netherlands: {s.households:,} households in {s.municipalities} municipalities, "
                f"{s.neighbourhoods:,} neighbourhoods; {s.bijstand:,} bijstand and {s.lks:,} LKS households; "
                f"{s.seconds:.1f} s -> {s.out}")
     return 0
+
+
+def _min_max(text: str) -> tuple[float, float]:
+    """``--planted-surplus MIN,MAX`` (or one number: both)."""
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--planted-surplus must be MIN,MAX (two numbers), not {text!r}") from None
+    if len(parts) not in (1, 2):
+        raise ValueError(f"--planted-surplus must be MIN,MAX (two numbers), not {text!r}")
+    return (parts[0], parts[-1])
+
+
+def _check_fdr(fdr: float | None) -> None:
+    if fdr is not None and not 0 < fdr < 1:
+        raise ValueError(f"--fdr must lie between 0 and 1, not {fdr}")
 
 
 def cmd_validate(args) -> int:
@@ -174,6 +190,7 @@ def cmd_bootstrap(args) -> int:
     from engine.io.outputs import folder_lock
     from engine.model.spec import load_spec
     from engine.rules.regime import load_regime
+    _check_fdr(args.fdr)
 
     # every option is checked before anything is written
     if not 0 < args.level < 1:
@@ -195,11 +212,12 @@ def cmd_bootstrap(args) -> int:
             _warn_sparse(args, fit)
         res = run_bootstrap(settings, args.out, replicates=args.replicates, batch_size=args.batch_size,
                             workers=args.workers, scheduler=args.scheduler, progress=Progress("bootstrap", args.quiet))
-        write_results(res, args.out, level=args.level)
-    flags = flags_table(res, args.level).column("flagged").to_numpy()
+        write_results(res, args.out, level=args.level, fdr=args.fdr)
+    flags = flags_table(res, args.level, args.fdr).column("flagged").to_numpy()
+    rule = f"at false discovery rate {args.fdr}" if args.fdr is not None else f"at level {args.level} per test"
     _say(args, f"{res.replicates} {args.method} replicates ({res.computed} computed, "
                f"{res.replicates - res.computed} resumed) in {res.seconds:.1f} s; between-municipality sd "
-               f"{res.between_sd:.3f}; {int(flags.sum())} municipalities flagged at level {args.level}; wrote "
+               f"{res.between_sd:.3f}; {int(flags.sum())} municipalities flagged {rule}; wrote "
                f"replicates.parquet, bands.parquet, flags.parquet to {args.out}")
     _say_csv_copies(args, "replicates.parquet", "bands.parquet", "flags.parquet")
     return 0
@@ -370,9 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"number of households (default: the real total, {REAL_HOUSEHOLDS:,})")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
     p.add_argument("--planted", type=int, default=10,
-                   help="municipalities (>40k inhabitants) with a strong planted policy effect (default: %(default)s)")
-    p.add_argument("--planted-effect", type=float, default=-0.7,
-                   help="planted effect on the log-odds of bijstand (default: %(default)s)")
+                   help="municipalities (>40k inhabitants) with a planted strict policy (an unexplained surplus) (default: %(default)s)")
+    p.add_argument("--planted-surplus", default="0.10,0.30",
+                   help="MIN,MAX: each planted municipality saves a share of its expected spending drawn uniformly "
+                        "from this range (default: %(default)s)")
+    p.add_argument("--planted-effect", type=float, default=0.0,
+                   help="not 0: instead a fixed planted effect on the log-odds of bijstand (default: %(default)s)")
     p.add_argument("--policy-sd", type=float, default=0.05,
                    help="sd of every municipality's natural policy effect on the log-odds (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
@@ -427,7 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=25, help="replicates per Dask task (default: %(default)s)")
     add_dask(p)
     p.add_argument("--level", type=float, default=0.01,
-                   help="flag a surplus when the share of replicates with spending at or below the actual is below this (default: %(default)s)")
+                   help="flag a surplus when p_explained (the probability under the spending band of spending at or "
+                        "below the actual) is below this, per test (default: %(default)s)")
+    p.add_argument("--fdr", type=float, default=None, metavar="Q",
+                   help="flag instead when the Benjamini-Hochberg q-value is at most Q: false discovery rate control "
+                        "over all municipalities (flags.parquet holds q_value either way)")
     p.add_argument("--between-sd", default="auto",
                    help="sd of municipality effects around the model in the spending band: auto (robust, from the "
                         "fixed effects), or a number; 0: coefficient and outcome randomness only (default: %(default)s)")

@@ -21,7 +21,6 @@ one run only, even after a run into it was killed; without it the folder may mix
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import shutil
@@ -223,7 +222,8 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     if scenario.synthetic:
         tell(f"population: generating the synthetic Netherlands ({scenario.households:,} households) into {pop_dir}")
         generate(pop_dir, households=scenario.households, seed=scenario.population_seed, planted=scenario.planted,
-                 planted_effect=scenario.planted_effect, policy_sd=scenario.policy_sd, progress=bar("synth"))
+                 planted_effect=scenario.planted_effect, planted_surplus=tuple(scenario.planted_surplus),
+                 policy_sd=scenario.policy_sd, progress=bar("synth"))
         lap("population")
         pop = read_population(pop_dir)
         lap("read + validate")
@@ -264,10 +264,10 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
                         between_sd=scenario.bootstrap_between_sd())
     boot = run_bootstrap(settings, out, replicates=scenario.replicates, batch_size=scenario.batch_size,
                          workers=workers, scheduler=scheduler, progress=bar("bootstrap"))
-    write_results(boot, out, level=scenario.flag_level)
+    write_results(boot, out, level=scenario.flag_level, fdr=scenario.fdr())
     lap("bootstrap")
 
-    flags = flags_table(boot, scenario.flag_level)
+    flags = flags_table(boot, scenario.flag_level, scenario.fdr())
     table, capped = capped_table(flags, scenario.kappa, scenario.redistribute, budget.regime.vangnet)
     with atomic_dir(out) as tmp:
         pq.write_table(table, tmp / "capped_budgets.parquet")
@@ -414,18 +414,15 @@ def format_summary(r: RunResult) -> str:
     boot = r.bootstrap
     lines.append(f"bootstrap: {boot.replicates} {s.method} replicates ({boot.computed} computed now); median band "
                  f"width (95%) {st['median_band_width_pct']:.1f}% of the budget")
-    lines.append(f"flags: {st['flagged']} municipalities with a surplus the model does not explain (level "
-                 f"{s.flag_level:g}); cap kappa {s.kappa:g}: {st['capped']} capped, EUR "
+    rule = f"false discovery rate {s.fdr():g}" if s.fdr() else f"level {s.flag_level:g} per test"
+    lines.append(f"flags: {st['flagged']} municipalities with a surplus the model does not explain ({rule}); "
+                 f"cap kappa {s.kappa:g}: {st['capped']} capped, EUR "
                  f"{st['clawed_back_eur'] / 1e6:,.2f} mln redistributed ({s.redistribute}; EUR "
                  f"{st['received_by_deficit_eur'] / 1e6:,.2f} mln to municipalities in deficit); vangnet after the "
                  f"cap EUR {st['capped_vangnet_eur'] / 1e6:,.1f} mln to {st['capped_vangnet_municipalities']}")
     if st["unallocated_eur"] > 0:
         lines.append(f"cap: every municipality is capped, so EUR {st['unallocated_eur'] / 1e6:,.2f} mln clawed back "
                      "goes to no municipality (back to the macro budget)")
-    if boot.replicates * s.flag_level < 5:
-        lines.append(f"note: {boot.replicates} replicates are few for flag level {s.flag_level:g} (a municipality is "
-                     "flagged when hardly any replicate spends as little); use at least "
-                     f"{math.ceil(10 / s.flag_level):,} replicates (--replicates) for stable flags")
     lines.append("")
     out = r.out
     if r.report is not None:

@@ -31,6 +31,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("population", "seed"): ("population_seed", int),
     ("population", "planted"): ("planted", int),
     ("population", "planted_effect"): ("planted_effect", float),
+    ("population", "planted_surplus"): ("planted_surplus", list),
     ("population", "policy_sd"): ("policy_sd", float),
     ("model", "spec"): ("spec", str),
     ("regime", "name"): ("regime", str),
@@ -41,11 +42,12 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("bootstrap", "batch_size"): ("batch_size", int),
     ("bootstrap", "seed"): ("bootstrap_seed", int),
     ("bootstrap", "flag_level"): ("flag_level", float),
+    ("bootstrap", "flag_fdr"): ("flag_fdr", float),
     ("bootstrap", "between_sd"): ("between_sd", object),
     ("cap", "kappa"): ("kappa", float),
     ("cap", "redistribute"): ("redistribute", str),
 }
-GENERATOR_KEYS = ("households", "seed", "planted", "planted_effect", "policy_sd")
+GENERATOR_KEYS = ("households", "seed", "planted", "planted_effect", "planted_surplus", "policy_sd")
 
 # Regime keys a scenario may add although the base regime file lacks them (the ex-ante cap of
 # 2005.toml switched on elsewhere); below these tables any name is a new entry.
@@ -65,6 +67,7 @@ class Scenario:
     population_seed: int
     planted: int
     planted_effect: float
+    planted_surplus: list
     policy_sd: float
     spec: str
     regime: str
@@ -74,6 +77,7 @@ class Scenario:
     batch_size: int
     bootstrap_seed: int
     flag_level: float
+    flag_fdr: float
     between_sd: str | float
     kappa: float
     redistribute: str
@@ -97,6 +101,10 @@ class Scenario:
             "buig scenario: every value used by the run that wrote this file.\n"
             "Repeat the run exactly: buig run THIS_FILE --out OTHER_FOLDER\n"
             "Meaning of the keys: engine/data/scenarios/default.toml"))
+
+    def fdr(self) -> float | None:
+        """The false discovery rate the flags use (None: the per-test ``flag_level``)."""
+        return self.flag_fdr if self.flag_fdr > 0 else None
 
     def bootstrap_between_sd(self) -> str:
         return "auto" if self.between_sd == "auto" else repr(float(self.between_sd))
@@ -194,6 +202,9 @@ def validate_scenario(s: Scenario, where: str = "scenario") -> Scenario:
     check_sizes(s.households if s.synthetic else None, s.replicates, where=where)
     if not 0 < s.flag_level < 1:
         raise bad("bootstrap.flag_level", f"must lie between 0 and 1, not {s.flag_level}")
+    if not 0 <= s.flag_fdr < 1:
+        raise bad("bootstrap.flag_fdr", f"must be 0 (flags per test at flag_level) or lie between 0 and 1, "
+                  f"not {s.flag_fdr}")
     if not 0 <= s.kappa <= 1:                 # a surplus never exceeds the budget: kappa >= 1 caps nothing
         raise bad("cap.kappa", f"must lie between 0 and 1 (a fraction of the budget), not {s.kappa}")
     if s.between_sd != "auto" and (isinstance(s.between_sd, bool) or not isinstance(s.between_sd, (int, float))
@@ -211,6 +222,10 @@ def validate_scenario(s: Scenario, where: str = "scenario") -> Scenario:
                 raise bad(key, f"must be >= 0 (and finite), not {v}")
         if not math.isfinite(s.planted_effect):
             raise bad("population.planted_effect", f"must be a finite number, not {s.planted_effect}")
+        ps = s.planted_surplus
+        if (len(ps) != 2 or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in ps)
+                or not 0 <= ps[0] <= ps[1] < 1):
+            raise bad("population.planted_surplus", f"must be [min, max] with 0 <= min <= max < 1, not {ps!r}")
         if s.households < _synthetic_municipalities():
             raise bad("population.households", f"the synthetic Netherlands needs at least "
                       f"{_synthetic_municipalities()} households (one per municipality), not {s.households}")

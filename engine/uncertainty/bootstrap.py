@@ -18,11 +18,16 @@ number of workers and any batch size.
 
 Spending prediction band (for the flags): per replicate, the municipality's spending is
 simulated as E_r + sqrt(V_r) z (bijstand drawn from p: the normal approximation of the
-sum of Bernoulli costs), times exp(u (1 - p_g)) with u ~ N(0, between_sd^2), the normal
-variation of municipalities around the model, estimated robustly from the fixed effects
-(``between_sd="auto"``; 0 switches it off). ``p_explained`` is the share of replicates
-whose simulated spending is at or below the actual one: a surplus is unexplained when
-actual spending lies below the lower end of the band, i.e. ``p_explained < level``.
+sum of Bernoulli costs), times exp(e_g (mu + u)) with u ~ N(0, between_sd^2): the
+municipality's own effect on the log-odds around the model, mu its mean relative to the
+common effect and e_g the elasticity of the municipality's cost to a shift of the log-odds
+(:func:`engine.uncertainty.draws.spending_elasticity`). ``between_sd="auto"`` estimates sd
+and mean from the fixed effects contrasted with their mean
+(:func:`engine.uncertainty.draws.between_sd_estimate`); a number fixes the sd (0 switches
+it off). ``p_explained`` (:func:`engine.uncertainty.summaries.explained_probability`) is
+the probability under this band that spending is at or below the actual one, averaged
+over the coefficient replicates: a surplus is unexplained when ``p_explained < level``,
+or, with false-discovery-rate control, when its Benjamini-Hochberg q-value is at most Q.
 """
 
 from __future__ import annotations
@@ -112,4 +117,5 @@ def _run_bootstrap(settings: Settings, out: Path, replicates: int, batch_size: i
                            names=np.asarray(ctx.municipalities.column("name").to_pylist(), dtype=object),
                            point_budget=ctx.point_budget.budget, spending=ctx.spending, between_sd=ctx.between_sd,
                            values=values, seconds=time.perf_counter() - t0, computed=sum(b - a for a, b in todo),
-                           inputs=inputs)
+                           inputs=inputs, elasticity=ctx.elasticity, between_left_out=ctx.between.left_out,
+                           between_mean=ctx.between.mean)

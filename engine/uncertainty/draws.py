@@ -9,7 +9,11 @@ number of workers. See :mod:`engine.uncertainty.bootstrap` for the methods.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
+from scipy.special import ndtr
 from threadpoolctl import threadpool_limits
 
 from engine.model.design import read_households
@@ -31,23 +35,172 @@ def _sqrt_psd(cov: np.ndarray) -> np.ndarray:
         return V * np.sqrt(np.clip(w, 0, None))
 
 
-def between_sd_from_fit(fit: ModelFit) -> float:
-    """Robust estimate of the sd of municipality effects around the model.
+@dataclass(frozen=True)
+class BetweenSd:
+    """The spread of municipality effects around the model (log-odds of the volume component).
 
-    The fixed effects (with the intercept) estimate each municipality's effect; their
-    spread is MAD * 1.4826 (robust to a few extreme municipalities), from which the mean
-    sampling variance is subtracted (method of moments); 0 if nothing is left.
-    """
+    ``sd``: the estimate; ``mean``: the mean effect relative to the common effect of
+    prediction (which is fitted to the national count, so it weights municipalities by
+    size: the typical municipality's effect need not be 0); ``used``: municipalities in the
+    estimate; ``left_out``: codes of municipalities without an estimable effect (all or
+    none of their households with the outcome: the fit drops their fixed effect), reported
+    and not used."""
+
+    sd: float
+    used: int
+    left_out: tuple[str, ...] = ()
+    mean: float = 0.0
+
+
+def municipality_effects(fit: ModelFit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(effects, covariance, municipality index) of the municipalities with an estimated effect.
+
+    A municipality's effect is the intercept plus its fixed effect (the reference
+    municipality: the intercept alone); the covariance ``T V T'`` is that of the
+    model-based covariance V of intercept and fixed effects. Every effect shares the
+    intercept's sampling error, so the diagonal alone overstates what spreads them.
+    Municipalities whose fixed effect the fit dropped (all or none of their households
+    with the outcome) have no effect; when the first municipality is dropped, the fit's
+    reference is the first one with an effect (its own term is NaN, its effect the intercept)."""
     v = fit.volume
-    names = v.term_names
-    fe = [i for i, t in enumerate(names) if t.startswith("municipality[") and np.isfinite(v.params[i])]
-    if len(fe) < 10:
+    fe = [i for i, t in enumerate(v.term_names) if t.startswith("municipality[")]
+    if not fe:
+        return np.zeros(0), np.zeros((0, 0)), np.zeros(0, dtype=np.int64)
+    dropped = set(v.dropped_municipalities)
+    fe_dropped = np.array([v.term_names[i][len("municipality["):-1] in dropped for i in fe])
+    fe_nan = ~np.isfinite(v.params[fe])
+    substitute = fe_nan & ~fe_dropped                      # the reference when the first one is dropped
+    terms = [[0]] if not substitute.any() else []          # municipality 0 (the reference) unless dropped
+    mun = [0] if not substitute.any() else []
+    for g, i in enumerate(fe, start=1):
+        if not fe_dropped[g - 1]:
+            terms.append([0] if fe_nan[g - 1] else [0, i])
+            mun.append(g)
+    idx = np.unique(np.concatenate([np.asarray(t) for t in terms]))
+    pos = {k: j for j, k in enumerate(idx)}
+    T = np.zeros((len(terms), idx.size))
+    for m, t in enumerate(terms):
+        T[m, [pos[k] for k in t]] = 1.0
+    effect, cov = T @ v.params[idx], T @ v.cov_model[np.ix_(idx, idx)] @ T.T
+    ok = np.isfinite(effect) & np.isfinite(cov).all(axis=1)
+    return effect[ok], cov[np.ix_(ok, ok)], np.asarray(mun, dtype=np.int64)[ok]
+
+
+# Huber's bound on standardised residuals, and E[min(Z^2, k^2)] for Z ~ N(0, 1)
+_HUBER_K = 2.5
+_HUBER_BETA = float((2 * ndtr(_HUBER_K) - 1) - 2 * _HUBER_K * np.exp(-_HUBER_K ** 2 / 2) / np.sqrt(2 * np.pi)
+                    + 2 * _HUBER_K ** 2 * (1 - ndtr(_HUBER_K)))
+
+
+def between_sd_estimate(fit: ModelFit, codes: np.ndarray | None = None, sd: float | None = None) -> BetweenSd:
+    """Robust estimate of the sd tau of municipality effects around the model.
+
+    The effects a_g (intercept + fixed effect) are contrasted with their mean,
+    c = a - mean(a), whose covariance C V_a C' (C = I - 11'/G) holds each effect's own
+    sampling variance v_g but not the reference municipality's error, which every a_g
+    shares and which does not spread them. Under a_g = mu + u_g + e_g, u_g ~ N(0, tau^2),
+    c_g / sqrt(tau^2 + v_g) is about N(0, 1), and tau^2 solves the likelihood equation with
+    bounded residuals (:func:`_solve_tau`: heteroscedastic, and a few municipalities with a
+    strong policy of their own do not inflate it much), then refined without the
+    municipalities beyond 3 sd (:func:`_trimmed`); 0 when the sampling variance alone
+    explains the spread; ``sd`` given: that value). The mean is a Huber M-estimate of the
+    location of a_g - (intercept + common effect) with precision weights 1 / (tau^2 + v_g)
+    (the same bound k: planted strict municipalities do not drag it). Municipalities without
+    an estimable effect are left out and named in ``left_out`` (by ``codes``, the
+    population's municipality codes in order; default the fit's); never NaN."""
+    effect, cov, mun = municipality_effects(fit)
+    codes = fit.mun_codes if codes is None else codes
+    used = set(mun.tolist())
+    left_out = tuple(str(c) for g, c in enumerate(codes) if g not in used)
+    if effect.size < 10:
+        return BetweenSd(0.0 if sd is None else float(sd), int(effect.size), left_out)
+    G = effect.size
+    c = effect - effect.mean()
+    Ca = cov - cov.mean(axis=0, keepdims=True)                     # C V (column means removed)
+    v = np.clip(np.diag(Ca) - Ca.mean(axis=1), 1e-300, None)       # diag(C V C')
+    tau = _solve_tau(c, v) if sd is None else float(sd)
+    s2 = tau ** 2 + v
+    mu = float(np.dot(1 / s2, effect) / np.sum(1 / s2))
+    for _ in range(50):                                            # iteratively reweighted
+        r = np.abs(effect - mu) / np.sqrt(s2)
+        w = np.minimum(1.0, _HUBER_K / np.maximum(r, 1e-300)) / s2
+        mu, old = float(np.dot(w, effect) / w.sum()), mu
+        if abs(mu - old) <= 1e-12 * max(abs(mu), 1.0):
+            break
+    tau, mu = _trimmed(effect, v, tau, mu, fixed_sd=sd is not None)
+    mean = mu - float(fit.volume.params[0] + fit.volume.fe_common)
+    return BetweenSd(tau, G, left_out, mean if np.isfinite(mean) else 0.0)
+
+
+def _solve_tau(c: np.ndarray, v: np.ndarray, bound: float = _HUBER_K, beta: float = _HUBER_BETA) -> float:
+    """tau >= 0 solving sum_g (min(r_g^2, k^2) - beta) / (tau^2 + v_g) = 0, r_g = c_g / sqrt(tau^2 + v_g):
+    the maximum-likelihood equation of tau^2 for c_g ~ N(0, tau^2 + v_g) with the squared
+    standardised residuals bounded at k = 2.5 (Huber's proposal 2; beta = E min(Z^2, k^2) keeps it
+    unbiased under the normal model). Bisection; 0 when the equation is negative at 0."""
+    def score(t2: float) -> float:
+        s2 = t2 + v
+        return float(np.sum((np.minimum(c ** 2 / s2, bound ** 2) - beta) / s2))
+
+    if not np.isfinite(score(0.0)) or score(0.0) <= 0:
         return 0.0
-    fe = np.asarray(fe)
-    effect = v.params[fe]
-    var = np.diag(v.cov_model)[fe]
-    spread = 1.4826 * np.median(np.abs(effect - np.median(effect)))
-    return float(np.sqrt(max(spread ** 2 - np.median(var), 0.0)))
+    lo, hi = 0.0, float(np.max(c ** 2)) + 1.0
+    for _ in range(200):                                           # bisection to 1e-12 relative
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if score(mid) > 0 else (lo, mid)
+        if hi - lo <= 1e-12 * hi:
+            break
+    return float(np.sqrt(0.5 * (lo + hi)))
+
+
+# municipalities further than _TRIM sds from the centre are left out of the second step;
+# E[Z^2 | |Z| < _TRIM] keeps the likelihood equation unbiased under the normal model
+_TRIM = 3.0
+_TRIM_BETA = float(1 - 2 * _TRIM * np.exp(-_TRIM ** 2 / 2) / np.sqrt(2 * np.pi) / (2 * ndtr(_TRIM) - 1))
+
+
+def _trimmed(effect: np.ndarray, v: np.ndarray, tau: float, mu: float, fixed_sd: bool = False) -> tuple[float, float]:
+    """Second step from the bounded-residual estimate (tau, mu): municipalities with
+    |effect - mu| > 3 sqrt(tau^2 + v) (strict policies of their own, such as planted ones) are
+    left out and tau^2 and mu re-solved on the rest by the likelihood equations of a normal
+    truncated at 3 sd, until the set is stable. Huber's bound alone still lets each outlier
+    push tau up by k^2 - beta: a dozen strict large municipalities inflate it by 15-20%."""
+    keep = None
+    for _ in range(30):
+        s2 = tau ** 2 + v
+        new = np.abs(effect - mu) < _TRIM * np.sqrt(s2)
+        if keep is not None and np.array_equal(new, keep):
+            break
+        keep = new
+        if keep.sum() < 10:
+            break
+        e, vk = effect[keep], v[keep]
+        for _ in range(100):                                     # alternate location and spread
+            w = 1.0 / (tau ** 2 + vk)
+            mu = float(np.dot(w, e) / w.sum())
+            if fixed_sd:
+                break
+            new_tau = _solve_tau(e - mu, vk, bound=np.inf, beta=_TRIM_BETA)
+            if abs(new_tau - tau) <= 1e-10 * max(tau, 1e-12):
+                tau = new_tau
+                break
+            tau = new_tau
+    return tau, mu
+
+
+def between_sd_from_fit(fit: ModelFit) -> float:
+    """:func:`between_sd_estimate`'s sd."""
+    return between_sd_estimate(fit).sd
+
+
+def spending_elasticity(hh, fit: ModelFit, pd_, step: float = 1e-3) -> np.ndarray:
+    """d log(objective cost) / d u per municipality, u a shift of the log-odds of the volume:
+    sum p (1 - p) f N / sum p f N, by a central difference of two predictions with the
+    common effect moved by +-``step`` (exact to O(step^2)). 0 where the cost is 0."""
+    at = lambda d: predict(hh, dataclasses.replace(  # noqa: E731
+        fit, volume=dataclasses.replace(fit.volume, fe_common=fit.volume.fe_common + d)), pd_).objective_cost
+    up, down = at(step), at(-step)
+    ok = (up > 0) & (down > 0)
+    return np.where(ok, (np.log(np.where(ok, up, 1.0)) - np.log(np.where(ok, down, 1.0))) / (2 * step), 0.0)
 
 
 class Context:
@@ -77,10 +230,10 @@ class Context:
         self.point = predict(self.hh, self.fit, self.pd)
         cost = self.point.objective_cost
         self.point_budget = allocate(regime, cost, self.hist, self.inhabitants, self.tb)
-        households = self.point.households.sum(1)
-        self.rate = self.point.predicted.sum(1) / np.maximum(households, 1)
-        self.between_sd = (between_sd_from_fit(self.fit) if settings.between_sd == "auto"
-                           else float(settings.between_sd))
+        self.elasticity = spending_elasticity(self.hh, self.fit, self.pd)
+        self.between = between_sd_estimate(self.fit, self.hh.mun_codes,
+                                           None if settings.between_sd == "auto" else float(settings.between_sd))
+        self.between_sd = self.between.sd
         v, p = self.fit.volume, self.fit.price
         # terms without a variance (not estimable, or separated with an estimate of their own) are not drawn
         self.v_draw = np.asarray([i for i, t in enumerate(v.term_names) if t != "intercept"
@@ -136,8 +289,9 @@ class Context:
             out["budget"][i] = b.budget
             out["share"][i] = b.budget / b.budget.sum()
             out["effect_pct"][i] = effects(b.budget, self.spending, self.inhabitants).pct
+            out["outcome_sd"][i] = np.sqrt(var)
             out["simulated_spending"][i] = ((cost + np.sqrt(var) * z) *
-                                            np.exp(self.between_sd * u * (1.0 - self.rate)))
+                                            np.exp((self.between.mean + self.between_sd * u) * self.elasticity))
         return out
 
 

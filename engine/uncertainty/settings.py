@@ -11,7 +11,8 @@ from pathlib import Path
 
 METHODS = ("parametric", "cluster")
 QUANTILES = (0.025, 0.05, 0.5, 0.95, 0.975)
-REPLICATE_COLUMNS = ("objective_cost", "budget", "share", "effect_pct", "simulated_spending")
+# outcome_sd: sd of the municipality's cost when bijstand is drawn from p (sqrt of sum p (1 - p) (f N)^2)
+REPLICATE_COLUMNS = ("objective_cost", "budget", "share", "effect_pct", "outcome_sd", "simulated_spending")
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,7 @@ def inputs_digest(settings: Settings) -> str:
         spec = Path(str(info.get("spec", {}).get("file", "")))
         add("spec", _file_digest(spec) if spec.is_file() else "missing")
     add("fit.json", json.dumps(info, sort_keys=True))
+    add("replicate columns", ",".join(REPLICATE_COLUMNS))       # batches of an older format are recomputed
     try:
         add("regime", _file_digest(resolve("regime", settings.regime)))
     except FileNotFoundError:

@@ -19,7 +19,8 @@ draws from child g, so the output is bit-identical for the same seed):
    (scaled to N). The part of that calibration the characteristics do not explain is
    structural and shifts the share of non-working adults of the municipality's wijken;
    the municipality effect is a common level plus a small natural policy effect, and
-   ``planted`` municipalities get a strong extra policy effect. Benefit paid = realised fraction x gross 2019 norm (kostendelersnorm
+   ``planted`` municipalities get a strict planted policy (a drawn surplus of 10-30% of their expected
+   spending). Benefit paid = realised fraction x gross 2019 norm (kostendelersnorm
    applied; its gross-up is calibrated so that expected national spending equals the 2019 macro
    budget, see ``engine/data/norms/2019.toml``); duration classes, the granieten voorraad, spending
    in t and in t-2 (each municipality's own expected cost in t times the real change of its CBS
@@ -108,12 +109,14 @@ class WorldParams:
     target_rate: np.ndarray         # expected volume outcome per household
     policy: np.ndarray              # natural policy effect per municipality (log-odds)
     planted: np.ndarray             # municipality indices with a planted policy effect
+    planted_surplus: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per planted municipality
 
 
 SNW_MIN, SNW_MAX = 0.01, 0.95
 
 
-def _world_params(geo: Geography, rng: np.random.Generator, planted: int, policy_sd: float) -> WorldParams:
+def _world_params(geo: Geography, rng: np.random.Generator, planted: int, policy_sd: float,
+                  planted_surplus: tuple[float, float] = (0.10, 0.30)) -> WorldParams:
     n_mun, W = len(geo.mun_code), len(geo.wk_code)
     rate = np.maximum(truth.HOUSEHOLDS_PER_RECIPIENT * geo.rec2017 / geo.households, 0.002)
     lg = np.log(rate / (1 - rate))
@@ -138,12 +141,14 @@ def _world_params(geo: Geography, rng: np.random.Generator, planted: int, policy
     jobs_access = jobs_reg[geo.region[geo.wk_mun]] * np.exp(rng.normal(0, 0.10, W)) * (1 + 0.06 * (3 - geo.wk_urbanity))
     large = np.flatnonzero(geo.inhabitants > 40_000)
     chosen = np.sort(rng.choice(large, size=min(planted, large.size), replace=False)) if planted else np.array([], int)
-    return WorldParams(
+    wp = WorldParams(
         dep_wijk=dep, share_non_working=snw, liveability=liv, jobs_access=jobs_access,
         jobs_availability=jobs_reg[geo.region], job_growth=growth_reg[geo.region],
         long_term=rng.normal(0, 0.25, n_mun), price_level=rng.normal(0, 0.04, n_mun),
         need_noise=rng.normal(0, 0.15, n_mun), household_growth=rng.normal(0.006, 0.008, n_mun),
         target_rate=rate, policy=rng.normal(0, policy_sd, n_mun), planted=chosen)
+    wp.planted_surplus = rng.uniform(*planted_surplus, chosen.size)   # drawn last: the rest does not change
+    return wp
 
 
 def _solve_alpha(eta0: np.ndarray, target: float) -> float:
@@ -158,6 +163,23 @@ def _solve_alpha(eta0: np.ndarray, target: float) -> float:
         step = f / max(d, 1e-12)
         a -= np.clip(step, -2, 2)
         if abs(f) < 1e-9 * max(target, 1):
+            break
+    return float(a)
+
+
+def planted_alpha(alpha: float, eta0: np.ndarray, price: np.ndarray, planted_effect: float, surplus: float) -> float:
+    """The municipality effect with a planted strict policy: ``alpha + planted_effect`` when
+    that is not 0, else the effect at which the expected cost sum logistic(alpha + eta0) x
+    price is (1 - ``surplus``) times the cost without it (Newton, monotone)."""
+    if planted_effect != 0:
+        return alpha + planted_effect
+    target = (1.0 - surplus) * float(np.dot(_logistic(alpha + eta0), price))
+    a = alpha + np.log(1.0 - surplus)
+    for _ in range(60):
+        p = _logistic(a + eta0)
+        f = float(np.dot(p, price)) - target
+        a -= np.clip(f / max(float(np.dot(p * (1 - p), price)), 1e-300), -2, 2)
+        if abs(f) < 1e-10 * max(target, 1.0):
             break
     return float(a)
 
@@ -256,7 +278,8 @@ def generate_municipality(g: int, geo: Geography, wp: WorldParams, n_wijk: np.nd
     eta0 = eta0 + beta_snw * (snw_new[np.searchsorted(wks, wk)] - nb_snw)
     alpha = _solve_alpha(eta0, target)                 # = wanted, up to the clipping
     if g in wp.planted:
-        alpha += planted_effect
+        alpha = planted_alpha(alpha, eta0, _logistic(zeta) * norm_table[htype, age, sharing], planted_effect,
+                              float(wp.planted_surplus[np.searchsorted(wp.planted, g)]))
     p = _logistic(alpha + eta0)
     y = rng.random(n) < p
     p_lks = _logistic(truth.LKS_INTERCEPT + truth.LKS_WORK_LIMITATION * worklim)
@@ -335,13 +358,15 @@ class SynthSummary:
 
 
 def generate(out: str | Path, households: int = REAL_HOUSEHOLDS, seed: int = 0, planted: int = 10,
-             planted_effect: float = -0.7, policy_sd: float = truth.POLICY_SD, threads: int | None = None,
-             progress=None) -> SynthSummary:
+             planted_effect: float = 0.0, policy_sd: float = truth.POLICY_SD, threads: int | None = None,
+             progress=None, planted_surplus: tuple[float, float] = (0.10, 0.30)) -> SynthSummary:
     """Generate a synthetic Netherlands of ``households`` households into folder ``out``.
 
     ``planted`` municipalities (chosen among those above 40,000 inhabitants) get an extra
-    policy effect ``planted_effect`` on the log-odds of bijstand (negative: a strict policy
-    that leaves a surplus the model cannot explain); every municipality has a natural
+    strict policy that leaves a surplus the model cannot explain: their expected spending is
+    (1 - s) times what it would be without it, s drawn uniformly from ``planted_surplus``
+    (min, max) per municipality, or, when ``planted_effect`` is not 0, a fixed effect of that
+    size on the log-odds of bijstand (negative: a surplus); every municipality has a natural
     policy effect drawn from N(0, ``policy_sd``). ``progress(done, total)`` is called
     after each municipality. Municipalities are generated on ``threads`` threads (default:
     the number of cores) and written in order; the output does not depend on ``threads``.
@@ -360,7 +385,9 @@ def generate(out: str | Path, households: int = REAL_HOUSEHOLDS, seed: int = 0, 
         raise ValueError(f"--planted must be >= 0, not {planted}")
     root = np.random.SeedSequence(seed)
     world_ss, *mun_ss = root.spawn(n_mun + 1)
-    wp = _world_params(geo, np.random.default_rng(world_ss), planted, policy_sd)
+    if not 0 <= planted_surplus[0] <= planted_surplus[1] < 1:
+        raise ValueError(f"--planted-surplus must be MIN,MAX with 0 <= MIN <= MAX < 1, not {planted_surplus}")
+    wp = _world_params(geo, np.random.default_rng(world_ss), planted, policy_sd, planted_surplus)
     n_wijk = allocate_households(geo, households)
     n_mun_hh = np.bincount(geo.wk_mun, weights=n_wijk, minlength=n_mun).astype(np.int64)
     scale = households / REAL_HOUSEHOLDS
@@ -445,6 +472,8 @@ def _write_truth(tmp: Path, geo: Geography, wp: WorldParams, n_mun_hh, stats, et
         "price": truth.PRICE,
         "planted_effect": planted_effect,
         "planted": [geo.mun_code[g] for g in sorted(planted)],
+        "planted_surplus": {geo.mun_code[g]: (float(s) if planted_effect == 0 else None)
+                            for g, s in zip(wp.planted.tolist(), wp.planted_surplus)},
         "municipalities": [
             {"code": geo.mun_code[g], "alpha": float(alpha[g]), "policy_effect": float(alpha[g] - c),
              "planted": g in planted, "target_households": float(wp.target_rate[g] * n_mun_hh[g]),

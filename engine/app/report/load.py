@@ -34,6 +34,7 @@ class RunData:
     bands: dict
     flags: dict
     flag_level: float
+    flag_rule: str
     replicates: int
     capped: dict
     kappa: float
@@ -96,6 +97,7 @@ def load_run(out: str | Path) -> RunData:
                    budgets=_columns(b, codes, "budgets.parquet"), tb=float(bmeta.get("tb", "nan")),
                    bands=_columns(pq.read_table(out / "bands.parquet"), codes, "bands.parquet"),
                    flags=_columns(flags_t, codes, "flags.parquet"), flag_level=float(fmeta.get("level", "nan")),
+                   flag_rule=fmeta.get("flag_rule", f"p_explained < {fmeta.get('level', '?')} (per test)"),
                    replicates=int(fmeta.get("replicates", "0")),
                    capped=_columns(capped_t, codes, "capped_budgets.parquet"),
                    kappa=float(cmeta.get("kappa", "nan")), redistribute=cmeta.get("redistribute", ""),

@@ -120,8 +120,8 @@ def render(d: RunData, labels: str = "en") -> str:
     body.append(f"<h1>{esc(title)}</h1>")
     body.append(f"<p>{esc(source)}; model spec {esc(model.get('spec'))}; regime {esc(d.regime.name)}"
                 f"{' with overrides' if s.get('regime', {}).get('overrides') else ''}; {d.replicates} "
-                f"{esc(bs.get('method'))} bootstrap replicates (seed {esc(bs.get('seed'))}); flag level "
-                f"{d.flag_level:g}; cap kappa {d.kappa:g} ({esc(cap.get('redistribute'))}).</p>")
+                f"{esc(bs.get('method'))} bootstrap replicates (seed {esc(bs.get('seed'))}); flags: "
+                f"{esc(d.flag_rule)}; cap kappa {d.kappa:g} ({esc(cap.get('redistribute'))}).</p>")
     body.append("<nav>" + "".join(f'<a href="#{a}">{esc(t.split(":")[0])}</a>' for a, t, _ in sections) + "</nav>")
     body.append('<p class="search"><label>Search a municipality: <input id="search" type="search" '
                 'placeholder="name or code, e.g. Sudwest" autocomplete="off"></label> <span id="hits"></span> '

@@ -43,7 +43,7 @@ def section_headline(d: RunData) -> str:
         ("Households in the population", num(d.households) if d.households is not None else "&ndash;"),
         ("Vangnet payouts", f"EUR {eur(b['vangnet_payout'].sum())} to {int((b['vangnet_payout'] > 0).sum())} "
                             "municipalities"),
-        ("Unexplained surpluses (flagged)", f"{int(flagged.sum())} municipalities (level {d.flag_level:g}, "
+        ("Unexplained surpluses (flagged)", f"{int(flagged.sum())} municipalities ({esc(d.flag_rule)}, "
                                             f"{d.replicates} {esc(bs.get('method', ''))} replicates)"),
         (f"Rob cap at kappa = {d.kappa:g}", f"{int((c['clawed_back'] > 0).sum())} municipalities capped; EUR "
                                             f"{eur(c['clawed_back'].sum())} redistributed "
@@ -147,8 +147,9 @@ def section_bands(d: RunData) -> str:
     caption = (f"Every municipality's budget band (dark, 95% of {d.replicates} replicates) and the band of spending "
                "the model predicts for it (light; coefficient, outcome and between-municipality randomness), both "
                "relative to its point budget, against its actual spending (dot). A municipality is flagged (red) "
-               f"when it has a surplus and fewer than {100 * d.flag_level:g}% of the replicates simulate spending "
-               "as low as its actual spending. Values beyond the axis are drawn at its edge; hover for figures.")
+               f"when it has a surplus and {esc(d.flag_rule)}: p_explained is the probability under the light "
+               "band of spending as low as its actual spending, q_value its Benjamini-Hochberg adjustment over all "
+               "municipalities (false discovery rate). Values beyond the axis are drawn at its edge; hover for figures.")
     rows, keys = [], []
     for i in np.flatnonzero(flagged)[np.argsort(-f["surplus"][flagged] / budget[flagged], kind="stable")]:
         row = [esc(d.names[i]), esc(d.codes[i]), eur(budget[i]), eur(spend[i]),
