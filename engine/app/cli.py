@@ -4,7 +4,9 @@
     buig validate DIR                                   check a population folder
     buig fit      --population DIR --out DIR            estimate the volume and price models
     buig predict  --population DIR --coefficients DIR --out DIR
-                                                        objective cost per municipality
+    buig predict  --population DIR --spec NAME|FILE --out DIR
+                                                        objective cost per municipality (fitted, or
+                                                        from the published weights of a spec)
     buig run      [SCENARIO.toml] --out DIR             the main job: population -> fit -> predict -> budgets
                                                         -> bootstrap -> flags -> cap -> report.html
     buig sweep    SWEEP.toml [--out DIR]                a grid of scenario variants as Dask tasks
@@ -66,7 +68,7 @@ def cmd_synth(args) -> int:
 def cmd_validate(args) -> int:
     from engine.model.population import read_population
 
-    pop = read_population(args.population)
+    pop = read_population(args.population, args.catalogue)
     _say(args, f"{args.population}: valid ({pop.households.num_rows:,} households, "
                f"{pop.neighbourhoods.num_rows:,} neighbourhoods, {pop.municipalities.num_rows} municipalities"
                f"{', synthetic' if pop.synthetic else ''})")
@@ -74,12 +76,14 @@ def cmd_validate(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from engine.model.fitted import fit_to_folder
+    from engine.model.fitted import fit_to_folder, format_coefficients, published_comparison
     from engine.model.population import read_population
 
     t0 = time.perf_counter()
-    pop = read_population(args.population)
+    pop = read_population(args.population, args.catalogue)
     fit = fit_to_folder(pop, args.out, spec=args.spec, export=args.export_design, progress=Progress("fit", args.quiet))
+    if fit.spec.weights is not None:
+        _say(args, f"model spec {fit.spec.name}: published weights ({fit.spec.weights.reference}); nothing estimated")
     for c in (fit.volume, fit.price):
         extra = f", {len(c.dropped_municipalities)} municipalities without variation left out" if c.dropped_municipalities else ""
         extra += f", {c.n_clipped} fractions clipped to [0, 1]" if c.n_clipped else ""
@@ -88,6 +92,13 @@ def cmd_fit(args) -> int:
                       f"{', '.join(c.unestimable_terms)}")
         _say(args, f"{c.name}: {c.n_obs:,} households, {len(c.term_names)} terms, {c.iterations} Newton iterations, "
                    f"log-likelihood {c.loglik:,.2f}, gradient norm {c.gradient_norm:.1e}, {c.seconds:.1f} s{extra}")
+    _say(args, format_coefficients(fit))
+    if fit.spec.published and fit.spec.weights is None:
+        rows = published_comparison(fit)
+        _say(args, f"published values ({fit.spec.published.get('reference', '')}) beside the estimates:\n"
+                   + "\n".join(f"  {r['component']} {r['term']:<34} published {r['published']:>10.7f}  estimated "
+                                f"{r['estimate']:>10.7f}  (se {r['se_cluster']:.4f}, z {r['z_difference']:+.2f})"
+                                for r in rows))
     _say(args, f"wrote coefficients.parquet, fit.json, covariances.npz to {args.out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -101,9 +112,21 @@ def cmd_predict(args) -> int:
 
     import pyarrow.parquet as pq
 
-    pop = read_population(args.population)
-    fit = read_fit(args.coefficients)
+    from engine.model.fitted import fit_model
+    from engine.model.spec import load_spec
+
+    if (args.coefficients is None) == (args.spec is None):
+        raise ValueError("give either --coefficients (a folder written by buig fit) or --spec (a spec with "
+                         "published weights)")
+    spec = load_spec(args.spec) if args.spec is not None else None
+    if spec is not None and spec.weights is None:
+        raise ValueError(f"model spec {spec.name} has no published weights ([weights]): estimate it with "
+                         f"`buig fit --spec {args.spec}` and predict with --coefficients")
+    pop = read_population(args.population, args.catalogue)
+    if spec is not None and spec.kind == "municipal":
+        return _predict_municipal(args, pop, spec)
     hh = households_from_population(pop)
+    fit = read_fit(args.coefficients) if spec is None else fit_model(hh, spec)
     t0 = time.perf_counter()
     pred = predict(hh, fit)
     seconds = time.perf_counter() - t0
@@ -115,6 +138,29 @@ def cmd_predict(args) -> int:
                f"predicted {pred.predicted.sum():,.0f} vs actual {pred.actual.sum():,} households; "
                f"prediction {seconds:.2f} s ({hh.n / seconds / 1e6:.0f} million households/s); wrote "
                f"municipal_costs.parquet and rekentool.parquet to {args.out}")
+    return 0
+
+
+def _predict_municipal(args, pop, spec) -> int:
+    """``buig predict --spec`` of a municipality-level linear model (2011-2014)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from engine.io.outputs import atomic_dir
+    from engine.model.published import municipal_linear_cost
+
+    cost = municipal_linear_cost(spec, pop.municipalities, pop.catalogue)
+    mun = pop.municipalities
+    table = pa.table({"code": mun.column("code"), "name": mun.column("name"),
+                      "households": np.bincount(pop.household_municipality, minlength=mun.num_rows).astype(np.int64),
+                      "predicted_households": np.full(mun.num_rows, np.nan),
+                      "actual_households": np.full(mun.num_rows, np.nan),
+                      "objective_cost": cost, "objective_share": cost / cost.sum()})
+    with atomic_dir(args.out) as tmp:
+        pq.write_table(table, tmp / "municipal_costs.parquet")
+    _say(args, f"municipal model {spec.name} ({spec.weights.reference}): objective cost EUR {cost.sum() / 1e6:,.1f} "
+               f"mln over {mun.num_rows} municipalities; wrote municipal_costs.parquet to {args.out}")
     return 0
 
 
@@ -286,8 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sd of every municipality's natural policy effect on the log-odds (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
 
+    def add_catalogue(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--catalogue", default=None,
+                       help="catalogue of the population's characteristics: a built-in name or a TOML file "
+                            "(default: catalogue.toml in the population folder, else the built-in default)")
+
     p = add("validate", cmd_validate, "Check a population folder; exit 2 with the first error on a bad one.")
     p.add_argument("population", help="population folder")
+    add_catalogue(p)
 
     p = add("budget", cmd_budget, "Budgets of a distribution regime: budgets.parquet (one row per "
                                   "municipality) and redistribution.csv (seed 003's table and the regime's effects).")
@@ -311,11 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default="2019", help="model spec: a built-in name or a TOML file (default: %(default)s)")
     p.add_argument("--export-design", action="store_true",
                    help="also write the dense design of each component (small populations only)")
+    add_catalogue(p)
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("predict", cmd_predict, "Objective cost per municipality and the rekentool breakdown.")
     p.add_argument("--population", required=True, help="population folder")
-    p.add_argument("--coefficients", required=True, help="folder written by `buig fit`")
+    p.add_argument("--coefficients", default=None, help="folder written by `buig fit`")
+    p.add_argument("--spec", default=None, help="instead of --coefficients: a model spec with published weights "
+                                                "(built in: scp2015, ape2011 ... ape2014; or a TOML file)")
+    add_catalogue(p)
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("bootstrap", cmd_bootstrap, "Monte Carlo bands on every municipality's budget and flags for "
@@ -325,8 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default="2019", help="model spec when fitting here (default: %(default)s)")
     p.add_argument("--regime", default="2019", help="regime of the household model: name or TOML file (default: %(default)s)")
     p.add_argument("--replicates", type=int, default=200, help="number of replicates (default: %(default)s)")
-    p.add_argument("--method", choices=("parametric", "cluster"), default="parametric",
-                   help="coefficient draws from the cluster-robust covariance, or resampling municipalities and refitting")
+    p.add_argument("--method", choices=("parametric", "cluster", "outcome"), default="parametric",
+                   help="coefficient draws from the cluster-robust covariance, resampling municipalities and "
+                        "refitting, or (published weights) the coefficients as they are: outcome randomness only")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=25, help="replicates per Dask task (default: %(default)s)")
     add_dask(p)

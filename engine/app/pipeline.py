@@ -189,9 +189,9 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     else:
         fit = read_fit(coefficients)
         want = load_spec(scenario.spec)
-        if fit.spec.path.resolve() != want.path.resolve():
-            raise ValueError(f"coefficients in {coefficients} are of model spec {fit.spec.path}, the scenario's is "
-                             f"{want.path}")
+        if fit.spec != want:          # by content: the same spec in another folder is the same spec
+            raise ValueError(f"coefficients in {coefficients} are of model spec {fit.spec.name} (recorded in its "
+                             f"fit.json), which differs from the scenario's {want.path}")
         _copy_fit(Path(coefficients), out)
     lap("fit")
 

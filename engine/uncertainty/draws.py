@@ -51,6 +51,22 @@ def between_sd_from_fit(fit: ModelFit) -> float:
     return float(np.sqrt(max(spread ** 2 - np.median(var), 0.0)))
 
 
+def check_method(fit: ModelFit, method: str) -> None:
+    """Refuse a bootstrap a fit cannot carry: published weights have no refit (cluster) and,
+    without a covariance, no parametric draws; the outcome-only band is offered instead."""
+    if fit.spec.weights is None:
+        return
+    if method == "cluster":
+        raise ValueError(f"model spec {fit.spec.name} carries published weights: a cluster bootstrap would refit "
+                         "them; use method \"outcome\" (the band of outcome randomness and the spread of "
+                         "municipalities around the model)")
+    if method == "parametric":      # a spec carries no covariance of its weights
+        raise ValueError(f"model spec {fit.spec.name} carries published weights without a covariance: a parametric "
+                         "bootstrap cannot draw its coefficients; use method \"outcome\" (--method outcome, or "
+                         "bootstrap.method = \"outcome\": the band of outcome randomness and the spread of "
+                         "municipalities around the model only)")
+
+
 class Context:
     """Everything a batch needs, built once per process (population, fit, regime, tables)."""
 
@@ -81,6 +97,9 @@ class Context:
         self.rate = self.point.predicted.sum(1) / np.maximum(households, 1)
         self.between_sd = (between_sd_from_fit(self.fit) if settings.between_sd == "auto"
                            else float(settings.between_sd))
+        check_method(self.fit, settings.method)
+        if settings.method != "parametric":
+            return
         v, p = self.fit.volume, self.fit.price
         self.v_draw = np.asarray([i for i, t in enumerate(v.term_names)
                                   if t != "intercept" and not t.startswith("municipality[")])
@@ -120,6 +139,8 @@ class Context:
             if self.settings.method == "parametric":
                 vp, pp = self.parametric_params(rng)
                 t = prediction_tables(self.hh, self.fit, self.pd, vp, pp)
+            elif self.settings.method == "outcome":
+                t = prediction_tables(self.hh, self.fit, self.pd)
             else:
                 t = prediction_tables(self.hh, self.cluster_fit(rng), self.pd)
             tables.append(t)
