@@ -35,7 +35,9 @@ LAW_COLUMNS = {
     "household_type": ("single", "single_parent", "couple_no_children", "couple_with_children", "other"),
     "age_class": ("18-20", "21-26", "27-34", "35-44", "45-54", "55-aow"),
 }
-ENTRY_KEYS = ("level", "kind", "labels", "unit", "doc", "source", "min", "max")
+ENTRY_KEYS = ("level", "kind", "labels", "unit", "doc", "source", "min", "max", "synth")
+# parameters of the generator (engine.world.characteristics), per entry's `synth` table
+SYNTH_KEYS = ("share", "latent", "when", "by", "given", "exclusive", "mean", "sd", "scale_of", "regions_per_province")
 INDICATOR_LABELS = ("0", "1")
 
 
@@ -52,6 +54,7 @@ class Characteristic:
     source: str = ""
     min: float | None = None
     max: float | None = None
+    synth: dict | None = None        # how buig's generator draws it (None: not generated)
 
     @property
     def table(self) -> str:
@@ -69,7 +72,7 @@ class Characteristic:
         for k in ("unit", "doc", "source"):
             if getattr(self, k):
                 d[k] = getattr(self, k)
-        for k in ("min", "max"):
+        for k in ("min", "max", "synth"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         return d
@@ -157,7 +160,16 @@ def _entry(where: str, name: str, d) -> Characteristic:
         raise CatalogueError(f"{at}: {name} is read by the law (norms): it must be a household categorical "
                              f"with labels {list(LAW_COLUMNS[name])}")
     text = {k: typed(at, k, d.get(k, ""), str) for k in ("unit", "doc", "source")}
-    return Characteristic(name=name, level=level, kind=kind, labels=labels, **text, **bounds)
+    synth = None
+    if "synth" in d:
+        synth = typed(at, "synth", d["synth"], dict)
+        check_keys(f"{at}.synth", synth, SYNTH_KEYS)
+        for k in ("share", "latent", "mean", "sd"):
+            if k in synth:
+                typed(f"{at}.synth", k, synth[k], float)
+        if "share" in synth and not 0.0 <= synth["share"] <= 1.0:
+            raise CatalogueError(f"{at}.synth: share {synth['share']} is outside [0, 1]")
+    return Characteristic(name=name, level=level, kind=kind, labels=labels, **text, **bounds, synth=synth)
 
 
 def load_catalogue(name_or_path: str | Path = "default", _seen: tuple = ()) -> Catalogue:
