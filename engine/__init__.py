@@ -15,7 +15,14 @@ imported on first use, so ``import engine`` stays light):
 ``bands_table``,
 ``flags_table``
 ``rob_cap``                 the Rob cap at level kappa (:mod:`engine.rules.cap`)
+``budget_table``,           the tables ``buig`` writes, as pyarrow tables: budgets.parquet,
+``capped_table``,           capped_budgets.parquet (and the Capped result), municipal_costs.parquet,
+``municipal_costs_table``,  rekentool.parquet (``bands_table`` and ``flags_table`` above)
+``rekentool_table``
+``to_pandas``,              any of them as a pandas DataFrame with labelled categories and the
+``labelled``                table's metadata in ``attrs`` (:mod:`engine.model.frames`)
 ``write_report``            ``report.html`` of a run folder (:mod:`engine.app.report.page`)
+``write_rekentool_workbook`` ``rekentool.xlsx`` (:mod:`engine.app.workbook`)
 ``load_scenario``,          the whole job from a scenario (``engine.app.pipeline.run``), as ``buig run``
 ``run_scenario``
 ``load_sweep``,             sensitivity sweeps (:mod:`engine.app.sweep`), as ``buig sweep``
@@ -45,6 +52,13 @@ _API = {                        # name -> (module, attribute)
     "bands_table": ("engine.uncertainty.summaries", "bands_table"),
     "flags_table": ("engine.uncertainty.summaries", "flags_table"),
     "rob_cap": ("engine.rules.cap", "rob_cap"),
+    "budget_table": ("engine.app.budget_files", "budget_table"),
+    "capped_table": ("engine.rules.cap", "capped_table"),
+    "municipal_costs_table": ("engine.model.predict", "municipal_costs_table"),
+    "rekentool_table": ("engine.model.predict", "rekentool_table"),
+    "to_pandas": ("engine.model.frames", "to_pandas"),
+    "labelled": ("engine.model.frames", "labelled"),
+    "write_rekentool_workbook": ("engine.app.workbook", "write_rekentool_workbook"),
     "write_report": ("engine.app.report.page", "write_report"),
     "Scenario": ("engine.app.scenario", "Scenario"),
     "load_scenario": ("engine.app.scenario", "load_scenario"),

@@ -12,6 +12,9 @@ gathers, and the sums per (municipality, draw) are contiguous too.
 Bit-identical replicates whatever the batch: no fast-math flags here, so the vector
 lanes and the scalar tail of a loop round identically and draw r gets the same numbers
 at any position in any batch; each draw accumulates over fixed row ranges.
+
+The engine now uses kernels.draws (households collapsed into cells, no exponential per
+household); this kernel is kept as the baseline of benchmarks/cases/bootstrap.py.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from kernels.glm import range_bounds
-from kernels.vexp import exp_block
+from kernels.glm import range_bounds, reduce_ranges
+from kernels.vexp import block_scratch, exp_block
 
 @njit(parallel=True, cache=True)
 def draw_sums(codes, nbhd, norm_index, norm_flat, v_off, v_coef, v_nb, p_off, p_coef, p_nb, nb_mun, n_mun,
@@ -32,12 +35,7 @@ def draw_sums(codes, nbhd, norm_index, norm_flat, v_off, v_coef, v_nb, p_off, p_
     acc = np.zeros((n_virtual, n_mun, 2, R))
     bounds = range_bounds(n, n_virtual)
     for v in prange(n_virtual):
-        xv = np.empty(R)
-        xp = np.empty(R)
-        ev = np.empty(R)
-        ep = np.empty(R)
-        kd = np.empty(R)
-        sb = np.empty(R, dtype=np.int64)
+        xv, xp, ev, ep, kd, sb = block_scratch(R)
         for i in range(bounds[v], bounds[v + 1]):
             nb = nbhd[i]
             for r in range(R):
@@ -59,7 +57,4 @@ def draw_sums(codes, nbhd, norm_index, norm_flat, v_off, v_coef, v_nb, p_off, p_
                 w = norm / (1.0 + ep[r])
                 acc[v, g, 0, r] += p * w
                 acc[v, g, 1, r] += p * (1.0 - p) * w * w
-    out = acc[0].copy()
-    for v in range(1, n_virtual):
-        out += acc[v]
-    return out
+    return reduce_ranges(acc)

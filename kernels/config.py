@@ -1,6 +1,6 @@
 """Settings shared by all kernels.
 
-FASTMATH: an explicit LLVM flag set WITHOUT ``nnan``/``ninf`` (DESIGN.md 6): data may hold
+FASTMATH: an explicit LLVM flag set WITHOUT ``nnan``/``ninf`` (with them LLVM may drop NaN checks): data may hold
 infinities (a coefficient of -inf gives p = 0) and NaN checks must survive.
 N_VIRTUAL: number of fixed row ranges with their own accumulators. Results depend on it,
 never on the number of threads, so it is a constant (changing it changes the last bits).

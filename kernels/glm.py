@@ -1,6 +1,6 @@
 """Numba kernels for the factor-coded logit and fractional logit.
 
-The design of a component is factor-coded (DESIGN.md, section 2): per row a few joint
+The design of a component is factor-coded (engine.model.design): per row a few joint
 codes of the household factors (engine.model.design.JOINT_GROUPS) and a neighbourhood index.
 Every non-factor term (intercept, continuous neighbourhood factors, municipality fixed
 effect) depends only on the neighbourhood, so the linear predictor is
@@ -13,7 +13,7 @@ joint code) and per pair of joint codes; a sparse 0/1 map takes joint codes to l
 
 Rows are split into ``n_virtual`` (kernels.config.N_VIRTUAL) fixed contiguous ranges, each with its own
 accumulators, reduced in range order after the parallel loop: no shared scatter-adds
-and results that do not depend on the number of threads (DESIGN.md, section 6).
+and results that do not depend on the number of threads.
 """
 
 from __future__ import annotations
@@ -124,12 +124,13 @@ def logit_pass(joint, j_off, j_size, j_coef, nbhd, nb_eta, n_nb, nb_cont, nb_mun
     ll = 0.0
     for v in range(V):
         ll += ll_v[v]
-    return (ll, _reduce(g_v), _reduce(g_nb_v), _reduce(a_nb_v), _reduce(a_mj_v), _reduce(a_xj_v),
-            _reduce(a_pair_v), _reduce(s_mj_v))
+    return (ll, reduce_ranges(g_v), reduce_ranges(g_nb_v), reduce_ranges(a_nb_v), reduce_ranges(a_mj_v),
+            reduce_ranges(a_xj_v), reduce_ranges(a_pair_v), reduce_ranges(s_mj_v))
 
 
 @njit(cache=True)
-def _reduce(x):
+def reduce_ranges(x):
+    """Sum over the first axis (the virtual row ranges) in range order."""
     out = x[0].copy()
     for v in range(1, x.shape[0]):
         out += x[v]

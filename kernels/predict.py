@@ -11,8 +11,8 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.config import FASTMATH
-from kernels.glm import range_bounds
-from kernels.vexp import exp_block
+from kernels.glm import range_bounds, reduce_ranges
+from kernels.vexp import block_scratch, exp_block
 
 
 BLOCK = 512
@@ -53,12 +53,7 @@ def group_sums(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, v_nb, 
     acc = np.zeros((n_virtual, n_groups, 4))
     bounds = range_bounds(n, n_virtual)
     for v in prange(n_virtual):
-        ev = np.empty(BLOCK)
-        ep = np.empty(BLOCK)
-        xv = np.empty(BLOCK)
-        xp = np.empty(BLOCK)
-        kd = np.empty(BLOCK)
-        sb = np.empty(BLOCK, dtype=np.int64)
+        xv, xp, ev, ep, kd, sb = block_scratch(BLOCK)
         for lo in range(bounds[v], bounds[v + 1], BLOCK):
             m = min(BLOCK, bounds[v + 1] - lo)
             _neg_eta_block(codes, nbhd, lo, m, v_cols, v_off, v_coef, v_nb, xv)
@@ -78,10 +73,7 @@ def group_sums(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, v_nb, 
                 acc[v, g, 1] += pf
                 acc[v, g, 2] += p * norm
                 acc[v, g, 3] += pf * norm
-    out = acc[0].copy()
-    for v in range(1, n_virtual):
-        out += acc[v]
-    return out
+    return reduce_ranges(acc)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)

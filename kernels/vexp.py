@@ -77,6 +77,13 @@ def exp_block(x, out, kd, sb, m):
         out[j] = np.inf if x[j] > X_MAX else v
 
 
+@njit(cache=True, inline="always")
+def block_scratch(m):
+    """Work arrays of two linear predictors and their exps over blocks of m values:
+    (xv, xp, ev, ep) float64 and the scratch (kd, sb) of :func:`exp_block`."""
+    return np.empty(m), np.empty(m), np.empty(m), np.empty(m), np.empty(m), np.empty(m, dtype=np.int64)
+
+
 @njit(cache=True, fastmath=False)
 def exp_array(x):
     """exp of a 1-d array with exp_block (for tests and small callers)."""

@@ -1,4 +1,4 @@
-"""Coverage of the 95% budget bands over repeated synthetic worlds (issue 5).
+"""Coverage of the 95% budget bands over repeated synthetic worlds.
 
 For each of ``--worlds`` synthetic Netherlands (seeds ``--seed``, ``--seed + 1``, ...):
 

@@ -1,4 +1,4 @@
-"""Sweep the Rob cap's threshold kappa: who is capped, how much, who receives it, how stable (issue 5).
+"""Sweep the Rob cap's threshold kappa: who is capped, how much, who receives it, how stable.
 
 Given a population (or ``--households N``: a synthetic one generated into ``--out``), a
 fit (``--coefficients``, or fitted into ``--out/fit``) and a bootstrap (``--bootstrap``, an

@@ -1,16 +1,19 @@
-"""Rebuild the CBS extracts shipped in ``engine/data/`` from ``../shared/data``.
+"""Rebuild the CBS extracts shipped in ``engine/data/cbs/`` from the CBS files they come from.
 
-The synthetic Netherlands must run without ``../shared``, so the few CBS figures it
-needs are copied into the package (CC BY 4.0, attribution in ``engine/data/ATTRIBUTION.md``).
-This script documents exactly how they were derived; run it only when the sources change:
+The synthetic Netherlands needs a few CBS figures, copied into the package (CC BY 4.0; the
+files, their CBS tables and where they were taken from are in ``engine/data/SOURCES.md``).
+This script documents exactly how they were derived; run it only when the sources change,
+with ``--source`` a folder holding ``data/gemeenten_2019_basis.csv``,
+``data/cbs_bijstand_gemeenten_2015_2017.csv``, ``data/kwb_2017_gemeenten.csv`` and
+``data/kwb_2017_wijken.csv.gz``:
 
-    python scripts/prepare_cbs_data.py [--shared ../shared]
+    python scripts/prepare_cbs_data.py --source FOLDER
 
 Outputs
-- ``engine/data/municipalities_2017.csv``: the 388 municipalities of 2017 with name,
+- ``engine/data/cbs/municipalities_2017.csv``: the 388 municipalities of 2017 with name,
   province, inhabitants and households (1 Jan 2017), urbanity (STED), and persons with
   bijstand in 2015 and 2017 (CBS 83450NED / 84066NED, age 15 to AOW).
-- ``engine/data/wijken_2017.csv.gz``: the 3,070 wijken of 2017 with households and the
+- ``engine/data/cbs/wijken_2017.csv.gz``: the 3,070 wijken of 2017 with households and the
   household-type, age and migration shares used by the generator.
 """
 
@@ -53,9 +56,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    parser.add_argument("--source", type=Path, required=True, help="folder with data/ holding the CBS files")
     args = parser.parse_args()
-    data = args.shared / "data"
+    data = args.source / "data"
 
     province = {r["gm_code"]: r["provincie_naam"] for r in _rows(data / "gemeenten_2019_basis.csv")}
     for name, codes in PROVINCE_OF_MERGED_2017.items():
@@ -75,14 +78,14 @@ def main() -> None:
         code = r["GM_CODE"]
         w.writerow([code, r["GM_NAAM"], province[code], r["AANT_INW"], r["AANTAL_HH"], r["STED"],
                     recipients.get((2015, code), ""), recipients[(2017, code)]])
-    (ROOT / "engine/data/municipalities_2017.csv").write_text(out.getvalue(), encoding="utf-8")
+    (ROOT / "engine/data/cbs/municipalities_2017.csv").write_text(out.getvalue(), encoding="utf-8")
 
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(WIJK_COLUMNS)
     for r in _rows(data / "kwb_2017_wijken.csv.gz"):
         w.writerow([r[c] for c in WIJK_COLUMNS])
-    with gzip.GzipFile(ROOT / "engine/data/wijken_2017.csv.gz", "wb", mtime=0) as fh:
+    with gzip.GzipFile(ROOT / "engine/data/cbs/wijken_2017.csv.gz", "wb", mtime=0) as fh:
         fh.write(out.getvalue().encode("utf-8"))
 
 

@@ -7,7 +7,7 @@ import os
 import pytest
 from hypothesis import settings
 
-# JIT compilation happens on the first example: no per-example deadline (DESIGN.md 6).
+# JIT compilation happens on the first example: no per-example deadline.
 settings.register_profile("buig", deadline=None, max_examples=40)
 settings.load_profile("buig")
 os.environ.setdefault("NUMBA_NUM_THREADS", "2")

@@ -166,10 +166,12 @@ def test_rob_cap_by_hand():
        st.floats(0, 0.5), st.sampled_from(["pro_rata", "deficit"]))
 def test_rob_cap_is_budget_neutral(rows, kappa, how):
     b, s, f = (np.array(x) for x in zip(*rows))
-    if not (~f | (b - s <= kappa * b)).any():      # everyone capped: nobody to receive
-        return
     c = rob_cap(b, s, f, kappa, how)
-    assert abs(c.budget.sum() - b.sum()) <= 1e-9 * b.sum()
+    assert np.isfinite(c.budget).all() and np.isfinite(c.unallocated)
+    assert abs(c.budget.sum() + c.unallocated - b.sum()) <= 1e-9 * b.sum()
+    if (~f | (b - s <= kappa * b)).any():           # somebody may receive: nothing is left unallocated
+        assert c.unallocated == 0
+    assert (c.received[c.clawed_back > 0] == 0).all()     # a capped municipality never receives
     capped = c.clawed_back > 0
     np.testing.assert_allclose(c.budget[capped], (s + kappa * b)[capped] + c.received[capped], rtol=1e-9,
                                atol=1e-9 * b.max())

@@ -1,6 +1,6 @@
 """Slow bootstrap checks (run with ``python -m pytest -m slow tests/test_bootstrap_slow.py``).
 
-Issue 5: "cluster bootstrap standard errors agree with cluster-robust ones within 10%".
+Requirement: cluster bootstrap standard errors agree with cluster-robust ones within 10%.
 200 cluster refits (municipalities resampled with replacement, warm start, frequency
 weights: ``engine.uncertainty.bootstrap.Context.cluster_fit``) on a 300,000-household synthetic world;
 the sd of each refitted coefficient that enters prediction (volume terms without the

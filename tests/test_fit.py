@@ -13,7 +13,7 @@ import statsmodels.api as sm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.model.design import JOINT_OFF, JOINT_SIZES, component_design, dense_design, households_from_population
+from engine.model.design import JOINT_OFF, JOINT_SIZES, component_design, households_from_population
 from engine.model.fit import EstimationError, _Evaluator, fit_component
 from engine.model.fitted import fit_model, fit_to_folder, read_fit
 from engine.model.norms import load_norms
@@ -21,8 +21,10 @@ from engine.model.population import from_tables
 from engine.model.spec import ComponentSpec, load_spec
 from kernels.config import N_VIRTUAL
 from kernels.glm import linear_predictor, logit_pass
+import naive  # tests/naive.py (pytest puts tests/ on sys.path)
 
 NORMS = load_norms(2019)
+NORMS_FILE = naive.DATA / "norms" / "2019.toml"
 
 
 def subset_population(pop, n_largest: int):
@@ -51,18 +53,16 @@ def _spec(component: str, **changes) -> ComponentSpec:
     return dataclasses.replace(comp, **changes)
 
 
-def _numpy_pass(d, theta):
-    """Plain NumPy twin of logit_pass + assembly: dense X, score, Hessian, log-likelihood."""
-    X = dense_design(d)
-    eta = X @ theta
-    p = 1 / (1 + np.exp(-eta))
-    w = d.weight if d.weight.size else np.ones(d.n)
-    y = d.y.astype(float)
-    ll = np.sum(w * (y * np.log(p) + (1 - y) * np.log1p(-p)))
-    g = X.T @ (w * (y - p))
-    H = X.T @ (X * (w * p * (1 - p))[:, None])
-    meat = X.T @ (X * ((w * (y - p)) ** 2)[:, None])
-    return ll, g, H, meat, X
+def _naive(pop, comp: ComponentSpec, d):
+    """The naive one-hot design and outcome of ``comp`` straight from the population's Arrow
+    columns (tests/naive.py), checked against the engine's term names and outcome."""
+    t = {"households": pop.households, "neighbourhoods": pop.neighbourhoods, "municipalities": pop.municipalities}
+    as_dict = {"factors": dict(comp.factors), "continuous": list(comp.continuous), "sample": comp.sample,
+               "fixed_effects": comp.fixed_effects, "outcome": comp.outcome}
+    X, names, y, _ = naive.component_data(t, as_dict, naive.read_toml(NORMS_FILE))
+    assert tuple(names) == d.layout.term_names
+    np.testing.assert_allclose(d.y, y, rtol=1e-15)
+    return X, y, naive.household_municipality(t)
 
 
 def test_kernel_and_assembly_match_numpy(big12):
@@ -71,7 +71,8 @@ def test_kernel_and_assembly_match_numpy(big12):
     rng = np.random.default_rng(0)
     theta = rng.normal(0, 0.3, d.layout.n_params)
     theta[0] = -3
-    ll, g, H, meat, X = _numpy_pass(d, theta)
+    X, y, mun = _naive(big12, load_spec().volume, d)
+    ll, g, H, meat = naive.logit_pass(X, y, theta)
     ev = _Evaluator(d)
     st_ = ev.run(theta)
     np.testing.assert_allclose(st_.ll, ll, rtol=1e-12)
@@ -82,10 +83,8 @@ def test_kernel_and_assembly_match_numpy(big12):
     eta = linear_predictor(d.codes, d.layout.cols, d.layout.lev_off, level_coef, d.nbhd, nb_eta)
     np.testing.assert_allclose(eta, X @ theta, rtol=1e-12, atol=1e-12)
     # cluster score sums per municipality
-    mun = d.nb_mun[d.nbhd]
-    p = 1 / (1 + np.exp(-(X @ theta)))
-    S = np.zeros((ev.n_mun, X.shape[1]))
-    np.add.at(S, mun, X * (d.y - p)[:, None])
+    p = naive.logistic(X @ theta)
+    S = np.stack([np.bincount(mun, weights=X[:, k] * (y - p), minlength=ev.n_mun) for k in range(X.shape[1])], 1)
     np.testing.assert_allclose(ev.cluster_scores(ev.run(theta, mode=1, clusters=True)), S, atol=1e-9)
 
 
@@ -139,8 +138,9 @@ def test_estimates_agree_with_statsmodels(big12, component):
     f = fit_component(d, mun_codes=hh.mun_codes)
     assert not f.dropped_municipalities
     assert f.gradient_norm < 1e-8
-    X = dense_design(d)
-    params, se_model, se_hc1, se_cl = _statsmodels_fit(X, d.y.astype(float), d.nb_mun[d.nbhd], component == "price")
+    X, y, mun = _naive(big12, comp, d)
+    rows = slice(None) if comp.sample == "all" else big12.households.column("bijstand").to_numpy() == 1
+    params, se_model, se_hc1, se_cl = _statsmodels_fit(X, y, mun[rows], component == "price")
     np.testing.assert_allclose(f.params, params, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(f.se("model"), se_model, rtol=1e-4)
     # statsmodels' "HC1" for Logit/GLM is computed with use_correction=False, i.e. it is

@@ -12,12 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.model.design import FACTOR_COLUMNS, component_design, dense_design, households_from_population
+from engine.model.design import FACTOR_COLUMNS, households_from_population
 from engine.model.fitted import fit_model
 from engine.model.design import JOINT_GROUPS
 from engine.model.predict import household_predictions, predict, prediction_design
 from engine.model.schema import CATEGORIES
 from kernels.vexp import exp_array
+import naive  # tests/naive.py (pytest puts tests/ on sys.path)
 
 
 @pytest.fixture(scope="module")
@@ -52,32 +53,32 @@ def test_joint_codes_decode_to_the_factors(small_population):
     np.testing.assert_array_equal(pd_.type_of_code[pd_.combo[:, 0]], hh.column("household_type"))
 
 
-def _numpy_twin(hh, fit):
-    """p, f, N per household with dense designs and plain NumPy."""
-    vd = component_design(hh, fit.spec.volume)
-    Xv = dense_design(vd)
+def _numpy_twin(pop, fit):
+    """p, f, N per household with naive one-hot designs from the Arrow columns (tests/naive.py):
+    the spec and norm files read as TOML, the fixed effects replaced by the fit's common effect."""
+    t = {"households": pop.households, "neighbourhoods": pop.neighbourhoods, "municipalities": pop.municipalities}
+    spec = naive.read_toml(fit.spec.path)
+    Xv, vnames = naive.component_one_hot(t, spec["volume"])
+    Xp, pnames = naive.component_one_hot(t, spec["price"])          # every household, not the estimation sample
+    assert tuple(vnames) == fit.volume.term_names and tuple(pnames) == fit.price.term_names
     beta = np.nan_to_num(fit.volume.params.copy())
-    lay = vd.layout
-    beta[lay.fe_start:] = 0.0
-    p = 1 / (1 + np.exp(-(Xv @ beta + fit.volume.fe_common)))
-    pd_ = dataclasses.replace(fit.spec.price, sample="all")
-    Xp = dense_design(component_design(hh, pd_, fit.norms))
-    f = 1 / (1 + np.exp(-(Xp @ fit.price.params)))
-    N = fit.norms.gross_yearly(hh.column("household_type"), hh.column("age_class"), hh.adults_sharing,
-                               hh.adults_sharing_under_27)
-    return p, f, N
+    fe = np.asarray([n.startswith("municipality[") for n in vnames])
+    beta[fe] = 0.0
+    p = naive.logistic(Xv @ beta + fit.volume.fe_common)
+    f = naive.logistic(Xp @ fit.price.params)
+    N = naive.gross_norms(t, naive.read_toml(naive.DATA / "norms" / f"{spec['norms']}.toml"))
+    return p, f, N, naive.household_municipality(t)
 
 
-def test_prediction_matches_numpy_twin(fitted):
+def test_prediction_matches_numpy_twin(small_population, fitted):
     hh, fit = fitted
-    p, f, N = _numpy_twin(hh, fit)
+    p, f, N, mun = _numpy_twin(small_population, fit)
     got = household_predictions(hh, fit)
     np.testing.assert_allclose(got["p"], p, rtol=1e-13)
     np.testing.assert_allclose(got["f"], f, rtol=1e-13)
     np.testing.assert_allclose(got["N"], N, rtol=1e-15)
     pred = predict(hh, fit)
-    mun = hh.municipality()
-    typ = hh.column("household_type")
+    typ = small_population.households.column("household_type").to_numpy()
     group = mun * 5 + typ
     for name, values in (("predicted", p), ("fraction_sum", p * f), ("norm_sum", p * N), ("expected_cost", p * f * N)):
         want = np.bincount(group, weights=values, minlength=hh.n_mun * 5).reshape(hh.n_mun, 5)

@@ -1,4 +1,4 @@
-"""Redistribution effects, seed 003's table, and the ``buig budget`` command."""
+"""Redistribution effects, the 2004 letter's table, and the ``buig budget`` command."""
 
 from __future__ import annotations
 
@@ -143,11 +143,11 @@ def test_budget_2019_writes_files(small_world, costs, tmp_path, capsys):
     assert abs(np.sum(t.column("budget").to_numpy()) - tb) < 0.01
     assert tb == pytest.approx(6_219_700_000 * 30_000 / 7_794_075)
     rows = list(csv.DictReader((out / "redistribution.csv").open()))
-    models = {r["model"] for r in rows if r["table"] == "seed"}
+    models = {r["model"] for r in rows if r["table"] == "letter_2004"}
     assert models == {"historical", "model_2004", "model_2005", "model_2005_gv", "mix", "optimal_mix"}
     assert {r["size_class"] for r in rows if r["table"] == "regime"} >= {"all", "<15k", "15-40k", ">40k",
                                                                           "<40k", "40-60k", ">60k"}
-    assert "seed 003" in capsys.readouterr().out
+    assert "table of the 2004 letter" in capsys.readouterr().out
 
 
 def test_budget_2005_needs_no_costs(small_world, tmp_path):

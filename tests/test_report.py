@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 import shutil
+import unicodedata
 from html.parser import HTMLParser
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.app.report.page import SYNTHETIC_TEXT, Scale, write_report
+from engine.app.report.page import SYNTHETIC_TEXT, write_report
+from engine.app.report.svg import Scale
 from engine.app.pipeline import run
 from engine.app.scenario import load_scenario
 
@@ -148,3 +150,115 @@ def test_scale_ticks():
 def test_the_checker_catches_unbalanced_tags():
     assert _parse("<div><p>x</div>").errors and _parse("<table><tr><td>x</table>").errors
     assert not _parse("<div><svg><line x1='0'/></svg><input></div>").errors
+
+
+# --------------------------------------------------------------------------- in a real browser
+
+BROWSER_MISSING = ("no headless browser: the report's browser test needs Debian's chromium and chromium-driver "
+                   "(apt-get install chromium chromium-driver, as .ci/run does) and selenium (pip install '.[test]')")
+
+
+def _nfkd_fold(text: str) -> str:
+    """The test's own accent folding (compatibility decomposition, unicodedata.combining)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium at 800 x 1000 px, driven by Selenium through Debian's chromedriver."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip(BROWSER_MISSING)
+    binary = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    driver = shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.skip(BROWSER_MISSING)
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=800,1000"):
+        opts.add_argument(a)
+    opts.binary_location = binary
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(options=opts, service=Service(driver))
+    # every uncaught error of the page's scripts, recorded from before its first script runs
+    d.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
+        "window.__errors = []; window.addEventListener('error', function (e) { window.__errors.push(String(e.message)); });"
+        "window.alert = function (m) { window.__errors.push('alert ' + m); };")})
+    yield d
+    d.quit()
+
+
+def _load(browser, path):
+    browser.get(path.as_uri())
+    assert browser.execute_script("return document.readyState") == "complete"
+    return browser
+
+
+def test_report_in_a_browser_loads_clean_with_one_entry_per_municipality(hostile_run, browser):
+    pop, out = hostile_run
+    b = _load(browser, out / "report.html")
+    severe = [e for e in b.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == [] and b.execute_script("return window.__errors") == []
+    codes = pq.read_table(pop / "municipalities.parquet").column("code").to_pylist()
+    keys = b.execute_script("return Array.from(document.querySelectorAll('details.mun')).map("
+                            "function (m) { return m.getAttribute('data-name'); });")
+    assert len(keys) == 388 and sorted(k.split()[-1] for k in keys) == sorted(c.lower() for c in codes)
+    names = b.execute_script("return Array.from(document.querySelectorAll('details.mun > summary')).map("
+                             "function (s) { return s.textContent; });")
+    for raw in HOSTILE:                                   # hostile names arrive as text, not markup
+        assert sum(n.startswith(raw + " (") for n in names) == 1
+
+
+def test_search_ignores_diacritics_and_filters_every_table(hostile_run, browser):
+    pop, out = hostile_run
+    b = _load(browser, out / "report.html")
+    mun = pq.read_table(pop / "municipalities.parquet")
+    names, codes = mun.column("name").to_pylist(), mun.column("code").to_pylist()
+    box = b.find_element("id", "search")
+    rows_per_table = b.execute_script("return document.querySelectorAll('tr[data-name]').length")
+    assert rows_per_table > 0                             # flagged and vangnet tables carry search keys
+    for query in ("sudwest", "Súdwest-Fryslân", "SUDWEST fryslan", "gm0363", "an"):
+        box.clear()
+        box.send_keys(query)
+        q = _nfkd_fold(query)
+        want = sorted(c.lower() for n, c in zip(names, codes) if q in _nfkd_fold(f"{n} {c}"))
+        shown = b.execute_script(
+            "return Array.from(document.querySelectorAll('details.mun')).filter(function (m) { "
+            "return m.style.display !== 'none' && m.closest('details.prov').style.display !== 'none'; })"
+            ".map(function (m) { return m.getAttribute('data-name').split(' ').pop(); });")
+        assert sorted(shown) == want, query
+        rows = b.execute_script(
+            "return Array.from(document.querySelectorAll('tr[data-name]')).map(function (r) { "
+            "return [r.getAttribute('data-name').split(' ').pop(), r.style.display !== 'none']; });")
+        assert all((code in want) == vis for code, vis in rows), query
+        assert b.find_element("id", "hits").text.startswith(f"{len(want)} municipalit"), query
+    box.clear()
+    box.send_keys("sudwest")                              # Súdwest-Fryslân, the one name with diacritics
+    assert _nfkd_fold(names[codes.index("GM1900")]) == "sudwest-fryslan" and "sudwest" not in names[codes.index("GM1900")]
+    assert b.find_element("id", "hits").text == "1 municipality found"
+    box.clear()
+    box.send_keys(" ")                                    # cleared: everything is back
+    assert b.execute_script("return Array.from(document.querySelectorAll('tr[data-name], details.mun'))"
+                            ".every(function (e) { return e.style.display === ''; })")
+
+
+def test_report_readable_at_800_px_and_legends_beside_the_data(hostile_run, browser, tmp_path):
+    _, out = hostile_run
+    b = _load(browser, out / "report.html")
+    assert b.execute_script("return window.innerWidth") <= 800
+    assert b.execute_script("return document.documentElement.scrollWidth") <= 800      # no sideways scrolling
+    charts = b.execute_script(
+        "return Array.from(document.querySelectorAll('svg.chart')).map(function (s) { "
+        "var f = s.querySelector('rect.frame').getBoundingClientRect(); "
+        "return {width: s.getBoundingClientRect().width, frameTop: f.top, frameLeft: f.left, frameRight: f.right, "
+        "legends: Array.from(s.querySelectorAll('g.legend')).map(function (g) { var r = g.getBoundingClientRect(); "
+        "return [r.top, r.bottom, r.left, r.right]; }), "
+        "tick: Math.min.apply(null, Array.from(s.querySelectorAll('text.tick')).filter(function (t) { "
+        "return t.textContent !== ''; }).map(function (t) { return t.getBoundingClientRect().height; }))}; });")
+    assert len(charts) >= 5 and sum(len(c["legends"]) for c in charts) >= 8
+    for c in charts:
+        assert c["width"] <= 800 and c["tick"] >= 10                  # tick labels stay legible
+        for top, bottom, left, right in c["legends"]:                  # above the plot area, inside the chart
+            assert bottom <= c["frameTop"] + 0.5 and left >= 0 and right <= c["width"] + 20
+    b.save_screenshot(str(tmp_path / "report-800.png"))

@@ -282,7 +282,7 @@ def test_raising_own_cost_never_lowers_own_budget(regime, world, who, factor):
 
 def test_cap_leaves_historically_budgeted_alone():
     """Only municipalities in the objective model have a redistribution effect (Besluit WWB
-    2007, annex part B; seed 003): one with m_g = 0 is neither floored nor pays for floors,
+    2007, annex part B; the letter K2004): one with m_g = 0 is neither floored nor pays for floors,
     and the others are compared within their own group."""
     r = dataclasses.replace(R2005, compartments=False, objective_share=1.0)
     inh = np.array([40_000, 50_000, 60_000, 60_000, 60_000])     # w = 0, 0.5, 1, 1, 1

@@ -98,7 +98,7 @@ def test_flags_are_consistent_with_the_bands_and_the_cap(run_dir):
 def test_redistribution_csv_and_run_json(run_dir):
     with (run_dir / "redistribution.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert {r["table"] for r in rows} == {"seed", "regime"}
+    assert {r["table"] for r in rows} == {"letter_2004", "regime"}
     info = (run_dir / "run.json").read_text()
     for stage in ("population", "fit", "predict", "distribute", "bootstrap", "report", "total"):
         assert f'"{stage}"' in info

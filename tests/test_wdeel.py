@@ -1,4 +1,4 @@
-"""W-deel models of seed 003: weights, budgets, fit to need, and ``buig wdeel``."""
+"""W-deel models of the 2004 letter (K2004): weights, budgets, fit to need, and ``buig wdeel``."""
 
 from __future__ import annotations
 

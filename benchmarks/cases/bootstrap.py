@@ -1,9 +1,16 @@
-"""Parametric bootstrap replicates per second: one `Context.run_batch` of 50 draws vs a plain NumPy loop over the same draws.
+"""Parametric bootstrap replicates per second: `Context.run_batch` of 50 draws vs the c675859 kernel and a NumPy loop.
 
-buig: ``engine.uncertainty.bootstrap.Context.run_batch(0, 50)`` on the prepared dataset, the context
-(population, fit, prediction design, covariance roots) built in setup: per replicate the
-coefficient draw and its look-up tables, then one Numba pass over the households for all
-50 draws (``kernels.bootstrap.draw_sums``), then the regime's distribution per draw.
+buig: ``engine.uncertainty.draws.Context.run_batch(0, 50)`` on the prepared dataset, the context
+(population, fit, prediction design, households collapsed into (neighbourhood, profile)
+cells, covariance roots) built in setup: per replicate the coefficient draw, then the
+look-up tables of all 50 draws (one exponential per factor level, profile products) and
+one Numba pass over the cells (``engine.uncertainty.cells``, ``kernels.draws.cell_sums``), then the
+regime's distribution per draw.
+
+kernel_c675859: the same draws through the path of commit c675859, kept as the baseline:
+per replicate ``engine.model.predict.prediction_tables``, then one Numba pass over the
+households with two exponentials per household and draw (``kernels.bootstrap.draw_sums``),
+then the same distribution per draw.
 
 numpy: per draw the same coefficient draw and the same look-up tables (``Context.parametric_params``
 with the replicate's own ``SeedSequence`` child, ``engine.model.predict.prediction_tables``),
@@ -14,9 +21,10 @@ same distribution, redistribution effects and simulated spending as ``run_batch`
 What does not depend on the draw (absolute table indices per household, the norm per
 household, the municipality per household) is precomputed in setup.
 
-The fit is estimated once, in buig's setup (untimed), and shared with the peer through
-the case's shared folder. Extras: replicates per second, and the largest relative
-difference of the objective costs of the same 50 draws between buig and NumPy.
+The fit is estimated once, in buig's setup (untimed), and shared with the peers through
+the case's shared folder. Extras: replicates per second, household-draws per second, and
+the largest relative difference of the objective costs of the same 50 draws between buig
+and each peer.
 """
 
 from __future__ import annotations
@@ -78,19 +86,42 @@ def setup_numpy(ctx):
             "mun": pd_.nb_mun[pd_.nbhd].astype(np.intp), "n_mun": bctx.n_mun}
 
 
-def run_numpy(state):
-    from engine.model.predict import prediction_tables
+def _distribute(b, sums, noise):
+    """REPLICATE_COLUMNS of run_batch from (n_mun, 2, R) sums of E and V and each draw's (z, u)."""
+    import numpy as np
+
     from engine.rules.redistribution import effects
     from engine.rules.budget import allocate
 
-    np, b = state["np"], state["bctx"]
-    out = {c: np.empty((DRAWS, state["n_mun"])) for c in ("objective_cost", "budget", "share", "effect_pct",
-                                                            "simulated_spending")}
+    out = {c: np.empty((len(noise), b.n_mun)) for c in ("objective_cost", "budget", "share", "effect_pct",
+                                                         "simulated_spending")}
+    for r, (z, u) in enumerate(noise):
+        cost, var = sums[:, 0, r], sums[:, 1, r]
+        budget = allocate(b.regime, cost, b.hist, b.inhabitants, b.tb).budget
+        out["objective_cost"][r], out["budget"][r], out["share"][r] = cost, budget, budget / budget.sum()
+        out["effect_pct"][r] = effects(budget, b.spending, b.inhabitants).pct
+        out["simulated_spending"][r] = (cost + np.sqrt(var) * z) * np.exp(b.between_sd * u * (1.0 - b.rate))
+    return out
+
+
+def _draw_tables(b):
+    """Per replicate 0 .. DRAWS-1 its prediction tables and noise (z, u), as commit c675859 drew them."""
+    from engine.model.predict import prediction_tables
+
+    tables, noise = [], []
     for r in range(DRAWS):
         rng = b.rng(r)
         vp, pp = b.parametric_params(rng)
-        z, u = rng.standard_normal(b.n_mun), rng.standard_normal(b.n_mun)
-        t = prediction_tables(b.hh, b.fit, b.pd, vp, pp)
+        tables.append(prediction_tables(b.hh, b.fit, b.pd, vp, pp))
+        noise.append((rng.standard_normal(b.n_mun), rng.standard_normal(b.n_mun)))
+    return tables, noise
+
+
+def run_numpy(state):
+    np, b = state["np"], state["bctx"]
+    tables, noise = _draw_tables(b)
+    sums = np.empty((state["n_mun"], 2, DRAWS))
+    for r, t in enumerate(tables):
         eta_v = np.take(t.v_nb, state["nbhd"])
         for idx in state["v_idx"]:
             eta_v += np.take(t.v_coef, idx)
@@ -99,18 +130,37 @@ def run_numpy(state):
             eta_p += np.take(t.p_coef, idx)
         p = 1.0 / (1.0 + np.exp(-eta_v))
         fn = state["norm"] / (1.0 + np.exp(-eta_p))
-        cost = np.bincount(state["mun"], weights=p * fn, minlength=state["n_mun"])
-        var = np.bincount(state["mun"], weights=p * (1.0 - p) * fn * fn, minlength=state["n_mun"])
-        budget = allocate(b.regime, cost, b.hist, b.inhabitants, b.tb).budget
-        out["objective_cost"][r], out["budget"][r], out["share"][r] = cost, budget, budget / budget.sum()
-        out["effect_pct"][r] = effects(budget, b.spending, b.inhabitants).pct
-        out["simulated_spending"][r] = (cost + np.sqrt(var) * z) * np.exp(b.between_sd * u * (1.0 - b.rate))
-    return out
+        sums[:, 0, r] = np.bincount(state["mun"], weights=p * fn, minlength=state["n_mun"])
+        sums[:, 1, r] = np.bincount(state["mun"], weights=p * (1.0 - p) * fn * fn, minlength=state["n_mun"])
+    return _distribute(b, sums, noise)
 
 
-def extras_numpy(state, result, timing):
+def setup_old(ctx):
+    import numpy as np
+
+    from engine.uncertainty.draws import Context
+
+    return {"ctx": ctx, "bctx": Context(fitted_settings(ctx)), "np": np}
+
+
+def run_old(state):
+    """Context._run_batch(0, DRAWS) of commit c675859: tables per replicate, kernels.bootstrap.draw_sums."""
+    from kernels.bootstrap import draw_sums
+    from kernels.config import N_VIRTUAL
+
+    np, b = state["np"], state["bctx"]
+    tables, noise = _draw_tables(b)
+    stack = lambda name: np.ascontiguousarray(np.stack([getattr(t, name) for t in tables], axis=1))  # noqa: E731
+    t0 = tables[0]
+    sums = draw_sums(b.pd.combo, b.pd.nbhd, b.pd.norm_index, t0.norm_flat, t0.v_off, stack("v_coef"), stack("v_nb"),
+                     t0.p_off, stack("p_coef"), stack("p_nb"), b.pd.nb_mun, b.n_mun, N_VIRTUAL)
+    return _distribute(b, sums, noise)
+
+
+def extras_peer(state, result, timing):
     np = state["np"]
-    out = {"draws": DRAWS, "replicates_per_s": DRAWS / timing["median_s"]}
+    out = {"draws": DRAWS, "replicates_per_s": DRAWS / timing["median_s"],
+           "household_draws_per_s": state["bctx"].hh.n * DRAWS / timing["median_s"]}
     ref = state["ctx"].load("objective_cost")
     if ref is not None:
         mine = result["objective_cost"]
@@ -121,9 +171,12 @@ def extras_numpy(state, result, timing):
 
 IMPLEMENTATIONS = [
     Impl("buig", setup=setup_buig, run=run_buig, extras=extras_buig,
-         note=f"engine.uncertainty.bootstrap.Context.run_batch(0, {DRAWS}): draws, tables, one Numba pass for all draws, "
-              "distribution per draw"),
-    Impl("numpy", setup=setup_numpy, run=run_numpy, extras=extras_numpy,
+         note=f"engine.uncertainty.draws.Context.run_batch(0, {DRAWS}): draws, term tables per level and profile, one "
+              "Numba pass over the (neighbourhood, profile) cells for all draws, distribution per draw"),
+    Impl("kernel_c675859", setup=setup_old, run=run_old, extras=extras_peer,
+         note=f"the same {DRAWS} draws through commit c675859's path: prediction_tables per draw, "
+              "kernels.bootstrap.draw_sums over the households (two exponentials per household and draw)"),
+    Impl("numpy", setup=setup_numpy, run=run_numpy, extras=extras_peer,
          note=f"the same {DRAWS} draws and tables; per draw np.take sums, 1/(1+exp(-eta)), np.bincount per "
               "municipality, distribution"),
 ]

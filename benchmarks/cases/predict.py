@@ -15,7 +15,7 @@ import os
 from benchmarks.protocol import Floor, Impl
 
 REPEAT = 5
-TARGET_PER_S = 100e6           # households per second (issue 3), full scale, 2 cores
+TARGET_PER_S = 100e6           # households per second, full scale, 2 cores
 NUMPY_CHUNK = 1 << 16          # rows per NumPy chunk (keeps the temporaries in cache)
 TABLES = ("v_off", "v_coef", "v_nb", "p_off", "p_coef", "p_nb", "norm_flat")
 

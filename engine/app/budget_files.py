@@ -185,12 +185,13 @@ def _granite_phased(data: mm.MunicipalData, fitted: mm.MunicipalFit, weight: flo
 
 
 def _rows(regime, data, cost, hist, tb, b: Budgets, seed: rd.SeedTable, k=None) -> list[dict]:
-    """The rows of redistribution.csv: the seed table, then the regime's budgets."""
+    """The rows of redistribution.csv: the 2004 letter's table (``table`` = ``letter_2004``), then the
+    regime's budgets (``regime``)."""
     rows = []
     universe, inh = seed.universe, data.inhabitants
     mixes = {"mix": rd.SEED_HISTORICAL_SHARE, "historical": 1.0}
     ref_within = np.where(universe, seed.reference, 0.0)
-    seed_rows = {"all_name": f"seed universe (>{seed.min_inhabitants / 1000:g}k)", "table": "seed",
+    seed_rows = {"all_name": f"letter universe (>{seed.min_inhabitants / 1000:g}k)", "table": "letter_2004",
                  "reference": "spending_t"}
     for key, label, pct in seed.columns:
         rows += rd.summary_rows(pct, ref_within, inh, universe, model=key, label=label,

@@ -53,6 +53,21 @@ def _say(args, text: str) -> None:
         print(text, flush=True)
 
 
+def _csv_copies(args, *names: str) -> list[str]:
+    """``--format csv``: a CSV copy next to each of the Parquet files ``names`` in ``args.out``."""
+    if getattr(args, "format", "parquet") != "csv":
+        return []
+    from engine.io.outputs import write_csv_copies
+
+    return [f.name for f in write_csv_copies(args.out, names)]
+
+
+def _say_csv_copies(args, *names: str) -> None:
+    written = _csv_copies(args, *names)
+    if written:
+        _say(args, f"wrote {', '.join(written)} to {args.out}")
+
+
 def cmd_synth(args) -> int:
     from engine.world.synth import generate
 
@@ -100,6 +115,7 @@ def cmd_fit(args) -> int:
                                 f"{r['estimate']:>10.7f}  (se {r['se_cluster']:.4f}, z {r['z_difference']:+.2f})"
                                 for r in rows))
     _say(args, f"wrote coefficients.parquet, fit.json, covariances.npz to {args.out} ({time.perf_counter() - t0:.1f} s)")
+    _say_csv_copies(args, "coefficients.parquet")
     return 0
 
 
@@ -134,10 +150,18 @@ def cmd_predict(args) -> int:
         pq.write_table(municipal_costs_table(pred, pop.municipalities.column("name").to_pylist()),
                        tmp / "municipal_costs.parquet")
         pq.write_table(rekentool_table(pred), tmp / "rekentool.parquet")
+    wrote = "municipal_costs.parquet, rekentool.parquet"
+    if not args.no_xlsx:
+        from engine.app.workbook import write_rekentool_workbook
+
+        write_rekentool_workbook(Path(args.out) / "rekentool.xlsx", rekentool_table(pred), pop.municipalities,
+                                 labels=args.labels, synthetic=pop.synthetic)
+        wrote += ", rekentool.xlsx"
+    wrote += "".join(f", {name}" for name in _csv_copies(args, "municipal_costs.parquet", "rekentool.parquet"))
     _say(args, f"objective cost EUR {pred.objective_cost.sum() / 1e6:,.1f} mln over {hh.n_mun} municipalities; "
                f"predicted {pred.predicted.sum():,.0f} vs actual {pred.actual.sum():,} households; "
                f"prediction {seconds:.2f} s ({hh.n / seconds / 1e6:.0f} million households/s); wrote "
-               f"municipal_costs.parquet and rekentool.parquet to {args.out}")
+               f"{wrote} to {args.out}")
     return 0
 
 
@@ -188,6 +212,7 @@ def cmd_bootstrap(args) -> int:
                f"{res.replicates - res.computed} resumed) in {res.seconds:.1f} s; between-municipality sd "
                f"{res.between_sd:.3f}; {int(flags.sum())} municipalities flagged at level {args.level}; wrote "
                f"replicates.parquet, bands.parquet, flags.parquet to {args.out}")
+    _say_csv_copies(args, "replicates.parquet", "bands.parquet", "flags.parquet")
     return 0
 
 
@@ -202,14 +227,24 @@ def cmd_cap(args) -> int:
     if not flags_file.exists():
         raise FileNotFoundError(f"{flags_file} is missing: run `buig bootstrap` first")
     f = pq.read_table(flags_file)
-    table, capped = capped_table(f, args.kappa, args.redistribute)
+    record = Path(args.bootstrap) / "bootstrap.json"      # its regime's vangnet rule, paid on the capped budgets
+    vangnet = None
+    if record.exists():
+        import json
+
+        from engine.rules.regime import load_regime
+
+        vangnet = load_regime(json.loads(record.read_text())["settings"]["regime"]).vangnet
+    table, capped = capped_table(f, args.kappa, args.redistribute, vangnet)
     with atomic_dir(args.out) as tmp:
         pq.write_table(table, tmp / "capped_budgets.parquet")
     _say(args, f"kappa {args.kappa}: {int((capped.clawed_back > 0).sum())} municipalities capped, "
                f"EUR {capped.total / 1e6:,.2f} mln clawed back and redistributed ({args.redistribute}) to "
-               f"{int((capped.received > 0).sum())} municipalities; total budget unchanged "
-               f"({np.sum(capped.budget) - np.sum(table.column('budget').to_numpy()):+.2e}); wrote "
-               f"capped_budgets.parquet to {args.out}")
+               f"{int((capped.received > 0).sum())} municipalities; total budget changed by "
+               f"{np.sum(capped.budget) - np.sum(table.column('budget').to_numpy()):+.2e}"
+               + (f" (EUR {capped.unallocated / 1e6:,.2f} mln unallocated: every municipality is capped)"
+                  if capped.unallocated else "") + f"; wrote capped_budgets.parquet to {args.out}")
+    _say_csv_copies(args, "capped_budgets.parquet")
     return 0
 
 
@@ -224,6 +259,10 @@ def _scenario_overrides(args) -> dict:
         o["replicates"] = args.replicates
     if args.seed is not None:
         o["population_seed"], o["bootstrap_seed"] = args.seed, args.seed + 1
+    if getattr(args, "macrobudget", None) is not None:
+        from engine.app.budget_files import parse_macrobudget
+
+        o["macrobudget"] = "regime" if args.macrobudget == "regime" else parse_macrobudget(args.macrobudget)
     return o
 
 
@@ -236,7 +275,8 @@ def cmd_run(args) -> int:
     if not scenario.synthetic and args.households is not None:
         raise ValueError("--households sets the size of the synthetic population; it cannot be combined with "
                          "--population (or a scenario whose population.source is a folder)")
-    result = run(scenario, args.out, workers=args.workers, scheduler=args.scheduler,
+    result = run(scenario, args.out, workers=args.workers, scheduler=args.scheduler, xlsx=not args.no_xlsx,
+                 formats=("parquet", "csv") if args.format == "csv" else ("parquet",), labels=args.labels,
                  progress=lambda label: Progress(label, args.quiet), say=lambda text: _say(args, text))
     _say(args, "\n" + format_summary(result))
     return 0
@@ -276,8 +316,9 @@ def cmd_budget(args) -> int:
                    f"correlation {g['correlation']:.3f}")
     if r.components:
         _say(args, "handed out by their own key: " + ", ".join(f"{k} EUR {v.sum():,.2f}" for k, v in r.components.items()))
-    _say(args, "\nredistribution effects against spending in t (seed 003's table):\n" + format_seed_table(r.seed))
+    _say(args, "\nredistribution effects against spending in t (the table of the 2004 letter, K2004):\n" + format_seed_table(r.seed))
     _say(args, f"\n-> {Path(args.out) / 'budgets.parquet'}, {Path(args.out) / 'redistribution.csv'}")
+    _say_csv_copies(args, "budgets.parquet")
     return 0
 
 
@@ -293,15 +334,28 @@ def cmd_wdeel(args) -> int:
     write_wdeel(r, pop, args.out)
     _say(args, f"W-deel total EUR {r.total:,.2f}; (budget - need) / budget per municipality:\n"
                + format_rows(r.rows) + f"\n{NEED_NOTE}\n-> {Path(args.out) / 'wdeel.csv'}")
+    _say_csv_copies(args, "wdeel_budgets.parquet")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine import __version__
+    from engine.app.labels import LANGUAGES
     from engine.world.synth import REAL_HOUSEHOLDS
 
     parser = argparse.ArgumentParser(prog="buig", description="The Dutch bijstand (BUIG) distribution model: "
                                      "simulation, uncertainty and capping.")
+    parser.add_argument("--version", action="version", version=f"buig {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_outputs(p: argparse.ArgumentParser, xlsx: bool = False) -> None:
+        p.add_argument("--format", choices=("parquet", "csv"), default="parquet",
+                       help="csv: also a CSV copy next to every Parquet table (default: %(default)s)")
+        if xlsx:
+            p.add_argument("--no-xlsx", action="store_true", help="do not write rekentool.xlsx")
+            p.add_argument("--labels", choices=LANGUAGES, default="en",
+                           help="household types in rekentool.xlsx (and the report) as codes (en) or in Dutch "
+                                "(nl) (default: %(default)s)")
 
     def add_dask(p: argparse.ArgumentParser, default: str = "the number of cores") -> None:
         p.add_argument("--workers", type=int, default=None,
@@ -342,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_catalogue(p)
 
     p = add("budget", cmd_budget, "Budgets of a distribution regime: budgets.parquet (one row per "
-                                  "municipality) and redistribution.csv (seed 003's table and the regime's effects).")
+                                  "municipality) and redistribution.csv (the 2004 letter's table and the regime's effects).")
+    add_outputs(p)
     p.add_argument("--population", required=True, help="population folder")
     p.add_argument("--costs", help="folder with municipal_costs.parquet from buig predict "
                                    "(required for the household model, e.g. regime 2019)")
@@ -351,14 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
                                          "population's spending in t (default: from the regime file)")
     p.add_argument("--out", required=True, help="output folder")
 
-    p = add("wdeel", cmd_wdeel, "The four W-deel models of seed 003 and a historical distribution against need: "
+    p = add("wdeel", cmd_wdeel, "The four W-deel models of the 2004 letter and a historical distribution against need: "
                                 "wdeel.csv and wdeel_budgets.parquet.")
+    add_outputs(p)
     p.add_argument("--population", required=True, help="population folder")
     p.add_argument("--total", type=float, required=True,
                    help="W-deel budget in EUR: a budget of its own, not the sum of need")
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("fit", cmd_fit, "Estimate the volume (logit) and price (fractional logit) components.")
+    add_outputs(p)
     p.add_argument("--population", required=True, help="population folder")
     p.add_argument("--spec", default="2019", help="model spec: a built-in name or a TOML file (default: %(default)s)")
     p.add_argument("--export-design", action="store_true",
@@ -367,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("predict", cmd_predict, "Objective cost per municipality and the rekentool breakdown.")
+    add_outputs(p, xlsx=True)
     p.add_argument("--population", required=True, help="population folder")
     p.add_argument("--coefficients", default=None, help="folder written by `buig fit`")
     p.add_argument("--spec", default=None, help="instead of --coefficients: a model spec with published weights "
@@ -376,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("bootstrap", cmd_bootstrap, "Monte Carlo bands on every municipality's budget and flags for "
                                         "unexplained surpluses (Dask).")
+    add_outputs(p)
     p.add_argument("--population", required=True, help="population folder (workers read it themselves)")
     p.add_argument("--coefficients", help="folder written by `buig fit` (default: fit into OUT/fit)")
     p.add_argument("--spec", default="2019", help="model spec when fitting here (default: %(default)s)")
@@ -395,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (a rerun resumes and recomputes nothing written)")
 
     p = add("cap", cmd_cap, "The Rob cap: claw back the surplus above kappa x budget of flagged municipalities.")
+    add_outputs(p)
     p.add_argument("--bootstrap", required=True, help="folder written by `buig bootstrap` (flags.parquet)")
     p.add_argument("--kappa", type=float, required=True, help="surplus kept, as a fraction of the budget (e.g. 0.1)")
     p.add_argument("--redistribute", choices=("pro_rata", "deficit"), default="pro_rata",
@@ -405,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "is given) -> fit -> predict -> budgets -> bootstrap bands -> flags -> cap -> report.html. "
                             "Every value used is written to OUT/scenario.toml; `buig run OUT/scenario.toml --out "
                             "OTHER` repeats the run exactly.")
+    add_outputs(p, xlsx=True)
     p.add_argument("scenario", nargs="?", default=None,
                    help="scenario TOML file (default: the built-in engine/data/scenarios/default.toml; a file of your own "
                         "needs only the keys it changes)")
@@ -414,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--households", type=int, default=None,
                    help=f"households of the synthetic population (scenario default: {REAL_HOUSEHOLDS:,})")
     p.add_argument("--replicates", type=int, default=None, help="bootstrap replicates (scenario default: 1000)")
+    p.add_argument("--macrobudget", default=None, help="TB: 'regime' (the regime file's), 'spending' (the "
+                                                        "population's spending in t) or EUR (scenario key "
+                                                        "regime.macrobudget; default: the scenario's)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed S: the synthetic population's seed S and the bootstrap's seed S + 1")
     add_dask(p, default="0 unless a scheduler is given: in this process with Numba on every core, measured "
@@ -427,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "sweep-<file name>)")
     p.add_argument("--households", type=int, default=None, help="override the households of the synthetic population")
     p.add_argument("--replicates", type=int, default=None, help="override the bootstrap replicates of every variant")
+    p.add_argument("--macrobudget", default=None, help="TB of every variant: 'regime', 'spending' or EUR")
     p.add_argument("--seed", type=int, default=None, help="seed S: population seed S and bootstrap seed S + 1")
     add_dask(p)
     return parser

@@ -10,7 +10,8 @@ applied), ``population/`` (synthetic only), ``coefficients.parquet``, ``fit.json
 ``covariances.npz``, ``municipal_costs.parquet``, ``rekentool.parquet``,
 ``budgets.parquet``, ``redistribution.csv``, ``replicates.parquet``, ``bands.parquet``,
 ``flags.parquet``, ``bootstrap.json`` and ``batches/``, ``capped_budgets.parquet``,
-``report.html`` and ``run.json`` (stage times, machine).
+``rekentool.xlsx``, ``report.html`` and ``run.json`` (stage times, machine); on request a
+CSV copy of every Parquet table (``NAME.csv``).
 
 Every file is written under a temporary name and renamed (:mod:`engine.io.outputs`), and
 ``run.json`` is the completion record: :func:`run` deletes it before it replaces the first
@@ -33,7 +34,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from engine.app.scenario import Scenario, load_scenario, validate_scenario, write_regime
-from engine.io.outputs import atomic_dir, remove_stale, write_json, write_text
+from engine.app.labels import check_language
+from engine.io.outputs import atomic_dir, remove_stale, write_csv_copies, write_json, write_text
 
 # --------------------------------------------------------------------------- API steps
 
@@ -76,8 +78,9 @@ class RunResult:
 
 OUTPUTS = ("scenario.toml", "regime.toml", "coefficients.parquet", "fit.json", "covariances.npz",
            "municipal_costs.parquet", "rekentool.parquet", "budgets.parquet", "redistribution.csv",
-           "replicates.parquet", "bands.parquet", "flags.parquet", "capped_budgets.parquet", "report.html",
-           "run.json")
+           "replicates.parquet", "bands.parquet", "flags.parquet", "capped_budgets.parquet", "rekentool.xlsx",
+           "report.html", "run.json")
+FORMATS = ("parquet", "csv")
 FIT_FILES = ("coefficients.parquet", "fit.json", "covariances.npz")
 
 
@@ -113,8 +116,8 @@ def _copy_fit(src: Path, out: Path) -> None:
 
 
 def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, scheduler: str | None = None,
-        coefficients: str | Path | None = None, report: bool = True,
-        progress: Callable[[str], Callable[[int, int], None]] | None = None,
+        coefficients: str | Path | None = None, report: bool = True, xlsx: bool = True, formats=("parquet",),
+        labels: str = "en", progress: Callable[[str], Callable[[int, int], None]] | None = None,
         say: Callable[[str], None] | None = None) -> RunResult:
     """Run ``scenario`` into folder ``out`` (see the module docstring for the files).
 
@@ -126,11 +129,15 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     the same population, used instead of fitting (copied into ``out``). ``progress(label)``
     returns a ``(done, total)`` callback for a long stage; ``say`` gets one line per stage.
     A rerun into the same folder with the same scenario resumes the bootstrap.
+    ``xlsx``: write ``rekentool.xlsx``; ``formats``: ``("parquet", "csv")`` adds a CSV copy next
+    to every Parquet table (a run without it removes CSV copies of an earlier one);
+    ``labels``: household types in the report and workbook as codes (``en``) or Dutch (``nl``).
     """
     from engine.uncertainty.bootstrap import run_bootstrap
     from engine.uncertainty.settings import Settings
     from engine.uncertainty.summaries import flags_table, write_results
-    from engine.app.budget_files import compute_budget, write_budget
+    from engine.app.budget_files import budget_table, compute_budget, write_budget
+    from engine.app.workbook import FILE as WORKBOOK, write_rekentool_workbook
     from engine.rules.cap import capped_table
     from engine.model.design import households_from_population
     from engine.model.fitted import fit_to_folder, read_fit
@@ -153,6 +160,9 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
         t = now
 
     _check_folder(out, scenario)
+    check_language(labels)
+    if set(formats) - set(FORMATS) or "parquet" not in formats:
+        raise ValueError(f"--format must be parquet or csv (Parquet is always written), not {','.join(formats)}")
     if workers is None and not (scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
         workers = 0
     if workers != 0:
@@ -206,6 +216,11 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
 
     budget = compute_budget(pop, load_regime(regime_path), costs=out)
     write_budget(budget, out)
+    if xlsx:
+        write_rekentool_workbook(out / WORKBOOK, pq.read_table(out / "rekentool.parquet"), pop.municipalities,
+                                 budget_table(budget), labels=labels, synthetic=pop.synthetic)
+    else:
+        (out / WORKBOOK).unlink(missing_ok=True)
     del pop                                   # the bootstrap reads the population itself
     lap("distribute")
 
@@ -219,7 +234,7 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     lap("bootstrap")
 
     flags = flags_table(boot, scenario.flag_level)
-    table, capped = capped_table(flags, scenario.kappa, scenario.redistribute)
+    table, capped = capped_table(flags, scenario.kappa, scenario.redistribute, budget.regime.vangnet)
     with atomic_dir(out) as tmp:
         pq.write_table(table, tmp / "capped_budgets.parquet")
     lap("flags + cap")
@@ -228,8 +243,14 @@ def run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sche
     if report:
         from engine.app.report.page import write_report
 
-        report_path = write_report(out)
+        report_path = write_report(out, labels=labels)
         lap("report")
+    parquet = [name for name in OUTPUTS if name.endswith(".parquet")]
+    if "csv" in formats:
+        write_csv_copies(out, parquet)
+    else:
+        for name in parquet:
+            (out / name).with_suffix(".csv").unlink(missing_ok=True)
     stages["total"] = time.perf_counter() - t_start
     write_json(out / "run.json", {
         "scenario": scenario.to_dict(), "population": str(pop_dir.resolve()), "synthetic": synthetic,
@@ -280,20 +301,60 @@ def machine() -> dict:
 def statistics(r: RunResult) -> dict:
     """The headline numbers of a run (also one row of a sweep's comparison table)."""
     from engine.uncertainty.summaries import bands_table
-    from engine.rules.redistribution import summarise
+    from engine.rules.redistribution import effects, summarise
+    from engine.rules.vangnet import vangnet_payout
 
     eff = summarise(r.budget.effects.pct)
     bands = bands_table(r.bootstrap)
     point = bands.column("point_budget").to_numpy()
     pos = point > 0                            # a municipality without budget has no relative width
     width = (bands.column("budget_q97_5").to_numpy()[pos] - bands.column("budget_q2_5").to_numpy()[pos]) / point[pos]
-    b = r.budget.budgets
-    return {"tb": b.tb, "municipalities": int(len(b.budget)),
+    b, d, c = r.budget.budgets, r.budget.data, r.capped
+    spending = float(d.spending_t.sum())
+    after = summarise(effects(c.budget, d.spending_t, d.inhabitants).pct)
+    vangnet_capped = vangnet_payout(d.spending_t, c.budget, r.budget.regime.vangnet)
+    in_deficit = d.spending_t > b.budget
+    return {"tb": b.tb, "spending_eur": spending, "gap_pct": 100 * (b.tb - spending) / b.tb,
+            "objective_cost_eur": float(r.budget.objective_cost.sum()),
+            "objective_vs_spending_pct": 100 * (float(r.budget.objective_cost.sum()) / spending - 1),
+            "municipalities": int(len(b.budget)), "deficit_municipalities": int(in_deficit.sum()),
             "mean_abs_effect_pct": eff["mean_abs_effect_pct"], "within_10_pct": eff["within_10_pct"],
             "within_15_pct": eff["within_15_pct"], "median_band_width_pct": float(100 * np.median(width)),
-            "flagged": int(r.flagged.sum()), "capped": int((r.capped.clawed_back > 0).sum()),
-            "clawed_back_eur": r.capped.total, "vangnet_eur": float(r.budget.vangnet.sum()),
-            "vangnet_municipalities": int((r.budget.vangnet > 0).sum())}
+            "flagged": int(r.flagged.sum()), "capped": int((c.clawed_back > 0).sum()),
+            "clawed_back_eur": c.total, "vangnet_eur": float(r.budget.vangnet.sum()),
+            "vangnet_municipalities": int((r.budget.vangnet > 0).sum()),
+            "capped_mean_abs_effect_pct": after["mean_abs_effect_pct"], "capped_within_10_pct": after["within_10_pct"],
+            "capped_within_15_pct": after["within_15_pct"],
+            "received_by_deficit_eur": float(c.received[in_deficit].sum()),
+            "received_by_others_eur": float(c.received[~in_deficit].sum()), "unallocated_eur": c.unallocated,
+            "capped_vangnet_eur": float(vangnet_capped.sum()),
+            "capped_vangnet_municipalities": int((vangnet_capped > 0).sum())}
+
+
+def money_lines(st: dict) -> list[str]:
+    """TB against spending, municipalities in deficit, the vangnet and the objective cost, beside the
+    published national outcomes (``engine/data/published``): a population whose money does not add up
+    shows at once."""
+    from engine.world.published import facts
+
+    f = facts()
+    gap = st["gap_pct"]
+    word = "surplus" if gap >= 0 else "deficit"
+    lines = [f"TB EUR {st['tb'] / 1e6:,.1f} mln, spending in t EUR {st['spending_eur'] / 1e6:,.1f} mln: national "
+             f"{word} {abs(gap):.1f}% of TB (published 2016-2022: {100 * f.gap_low:+.1f}% to "
+             f"{100 * f.gap_high:+.1f}%)",
+             f"{st['deficit_municipalities']} of {st['municipalities']} municipalities in deficit "
+             f"({100 * st['deficit_municipalities'] / max(st['municipalities'], 1):.0f}%; published: "
+             f"{100 * f.deficit_share_2012:.0f}% in 2012, more than {100 * f.deficit_share_2021:.0f}% in 2021); "
+             f"vangnet EUR {st['vangnet_eur'] / 1e6:,.1f} mln to {st['vangnet_municipalities']} municipalities "
+             f"(published: {f.vangnet_low}-{f.vangnet_high} requests a year, 2016-2018)",
+             f"objective cost EUR {st['objective_cost_eur'] / 1e6:,.1f} mln, {st['objective_vs_spending_pct']:+.1f}% "
+             "against spending"]
+    if not f.gap_low <= gap / 100 <= f.gap_high:
+        lines.append(f"note: TB and spending differ by {abs(gap):.0f}% of TB, outside the published range: this "
+                     "population's money does not add up to the macro budget (a scenario can set "
+                     "[regime] macrobudget = \"spending\")")
+    return lines
 
 
 def format_summary(r: RunResult) -> str:
@@ -313,8 +374,7 @@ def format_summary(r: RunResult) -> str:
             lines.append(f"{'-' * 27}")
         lines.append(f"{name:<18}{sec:>9.1f}")
     lines.append("")
-    lines.append(f"TB EUR {st['tb'] / 1e6:,.1f} mln over {st['municipalities']} municipalities; vangnet EUR "
-                 f"{st['vangnet_eur'] / 1e6:,.1f} mln to {st['vangnet_municipalities']} municipalities")
+    lines += money_lines(st)
     lines.append(f"redistribution effect against spending: mean |effect| {st['mean_abs_effect_pct']:.1f}%, "
                  f"{st['within_10_pct']:.0f}% of municipalities within +-10%, {st['within_15_pct']:.0f}% within +-15%")
     boot = r.bootstrap
@@ -322,7 +382,12 @@ def format_summary(r: RunResult) -> str:
                  f"width (95%) {st['median_band_width_pct']:.1f}% of the budget")
     lines.append(f"flags: {st['flagged']} municipalities with a surplus the model does not explain (level "
                  f"{s.flag_level:g}); cap kappa {s.kappa:g}: {st['capped']} capped, EUR "
-                 f"{st['clawed_back_eur'] / 1e6:,.2f} mln redistributed ({s.redistribute})")
+                 f"{st['clawed_back_eur'] / 1e6:,.2f} mln redistributed ({s.redistribute}; EUR "
+                 f"{st['received_by_deficit_eur'] / 1e6:,.2f} mln to municipalities in deficit); vangnet after the "
+                 f"cap EUR {st['capped_vangnet_eur'] / 1e6:,.1f} mln to {st['capped_vangnet_municipalities']}")
+    if st["unallocated_eur"] > 0:
+        lines.append(f"cap: every municipality is capped, so EUR {st['unallocated_eur'] / 1e6:,.2f} mln clawed back "
+                     "goes to no municipality (back to the macro budget)")
     if boot.replicates * s.flag_level < 5:
         lines.append(f"note: {boot.replicates} replicates are few for flag level {s.flag_level:g} (a municipality is "
                      "flagged when hardly any replicate spends as little); use at least "
@@ -331,6 +396,8 @@ def format_summary(r: RunResult) -> str:
     out = r.out
     if r.report is not None:
         lines.append(f"report:  {r.report}  (open in a browser; one file, no network needed)")
+    if (out / "rekentool.xlsx").exists():
+        lines.append(f"excel:   {out / 'rekentool.xlsx'}  (per municipality and household type, filterable)")
     lines.append(f"tables:  {out}/ budgets.parquet, redistribution.csv, bands.parquet, flags.parquet, "
                  "capped_budgets.parquet, rekentool.parquet, municipal_costs.parquet, replicates.parquet")
     lines.append(f"repeat:  buig run {out / 'scenario.toml'} --out OTHER_FOLDER")

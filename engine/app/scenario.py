@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("model", "spec"): ("spec", str),
     ("regime", "name"): ("regime", str),
     ("regime", "overrides"): ("regime_overrides", dict),
+    ("regime", "macrobudget"): ("macrobudget", object),
     ("bootstrap", "method"): ("method", str),
     ("bootstrap", "replicates"): ("replicates", int),
     ("bootstrap", "batch_size"): ("batch_size", int),
@@ -74,6 +76,7 @@ class Scenario:
     between_sd: str | float
     kappa: float
     redistribute: str
+    macrobudget: str | float = "regime"   # "regime", "spending" or EUR (replaces the regime's budget.macrobudget)
 
     @property
     def synthetic(self) -> bool:
@@ -163,6 +166,11 @@ def validate_scenario(s: Scenario, where: str = "scenario") -> Scenario:
     if s.between_sd != "auto" and (isinstance(s.between_sd, bool) or not isinstance(s.between_sd, (int, float))
                                    or not s.between_sd >= 0):
         raise bad("bootstrap.between_sd", f"must be \"auto\" or a number >= 0, not {s.between_sd!r}")
+    m = s.macrobudget
+    if m not in ("regime", "spending") and (isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0
+                                            or not math.isfinite(m)):
+        raise bad("regime.macrobudget", f"must be \"regime\" (the regime file's), \"spending\" (the population's "
+                                        f"spending in t) or an amount in EUR > 0, not {m!r}")
     if s.synthetic:
         for key, v in (("population.households", s.households), ("population.planted", s.planted),
                        ("population.policy_sd", s.policy_sd)):
@@ -276,6 +284,8 @@ def merged_regime(s: Scenario) -> dict:
             if not isinstance(node, dict):
                 raise ValueError(f"regime override '{dotted}': {p!r} is not a table in {path}")
         node[parts[-1]] = copy.deepcopy(value)
+    if s.macrobudget != "regime" and isinstance(data.get("budget"), dict):
+        data["budget"]["macrobudget"] = "spending_t" if s.macrobudget == "spending" else float(s.macrobudget)
     return data
 
 
@@ -295,7 +305,8 @@ def regime_toml(s: Scenario) -> str:
                          f"{regime.objective_model!r}); buig run needs a regime of the household model such "
                          "as 2019 (use `buig budget --regime 2005` for the municipal model)")
     header = (f"Regime used by this run: {path}"
-              + (" with the scenario's regime.overrides applied." if s.regime_overrides else "."))
+              + (" with the scenario's regime.overrides applied" if s.regime_overrides else "")
+              + (f" and its macrobudget = {s.macrobudget!r}" if s.macrobudget != "regime" else "") + ".")
     try:
         return dump_toml(data, header)
     except TypeError as exc:                       # e.g. a TOML date in an override

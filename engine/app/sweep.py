@@ -17,10 +17,12 @@ not vary. Each model spec is fitted once, in this process as in ``buig run``, in
 ``OUT/fits``; then every variant runs the rest of :func:`engine.app.pipeline.run` (predict,
 distribute, its bootstrap in the task's process, flags, cap, report) as one Dask task
 into ``OUT/variants/NN-name``.
-``OUT/comparison.csv`` has one row per variant: the varied keys, the seed-style statistics
-of the redistribution effect against spending (mean absolute effect, share within +-10%
-and +-15%), the median relative width of the 95% budget band, the municipalities flagged
-and capped and the euros clawed back. Every task is a pure function of its scenario and
+``OUT/comparison.csv`` has one row per variant: the varied keys, TB, spending and their gap,
+the municipalities in deficit, the 2004 letter's statistics of the redistribution effect against
+spending (mean absolute effect, share within +-10% and +-15%) before and after the cap, the
+median relative width of the 95% budget band, the municipalities flagged and capped, the euros
+clawed back and where they went (to municipalities in deficit, to others, unallocated), and
+the vangnet before and after the cap (:func:`engine.app.pipeline.statistics`). Every task is a pure function of its scenario and
 the fitted coefficients, so the results do not depend on the number of workers: a variant
 equals ``buig run`` of its ``scenario.toml`` bit for bit.
 """
@@ -42,9 +44,12 @@ from engine.app.pipeline import check_scheduler, run, statistics
 from engine.app.scenario import FIELDS, Scenario, load_scenario, with_overrides, write_regime
 from engine.io.config import read_toml
 
-STAT_COLUMNS = ("tb", "municipalities", "mean_abs_effect_pct", "within_10_pct", "within_15_pct",
+STAT_COLUMNS = ("tb", "spending_eur", "gap_pct", "objective_cost_eur", "objective_vs_spending_pct", "municipalities",
+                "deficit_municipalities", "mean_abs_effect_pct", "within_10_pct", "within_15_pct",
                 "median_band_width_pct", "flagged", "capped", "clawed_back_eur", "vangnet_eur",
-                "vangnet_municipalities")
+                "vangnet_municipalities", "capped_mean_abs_effect_pct", "capped_within_10_pct", "capped_within_15_pct",
+                "received_by_deficit_eur", "received_by_others_eur", "unallocated_eur", "capped_vangnet_eur",
+                "capped_vangnet_municipalities")
 SWEEP_KEYS = ("scenario", "out", "base", "grid", "variant")
 
 
@@ -248,17 +253,21 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, *, workers: int | Non
 
 def format_comparison(r: SweepResult) -> str:
     """The comparison table on one screen."""
-    width = max(12, min(44, max(len(row["variant"]) for row in r.rows)))
-    head = (f"{'variant':<{width}} {'mean|HE|':>9} {'<=10%':>6} {'<=15%':>6} {'band':>6} {'flagged':>8} "
-            f"{'capped':>7} {'clawed back (EUR mln)':>22}")
+    width = max(12, max(len(row["variant"]) for row in r.rows))      # names in full, never cut short
+    head = (f"{'variant':<{width}} {'gap':>6} {'mean|HE|':>9} {'<=10%':>6} {'<=15%':>6} {'band':>6} {'flagged':>8} "
+            f"{'capped':>7} {'moved':>8} {'to def.':>8} {'capped|HE|':>11} {'vangnet':>8} {'after':>8}")
     lines = [head, "-" * len(head)]
     for row in r.rows:
-        lines.append(f"{row['variant'][:width]:<{width}} {row['mean_abs_effect_pct']:>8.1f}% "
+        lines.append(f"{row['variant']:<{width}} {row['gap_pct']:>5.1f}% {row['mean_abs_effect_pct']:>8.1f}% "
                      f"{row['within_10_pct']:>5.0f}% {row['within_15_pct']:>5.0f}% {row['median_band_width_pct']:>5.1f}% "
-                     f"{row['flagged']:>8} {row['capped']:>7} {row['clawed_back_eur'] / 1e6:>22.2f}")
+                     f"{row['flagged']:>8} {row['capped']:>7} {row['clawed_back_eur'] / 1e6:>8.2f} "
+                     f"{row['received_by_deficit_eur'] / 1e6:>8.2f} {row['capped_mean_abs_effect_pct']:>10.1f}% "
+                     f"{row['vangnet_eur'] / 1e6:>8.2f} {row['capped_vangnet_eur'] / 1e6:>8.2f}")
     lines.append("")
-    lines.append("mean|HE|: mean absolute redistribution effect against spending; <=10%, <=15%: share of "
-                 "municipalities within; band: median width of the 95% budget band, % of the budget")
+    lines.append("gap: (TB - spending) / TB; mean|HE|: mean absolute redistribution effect against spending; <=10%, "
+                 "<=15%: share of municipalities within; band: median width of the 95% budget band, % of the budget; "
+                 "moved: EUR mln clawed back by the cap, to def.: of which to municipalities in deficit; capped|HE|: "
+                 "mean |effect| of the capped budgets; vangnet, after: EUR mln before and after the cap")
     lines.append(f"{r.out / 'comparison.csv'}; per variant {r.out / 'variants'}/NN-name/ (report.html each); "
                  f"{len(r.rows)} variants in {r.seconds:.0f} s")
     return "\n".join(lines)

@@ -115,3 +115,25 @@ def write_table(path: str | Path, table) -> None:
 
     with atomic_file(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def write_csv_copies(folder: str | Path, names) -> list[Path]:
+    """``NAME.csv`` next to each ``NAME.parquet`` of ``names`` in ``folder`` (those present),
+    atomically; dictionary columns are written as their values. Returns the CSV files."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    written = []
+    for name in names:
+        src = Path(folder) / name
+        if not src.is_file():
+            continue
+        table = pq.read_table(src)
+        table = table.cast(pa.schema([pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
+                                      for f in table.schema]))
+        target = src.with_suffix(".csv")
+        with atomic_file(target) as tmp:
+            pcsv.write_csv(table, tmp)
+        written.append(target)
+    return written

@@ -1,8 +1,8 @@
-"""The municipality-level objective model of the 2005 regime (seed 003, domain spec 6.1).
+"""The municipality-level objective model of the 2005 regime (letter K2004; sources in engine/data/SOURCES.md).
 
 Before the household model, the objective budget came from a regression over
 municipalities: spending per household (2004: per inhabitant) on the economic and social
-structure of the municipality. Seed 003 adds the *granieten voorraad*, the persons more
+structure of the municipality. The 2004 letter adds the *granieten voorraad*, the persons more
 than 4 years on bijstand at a frozen date, which the municipality can no longer influence.
 
 :func:`municipal_data` collects, per municipality, the structure variables (shares
@@ -11,7 +11,7 @@ regional factors from the municipality table) and the spending and household cou
 :func:`fit` estimates one :class:`MunicipalSpec` by weighted least squares and returns the
 objective cost O_g = max(fitted per unit, 0) x units of every municipality.
 
-The three specifications of seed 003's table (our reading of the letter):
+The three specifications of the 2004 letter's table (our reading of the letter):
 
 - ``MODEL_2004``: spending per *inhabitant* on the social structure only (single
   parents, non-western migration, social rent), weights = inhabitants;

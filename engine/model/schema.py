@@ -1,6 +1,6 @@
 """Arrow schemas of a population and their validation.
 
-A population is three tables (design, section 3):
+A population is three tables:
 
 - ``households``: one row per household, categorical characteristics as small integers
   whose labels live in the field metadata (``labels``: a JSON list, code = position), or as

@@ -181,7 +181,7 @@ def cap_groups(regime: Regime, inhabitants: np.ndarray) -> np.ndarray:
     municipality, -1 for those outside it.
 
     Only municipalities budgeted (partly) by the objective model have a redistribution effect
-    (Besluit WWB 2007, annex part B; seed 003: the limitation applies to the municipalities in
+    (Besluit WWB 2007, annex part B; the letter K2004: the limitation applies to the municipalities in
     the objective model), and it is budget-neutral within each compartment: with
     ``compartments`` the size classes 1 and 2 are groups of their own, otherwise all
     municipalities with m_g > 0 form one group.

@@ -1,16 +1,18 @@
-"""Redistribution effects (herverdeeleffecten) and seed 003's comparison table.
+"""Redistribution effects (herverdeeleffecten) and the comparison table of the 2004 letter (K2004).
+
+Sources: engine/data/SOURCES.md.
 
 The effect of a candidate budget C against a reference R (actual spending or another
-budget), after scaling R to the total of C (domain spec 7):
+budget), after scaling R to the total of C [C~: S13, S18]:
 
     HE_g = (C_g - R_g) / R_g * 100 %        and        (C_g - R_g) / inhabitants_g  EUR
 
 Municipalities with R_g = 0 have no defined effect; they are counted as ``undefined``
-and left out of the statistics. :func:`summarise` gives seed 003's statistics (mean
+and left out of the statistics. :func:`summarise` gives the letter's statistics (mean
 absolute effect, share within +-10% and within +-15%), unweighted or weighted by the
-reference budget. :func:`seed_table` rebuilds the five columns of seed 003's table on a
+reference budget. :func:`seed_table` rebuilds the five columns of the letter's table on a
 population and :func:`optimal_historical_share` finds the historical share of the mix
-that minimises the mean absolute effect (the seed found 27%).
+that minimises the mean absolute effect (the letter chose 27%).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ SIZE_CLASSES = {
     "2019": ((15_000, 40_000), ("<15k", "15-40k", ">40k")),
     "2005": ((40_000, 60_000), ("<40k", "40-60k", ">60k")),
 }
-SEED_UNIVERSE = 40_000           # seed 003 compares the municipalities in the objective model (>40k)
-SEED_HISTORICAL_SHARE = 0.27     # [B]
+SEED_UNIVERSE = 40_000           # the 2004 letter compares the municipalities in the objective model (>40k)
+SEED_HISTORICAL_SHARE = 0.27     # [B: K2004]
 STATISTICS = ("municipalities", "undefined", "mean_abs_effect_pct", "within_10_pct", "within_15_pct")
 
 
@@ -53,7 +55,7 @@ def effects(candidate: np.ndarray, reference: np.ndarray, inhabitants: np.ndarra
 
 
 def summarise(pct: np.ndarray, weights: np.ndarray | None = None) -> dict:
-    """Seed 003's statistics of effects in %: mean |HE|, % within +-10 and +-15 (nan-safe).
+    """The 2004 letter's statistics of effects in %: mean |HE|, % within +-10 and +-15 (nan-safe).
 
     With ``weights`` (e.g. the reference budget) every statistic is a weighted mean.
     """
@@ -139,7 +141,7 @@ def optimal_historical_share(objective: np.ndarray, historical: np.ndarray, refe
 
 @dataclass(frozen=True)
 class SeedTable:
-    """Seed 003's table on a population: effects of five distributions against spending."""
+    """The 2004 letter's table on a population: effects of five distributions against spending."""
 
     columns: tuple[tuple[str, str, np.ndarray], ...]   # (key, label, effects in %)
     universe: np.ndarray                               # municipalities compared (bool)
@@ -162,7 +164,7 @@ def _within(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def seed_table(data: mm.MunicipalData, reference: np.ndarray | None = None,
                min_inhabitants: float = SEED_UNIVERSE, historical_share: float = SEED_HISTORICAL_SHARE,
                correct_growth: bool = True) -> SeedTable:
-    """The five columns of seed 003's table on ``data``, against ``reference`` (default:
+    """The five columns of the 2004 letter's table on ``data``, against ``reference`` (default:
     spending in t), over the municipalities above ``min_inhabitants``:
 
     1. 100% historical (spending share of t-2, corrected for household growth);
@@ -172,7 +174,7 @@ def seed_table(data: mm.MunicipalData, reference: np.ndarray | None = None,
     5. ``1 - historical_share`` objective model 2005 with it + ``historical_share`` historical.
 
     The models are fitted on all municipalities; every distribution is restricted to the
-    universe and scaled to its total spending, as the seed compares the budgets of the
+    universe and scaled to its total spending, as the letter compares the budgets of the
     municipalities in the objective model with their own spending.
     """
     ref = data.spending_t if reference is None else np.asarray(reference, dtype=np.float64)
@@ -194,7 +196,7 @@ def seed_table(data: mm.MunicipalData, reference: np.ndarray | None = None,
 
 
 def format_seed_table(table: SeedTable) -> str:
-    """Seed 003's table as text: one row per statistic, one column per distribution."""
+    """The 2004 letter's table as text: one row per statistic, one column per distribution."""
     stats = table.summary()
     keys = [k for k, _, _ in table.columns]
     lines = [f"{'':<28}" + "".join(f"{i + 1:>12}" for i in range(len(keys)))]

@@ -30,7 +30,7 @@ FORMULAS = ("shares", "besluit_2007", "besluit_2015")
 
 @dataclass(frozen=True)
 class CapRule:
-    """Ex-ante limitation of redistribution effects (domain spec 6.4).
+    """Ex-ante limitation of redistribution effects [C: S13, S27] (engine/data/SOURCES.md).
 
     A municipality keeps its effect (as a fraction of the reference budget) up to
     ``theta``, ``1 - band_share`` of the part between ``theta`` and ``band_to``, and none
@@ -173,7 +173,7 @@ def _deduction(k: Keys, name: str) -> Deduction:
 
 def _budget(k: Keys) -> tuple[float | None, tuple[Deduction, ...]]:
     raw = k.get("budget", dict).get("macrobudget")
-    if raw == "spending_t":
+    if raw in ("spending_t", "spending"):          # TB = the population's spending in t
         macro = None
     else:
         macro = k.get("budget.macrobudget", float)

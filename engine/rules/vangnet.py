@@ -11,7 +11,7 @@ from engine.rules.regime import VangnetRule
 
 
 def vangnet_payout(spending: np.ndarray, budget: np.ndarray, rule: VangnetRule) -> np.ndarray:
-    """Safety-net payment per municipality from the deficit d = S - B (domain spec 8):
+    """Safety-net payment per municipality from the deficit d = S - B [C: S56; C~: S57] (engine/data/SOURCES.md):
 
     ``paid_in_band * clip(d - t1 B, 0, (t2 - t1) B) + max(d - t2 B, 0)``.
     """

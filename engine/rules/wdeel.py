@@ -1,6 +1,6 @@
-"""The W-deel (reintegration budget) models of seed 003 and their fit to need.
+"""The W-deel (reintegration budget) models of the 2004 letter (K2004) and their fit to need.
 
-Four ways to divide a W-deel total over municipalities (seed 003, domain spec 6.3):
+Four ways to divide a W-deel total over municipalities ([B: K2004]; sources in engine/data/SOURCES.md):
 
 1. bijstand recipients, unweighted;
 2. recipients weighted by benefit duration: 1, 2, 3, 1 for <1, 1-2, 2-4, >4 years;
@@ -11,11 +11,11 @@ Recipients are the households with ``bijstand == 1``, counted by ``duration_clas
 (0 none, 1 <1y, 2 1-2y, 3 2-4y, 4 4-5y, 5 >5y): model 2's ">4 years" is classes 4 and 5,
 model 3's "2-5 years" classes 3 and 4 and ">5 years" class 5.
 
-Budgets are W-total x the municipality's share. The fit to ``wdeel_need`` is the seed's
+Budgets are W-total x the municipality's share. The fit to ``wdeel_need`` is the letter's
 (budget - need) / budget per municipality, summarised as mean, standard deviation
 (ddof = 1), largest minus and largest plus. Municipalities with a budget of 0 have no
-defined ratio and are counted apart. The total is a budget of its own (the seed's mean of
-+28% says the budget exceeded the measured need), never the sum of need. The seed's row for
+defined ratio and are counted apart. The total is a budget of its own (the 2004 letter's mean of
++28% says the budget exceeded the measured need), never the sum of need. The letter's row for
 the then-current, historical distribution (the 2003 ID-jobs and WIW budgets) is stood in for
 by the municipalities' shares of bijstand spending in t-2, the only historical amounts a
 population has; the output says so.
@@ -111,7 +111,7 @@ def wdeel(pop: Population, total: float) -> WdeelResult:
 
 
 def format_rows(rows) -> str:
-    """The seed's table: one line per model."""
+    """The letter's table: one line per model."""
     head = f"{'model':<8} {'mean':>7} {'sd':>7} {'min':>8} {'max':>7}  municipalities"
     lines = [head]
     for r in rows:

@@ -1,11 +1,11 @@
 """Monte Carlo uncertainty: replicates of the coefficients -> replicates of the budgets.
 
-Three methods (design, section 4):
+Three methods:
 
 - ``parametric``: beta_r ~ N(beta_hat, V_cluster) for the volume terms that enter
   prediction (the intercept and fixed effects are replaced by the calibrated common
   effect), gamma_r ~ N(gamma_hat, V_cluster) for the price terms; many draws are
-  evaluated per pass over the households (:func:`kernels.bootstrap.draw_sums`).
+  evaluated per pass over the households collapsed into cells (:mod:`engine.uncertainty.cells`).
 - ``cluster``: municipalities resampled with replacement, both components refitted
   (warm start from the full-sample estimate, frequency weights), prediction on the full
   population;
@@ -86,7 +86,8 @@ def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, ba
         client = client_for(workers, scheduler) if own else client
         try:
             threads = dask_threads_per_host(client)
-            futures = {client.submit(batch_task, settings, a, b, threads, inputs, pure=False,
+            remote = settings.absolute()            # workers may run in another folder
+            futures = {client.submit(batch_task, remote, a, b, threads, inputs, pure=False,
                                      key=f"buig-batch-{a}-{b}-{os.getpid()}-{time.time_ns()}"): (a, b)
                        for a, b in todo}
             for fut in as_completed(futures):

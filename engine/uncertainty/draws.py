@@ -14,13 +14,12 @@ from threadpoolctl import threadpool_limits
 
 from engine.model.design import read_households
 from engine.model.fitted import ModelFit, fit_model, read_fit
-from engine.model.predict import prediction_design, prediction_tables, predict
+from engine.model.predict import prediction_design, predict
 from engine.rules.budget import allocate, historical_shares, total_budget
 from engine.rules.redistribution import effects
 from engine.rules.regime import load_regime
+from engine.uncertainty.cells import draw_cells
 from engine.uncertainty.settings import REPLICATE_COLUMNS, Settings
-from kernels.bootstrap import draw_sums
-from kernels.config import N_VIRTUAL
 
 
 def _sqrt_psd(cov: np.ndarray) -> np.ndarray:
@@ -84,6 +83,7 @@ class Context:
             raise ValueError(f"regime {regime.name} uses the municipal model; the bootstrap needs a regime "
                              "of the household model (such as 2019)")
         self.pd = prediction_design(self.hh, self.fit.norms)
+        self.cells = draw_cells(self.hh, self.fit, self.pd)
         mun = self.municipalities
         col = lambda c: mun.column(c).to_numpy().astype(np.float64)  # noqa: E731
         self.inhabitants, self.spending = col("inhabitants"), col("spending_t")
@@ -138,19 +138,14 @@ class Context:
             rng = self.rng(r)
             if self.settings.method == "parametric":
                 vp, pp = self.parametric_params(rng)
-                t = prediction_tables(self.hh, self.fit, self.pd, vp, pp)
+                t = (self.fit, vp, pp)
             elif self.settings.method == "outcome":
-                t = prediction_tables(self.hh, self.fit, self.pd)
+                t = (self.fit, None, None)
             else:
-                t = prediction_tables(self.hh, self.cluster_fit(rng), self.pd)
+                t = (self.cluster_fit(rng), None, None)
             tables.append(t)
             noise.append((rng.standard_normal(self.n_mun), rng.standard_normal(self.n_mun)))
-        # draw-minor tables: (levels, draws), (neighbourhoods, draws)
-        stack = lambda name: np.ascontiguousarray(np.stack([getattr(t, name) for t in tables], axis=1))  # noqa: E731
-        t0 = tables[0]
-        sums = draw_sums(self.pd.combo, self.pd.nbhd, self.pd.norm_index, t0.norm_flat, t0.v_off, stack("v_coef"),
-                         stack("v_nb"), t0.p_off, stack("p_coef"), stack("p_nb"), self.pd.nb_mun, self.n_mun,
-                         N_VIRTUAL)
+        sums = self.cells.sums(tables)
         out = {c: np.empty((stop - start, self.n_mun)) for c in REPLICATE_COLUMNS}
         for i in range(stop - start):
             cost, var = sums[:, 0, i], sums[:, 1, i]

@@ -65,5 +65,13 @@ def client_for(workers: int, scheduler: str | None):
     if address:
         return Client(address)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None)
+                           dashboard_address=dashboard_address())
     return Client(cluster)
+
+
+def dashboard_address() -> str | None:
+    """Where a local cluster serves Dask's dashboard: on loopback (port 8787, or a free one if
+    that is taken) when bokeh is installed (``pip install 'buig[dask-dashboard]'``), else none."""
+    import importlib.util
+
+    return "127.0.0.1:8787" if importlib.util.find_spec("bokeh") is not None else None

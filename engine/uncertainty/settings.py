@@ -6,7 +6,7 @@ every other module of :mod:`engine.uncertainty` imports it from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 METHODS = ("parametric", "cluster", "outcome")
@@ -24,6 +24,15 @@ class Settings:
     method: str = "parametric"
     seed: int = 0
     between_sd: str = "auto"
+
+    def absolute(self) -> "Settings":
+        """The same settings with every path absolute (a built-in regime name stays a name): what
+        is sent to Dask workers, which on a hand-started cluster run in folders of their own."""
+        from engine.io.config import is_name
+
+        regime = self.regime if is_name(self.regime) else str(Path(self.regime).expanduser().resolve())
+        return replace(self, population=str(Path(self.population).expanduser().resolve()),
+                       coefficients=str(Path(self.coefficients).expanduser().resolve()), regime=regime)
 
     def key(self) -> dict:
         return {"method": self.method, "seed": self.seed, "regime": self.regime, "between_sd": self.between_sd,

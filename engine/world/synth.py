@@ -20,8 +20,10 @@ draws from child g, so the output is bit-identical for the same seed):
    structural and shifts the share of non-working adults of the municipality's wijken;
    the municipality effect is a common level plus a small natural policy effect, and
    ``planted`` municipalities get a strong extra policy effect. Benefit paid = realised fraction x gross 2019 norm (kostendelersnorm
-   applied); duration classes, the granieten voorraad, spending in t-2 (from the real 2015
-   counts) and t, and W-deel need follow.
+   applied; its gross-up is calibrated so that expected national spending equals the 2019 macro
+   budget, see ``engine/data/norms/2019.toml``); duration classes, the granieten voorraad, spending
+   in t and in t-2 (each municipality's own expected cost in t times the real change of its CBS
+   recipients from 2015 to 2017: its policy persists), and W-deel need follow.
 """
 
 from __future__ import annotations
@@ -393,9 +395,10 @@ def _write_tables(tmp: Path, geo: Geography, wp: WorldParams, n_mun_hh, stats, s
     pq.write_table(pa.table(nb, schema=schema("neighbourhoods")), tmp / "neighbourhoods.parquet")
     n_bij = np.array([s["bijstand"] for s in stats])
     spending = np.array([s["spending"] for s in stats])
-    paid_bij = sum(s["paid_bijstand"] for s in stats)
-    mean_benefit = paid_bij / max(n_bij.sum(), 1)
-    rec2015_hh = truth.HOUSEHOLDS_PER_RECIPIENT * geo.rec2015 * scale
+    # Spending in t-2: the municipality's expected cost in t (its own households, prices and policy,
+    # which persists) times the real change of its recipients from 2015 to 2017 (CBS), with noise.
+    expected_cost = np.array([s["expected_cost"] for s in stats])
+    growth = np.divide(geo.rec2015, geo.rec2017, out=np.ones(len(stats)), where=geo.rec2017 > 0)
     granite = np.round(geo.rec2015 * scale * 0.30 * np.exp(wp.long_term + rng.normal(0, 0.1, len(stats))))
     mun = {
         "code": geo.mun_code.tolist(), "name": geo.mun_name.tolist(), "province": geo.province.tolist(),
@@ -405,7 +408,7 @@ def _write_tables(tmp: Path, geo: Geography, wp: WorldParams, n_mun_hh, stats, s
         "households_t2": np.round(n_mun_hh * np.exp(-wp.household_growth)).astype(np.int64),
         "jobs_availability": wp.jobs_availability, "job_growth": wp.job_growth,
         "granieten_voorraad": granite.astype(np.int64),
-        "spending_t2": rec2015_hh * mean_benefit * np.exp(wp.price_level),
+        "spending_t2": expected_cost * growth * np.exp(wp.price_level),
         "spending_t": spending,
         "wdeel_need": np.array([s["need"] for s in stats]) * np.exp(wp.need_noise),
         "wdeel_target_group": np.round(n_bij * (1.3 + 0.3 * rng.random(len(stats)))).astype(np.int64),

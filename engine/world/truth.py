@@ -4,7 +4,7 @@ Volume: P(bijstand or LKS) = logistic(alpha_g + x_h . BETA), where alpha_g is th
 municipality's effect (common level + policy effect). Price: the expected fraction of
 the gross norm paid = logistic(z_h . GAMMA). Magnitudes follow the published 2019
 weights where they are known (wealth, disability benefit: Stcrt. 2018, 53998, Table 1)
-and the SCP risk ratios otherwise (domain spec 5.2); the rest is inferred.
+and the SCP risk ratios otherwise [C: S22]; the rest is inferred.
 
 Terms are named ``factor[level]`` (reference levels have no term) and continuous
 neighbourhood factors by their column name, exactly as in ``coefficients.parquet``.

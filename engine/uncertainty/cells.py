@@ -1,0 +1,104 @@
+"""Households collapsed into (neighbourhood, profile) cells for many coefficient draws at once.
+
+The parametric bootstrap (engine.uncertainty.bootstrap) evaluates E = p f N and V = p (1 - p) (f N)^2
+summed per municipality for each draw. :func:`draw_cells` prepares, once per context, the
+distinct household profiles (rows of the joint factor codes), each component's factor
+levels per profile and the cells with their sums of norms; :meth:`DrawCells.sums` then
+turns a batch of coefficient sets into look-up tables and runs :func:`kernels.draws.cell_sums`.
+The same numbers (up to floating rounding) as :func:`kernels.bootstrap.draw_sums` on the
+households, for a fraction of the work (kernels/draws.py).
+
+Terms are float32 when every part of the fitted linear predictors lies within
+``FLOAT32_LIMIT`` (so a draw stays far from the clamp of kernels.draws), float64 otherwise;
+the choice depends on the fit only, so every process and batch makes the same one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from engine.model.design import Households, Layout, make_layout
+from engine.model.fitted import ModelFit
+from engine.model.predict import PredictionDesign
+from kernels.config import N_VIRTUAL
+from kernels.draws import cell_sums, cells, factor_terms, term_tables
+
+FLOAT32_LIMIT = 20.0
+BOUNDS = {np.dtype(t): (np.exp(-c), np.exp(c)) for t, c in ((np.float32, 43.0), (np.float64, 350.0))}
+
+
+@dataclass(frozen=True)
+class DrawCells:
+    """Cells of a population and the layouts of a fit's components (arrays only)."""
+
+    layouts: tuple[Layout, Layout]         # volume, price
+    levels: tuple[np.ndarray, np.ndarray]  # (n_prof, F) int64 level of each factor per profile
+    cell_nb: np.ndarray                    # (m,) int32
+    cell_prof: np.ndarray                  # (m,) int32
+    s1: np.ndarray                         # (m,) sum of norms
+    s2: np.ndarray                         # (m,) sum of squared norms
+    nb_cont: np.ndarray
+    nb_mun: np.ndarray
+    n_mun: int
+    dtype: np.dtype
+    region: np.ndarray | None = None       # (n_nb,) published region effect of the volume, or None
+
+    def level_tables(self, fit: ModelFit, vp: np.ndarray | None = None,
+                     pp: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per component (level_coef, nb_eta) of the fit's coefficients or the given ones, as in
+        :func:`engine.model.predict.prediction_tables` (NaN coefficients 0, the common effect for fixed effects)."""
+        out = []
+        for lay, comp, theta in zip(self.layouts, (fit.volume, fit.price), (vp, pp)):
+            theta = comp.params if theta is None else theta
+            coef, nb = lay.tables(np.nan_to_num(theta), self.nb_cont, self.nb_mun,
+                                  fe_value=comp.fe_common if lay.fe_start >= 0 else None)
+            if comp.name == "volume" and self.region is not None:
+                nb = nb + self.region
+            out.append((coef, nb))
+        return out
+
+    def sums(self, coefficients: list[tuple]) -> np.ndarray:
+        """(n_mun, 2, R) float64 sums of E and V per municipality for R coefficient sets
+        ``(fit, volume_params or None, price_params or None)``."""
+        R = len(coefficients)
+        tables = [self.level_tables(*c) for c in coefficients]
+        a, b = term_tables(self.levels[0].shape[0], self.nb_mun.shape[0], R, self.dtype)
+        for comp in range(2):
+            level = np.ascontiguousarray(np.stack([t[comp][0] for t in tables], axis=1))
+            nb = np.ascontiguousarray(np.stack([t[comp][1] for t in tables], axis=1))
+            factor_terms(self.levels[comp], level, nb, a, b, comp, *BOUNDS[self.dtype])
+        out = cell_sums(self.cell_nb, self.cell_prof, self.s1, self.s2, a, b, self.nb_mun, self.n_mun, N_VIRTUAL)
+        return np.ascontiguousarray(out[:, :, :R])
+
+
+def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None) -> DrawCells:
+    """Profiles and cells of the households for the fit's components (``dtype`` None: by FLOAT32_LIMIT)."""
+    sizes = hh.joint.sizes
+    if float(np.prod(np.asarray(sizes, dtype=np.float64))) < 2.0 ** 24:
+        key = np.zeros(hh.n, dtype=np.int64)
+        for k, size in enumerate(sizes):
+            key = key * size + pd_.combo[:, k]
+        n_keys = int(np.prod(sizes))
+    else:   # many factors (a realistic catalogue): number the distinct profiles instead
+        _, key = np.unique(pd_.combo, axis=0, return_inverse=True)
+        key = key.astype(np.int64).ravel()
+        n_keys = int(key.max()) + 1
+    norm = fit.norms.table().ravel()[pd_.norm_index]
+    first, cell_nb, cell_prof, s1, s2 = cells(key, n_keys, pd_.nbhd, hh.n_nb, norm)
+    profiles = hh.codes[first].astype(np.int64)
+    layouts = (make_layout(fit.spec.volume, hh), make_layout(fit.spec.price, hh))
+    region = None
+    if fit.spec.weights is not None and fit.spec.weights.region:
+        from engine.model.published import region_effects
+
+        region = region_effects(fit.spec, hh)[hh.nb_mun]
+    levels = tuple(np.ascontiguousarray(lay.lev_off + profiles[:, lay.cols]) for lay in layouts)
+    dc = DrawCells(layouts=layouts, levels=levels, cell_nb=cell_nb, cell_prof=cell_prof, s1=s1, s2=s2,
+                   nb_cont=hh.nb_cont, nb_mun=hh.nb_mun, n_mun=hh.n_mun, dtype=np.dtype(np.float64), region=region)
+    if dtype is None:
+        parts = [np.abs(t).max(initial=0.0) for lev, (coef, nb) in zip(levels, dc.level_tables(fit))
+                 for t in (coef[lev].sum(axis=1), nb)]
+        dtype = np.float32 if max(parts) <= FLOAT32_LIMIT else np.float64
+    return replace(dc, dtype=np.dtype(dtype))

@@ -1,0 +1,198 @@
+"""Many coefficient draws over households collapsed into cells, without an exponential per household.
+
+With eta = x_prof + x_nb (the household factors' part and the neighbourhood's part of a
+linear predictor), the logistic is
+
+    p = 1 / (1 + a),   a = exp(-x_prof) exp(-x_nb) = A[profile] B[neighbourhood]
+
+so exponentials are taken once per draw for each distinct household profile (distinct row
+of the joint factor codes) and each neighbourhood (:func:`factor_terms`), never per
+household. Households of the same neighbourhood and profile share p and f, so they are
+collapsed into one cell (:func:`cells`) with the sums of their norms S1 = sum N and
+S2 = sum N^2. With b = A_price B_price and q = 1 / ((1 + a)(1 + b)) = p f, a cell adds
+
+    E = p f S1 = q S1,   V = p (1 - p) f^2 S2 = a q^2 S2
+
+(one division per cell and draw). Terms (A, B, a, b, q) are float32 or float64 (the
+dtype of the term tables); sums are float64.
+
+Term tables are stored (rows, 2, RP): component 0 the volume, 1 the price, RP the draws
+padded to a multiple of BLOCK (padding columns hold 1.0 and are never returned), so the
+vectorised loop over a cell's draws (LLVM's, with runtime alias checks) never runs its
+scalar remainder. The cost of the kernel is mostly per cell (table rows in cache, loop
+set-up), so it grows slowly with the number of draws in a batch.
+
+Bit-identical draws whatever the batch: no fast-math (set explicitly: a callee inherits
+its caller's flags), so every lane and position rounds alike (IEEE arithmetic, division
+included), and each draw accumulates over fixed cell ranges (kernels.config.N_VIRTUAL) in
+a fixed order. A draw's numbers never depend on which other draws share its batch.
+
+Each factor A, B is clamped to [exp(-clamp), exp(clamp)], so that a product A B and
+(1 + a)(1 + b) never turn into NaN (inf 0) for infinite coefficients: exact as long as
+every part x_prof, x_nb lies within [-clamp, clamp] (the caller picks ``clamp`` by dtype:
+43 for float32, where e^86 still fits, 350 for float64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from kernels.glm import range_bounds
+from kernels.vexp import exp_block
+
+BLOCK = 8       # draws are padded to a multiple of this (the vector width of float32 on AVX2)
+CHUNK = 512     # profiles whose term rows are read together (kernel cache locality; fixed: it orders the sums)
+
+
+@njit(cache=True, fastmath=False)
+def cells(profile_key, n_keys, nbhd, n_nb, norm, chunk=CHUNK):
+    """Collapse households into (neighbourhood, profile) cells.
+
+    ``profile_key`` (n,) int64 in [0, n_keys): any injective code of the household's factor
+    codes; ``norm`` (n,) float64. Profiles are numbered in order of first appearance.
+    Cells are ordered by profile chunk (profile // chunk), then neighbourhood, then first
+    appearance: the kernel then reads the term rows of one chunk of profiles (in cache)
+    for every neighbourhood before the next chunk. Returns (first_row (n_prof,) int64: one
+    household of each profile, cell_nb (m,) int32, cell_prof (m,) int32, s1 (m,) float64
+    sum of N, s2 (m,) float64 sum of N^2)."""
+    n = nbhd.shape[0]
+    pid = np.full(n_keys, -1, dtype=np.int64)
+    prof = np.empty(n, dtype=np.int32)           # int32 scratch: n < 2^31, and memory at full scale
+    first_row = np.empty(n, dtype=np.int32)
+    n_prof = 0
+    for i in range(n):
+        k = profile_key[i]
+        if pid[k] < 0:
+            pid[k] = n_prof
+            first_row[n_prof] = i
+            n_prof += 1
+        prof[i] = pid[k]
+    n_group = (n_prof // chunk + 1) * n_nb
+    start = np.zeros(n_group + 1, dtype=np.int64)      # counting sort by (chunk, neighbourhood), stable
+    for i in range(n):
+        start[(prof[i] // chunk) * n_nb + nbhd[i] + 1] += 1
+    for j in range(n_group):
+        start[j + 1] += start[j]
+    fill = start[:-1].copy()
+    order = np.empty(n, dtype=np.int32)
+    for i in range(n):
+        grp = (prof[i] // chunk) * n_nb + nbhd[i]
+        order[fill[grp]] = i
+        fill[grp] += 1
+    stamp = np.full(n_prof, -1, dtype=np.int64)
+    slot = np.empty(n_prof, dtype=np.int64)
+    cell_nb = np.empty(n, dtype=np.int32)
+    cell_prof = np.empty(n, dtype=np.int32)
+    s1 = np.zeros(n)
+    s2 = np.zeros(n)
+    m = 0
+    for j in range(n_group):
+        for t in range(start[j], start[j + 1]):
+            i = order[t]
+            p = prof[i]
+            if stamp[p] != j:
+                stamp[p] = j
+                slot[p] = m
+                cell_nb[m] = nbhd[i]
+                cell_prof[m] = p
+                m += 1
+            c = slot[p]
+            s1[c] += norm[i]
+            s2[c] += norm[i] * norm[i]
+    return first_row[:n_prof].astype(np.int64), cell_nb[:m].copy(), cell_prof[:m].copy(), s1[:m].copy(), s2[:m].copy()
+
+
+@njit(cache=True, fastmath=False)
+def _exp_neg(x):
+    """exp(-x) of a 2-d array, as one exp_block over all its values (a long vectorised loop)."""
+    m = x.size
+    flat = -x.reshape(-1)
+    e = np.empty(m)
+    exp_block(flat, e, np.empty(m), np.empty(m, dtype=np.int64), m)
+    return e.reshape(x.shape)
+
+
+@njit(cache=True, fastmath=False)
+def factor_terms(prof_lev, level_coef, nb_eta, a_prof, b_nb, comp, lo, hi):
+    """Fill component ``comp`` of the term tables for R draws.
+
+    ``prof_lev`` (n_prof, F) int64: the level of each of the component's factors per profile
+    (rows of ``level_coef``); ``level_coef`` (L, R) and ``nb_eta`` (n_nb, R) float64,
+    draw-minor. a_prof[p, comp, r] = exp(-sum_k level_coef[prof_lev[p, k], r]), computed
+    as the product over the factors (in factor order) of exp(-level_coef): L exponentials
+    per draw instead of one per profile; b_nb[j, comp, r] = exp(-nb_eta[j, r]). Both are
+    clamped to [lo, hi] (module docstring), in float64, then stored in the tables' dtype."""
+    n_prof, F = prof_lev.shape
+    R = level_coef.shape[1]
+    e = _exp_neg(level_coef)
+    x = np.empty(R)
+    for p in range(n_prof):
+        lev = prof_lev[p, 0]
+        for r in range(R):
+            x[r] = e[lev, r]
+        for k in range(1, F):
+            lev = prof_lev[p, k]
+            for r in range(R):
+                x[r] *= e[lev, r]
+        for r in range(R):
+            v = x[r]
+            a_prof[p, comp, r] = hi if v > hi else (lo if v < lo else v)   # NaN passes through
+    e = _exp_neg(nb_eta)
+    for j in range(nb_eta.shape[0]):
+        for r in range(R):
+            v = e[j, r]
+            b_nb[j, comp, r] = hi if v > hi else (lo if v < lo else v)
+
+
+def term_tables(n_prof: int, n_nb: int, draws: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Empty term tables (rows, 2, RP) of ``dtype`` with RP = draws rounded up to BLOCK, padding 1.0."""
+    rp = -(-draws // BLOCK) * BLOCK
+    return np.ones((n_prof, 2, rp), dtype=dtype), np.ones((n_nb, 2, rp), dtype=dtype)
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual):
+    """(n_mun, 2, RP) float64 sums of E and V per municipality and draw (module docstring).
+
+    Per cell the block of draws is computed into a scratch row (one vector loop: loads of
+    the cell's two table rows only) and added to the sums of the current neighbourhood
+    run, which are added to the municipality's when the neighbourhood changes or the
+    cell range ends: a fixed order given the cells and ``n_virtual``."""
+    n = cell_nb.shape[0]
+    RP = a_prof.shape[2]
+    one = a_prof.dtype.type(1.0)
+    acc = np.zeros((n_virtual, n_mun, 2, RP))
+    bounds = range_bounds(n, n_virtual)
+    for v in prange(n_virtual):
+        e = np.zeros(RP)
+        w = np.zeros(RP)
+        qb = np.empty(RP, dtype=a_prof.dtype)
+        vb = np.empty(RP, dtype=a_prof.dtype)
+        lo, hi = bounds[v], bounds[v + 1]
+        for i in range(lo, hi):
+            nb = cell_nb[i]
+            w1 = s1[i]
+            w2 = s2[i]
+            ap = a_prof[cell_prof[i]]
+            bn = b_nb[nb]
+            for r in range(RP):
+                a = ap[0, r] * bn[0, r]
+                b = ap[1, r] * bn[1, r]
+                q = one / ((one + a) * (one + b))
+                qb[r] = q
+                vb[r] = (a * q) * q
+            for r in range(RP):
+                e[r] += w1 * np.float64(qb[r])
+                w[r] += w2 * np.float64(vb[r])
+            if i + 1 == hi or cell_nb[i + 1] != nb:
+                g = nb_mun[nb]
+                for r in range(RP):
+                    acc[v, g, 0, r] += e[r]
+                    acc[v, g, 1, r] += w[r]
+                    e[r] = 0.0
+                    w[r] = 0.0
+    out = acc[0].copy()
+    for v in range(1, n_virtual):
+        out += acc[v]
+    return out

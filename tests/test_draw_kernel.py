@@ -1,0 +1,162 @@
+"""The draw kernels (kernels.draws on cells, kernels.bootstrap on households) against a plain NumPy
+loop over draws, and bit-identical draws whatever the batch they are computed in.
+
+The NumPy twin builds every linear predictor straight from the arrays (factor codes,
+per-factor level coefficients, neighbourhood terms), never from engine or kernel code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels.bootstrap import draw_sums
+from kernels.draws import cell_sums, cells, factor_terms, term_tables
+
+N_VIRTUAL = 16
+BOUNDS = {np.float32: (np.exp(-43.0), np.exp(43.0)), np.float64: (np.exp(-350.0), np.exp(350.0))}
+
+
+def _world(seed: int, n: int, draws: int, levels=(3, 4, 2, 5), n_nb: int = 7, n_mun: int = 3):
+    rng = np.random.default_rng(seed)
+    F = len(levels)
+    # few distinct profiles, so that cells hold several households
+    pool = np.column_stack([rng.integers(0, m, 6) for m in levels])
+    codes = np.ascontiguousarray(pool[rng.integers(0, 6, n)] if n > 1 and rng.random() < 0.7 else
+                                 np.column_stack([rng.integers(0, m, n) for m in levels])).astype(np.uint8)
+    off = np.concatenate([[0], np.cumsum(levels)[:-1]]).astype(np.int64)
+    L = int(sum(levels))
+    return {
+        "codes": codes, "off": off, "levels": levels, "F": F,
+        "nbhd": rng.integers(0, n_nb, n).astype(np.int32),
+        "nb_mun": rng.integers(0, n_mun, n_nb).astype(np.int32), "n_mun": n_mun, "n_nb": n_nb,
+        "norm_flat": rng.uniform(8_000, 30_000, 5), "norm_index": rng.integers(0, 5, n).astype(np.uint16),
+        "v_coef": rng.normal(0, 1, (L, draws)), "v_nb": rng.normal(-2, 1, (n_nb, draws)),
+        "p_coef": rng.normal(0, 0.5, (L, draws)), "p_nb": rng.normal(0.5, 0.5, (n_nb, draws)),
+    }
+
+
+def numpy_sums(w) -> np.ndarray:
+    """(n_mun, 2, R): a loop over draws, per household eta = nb term + sum of its factors' levels."""
+    codes, off = w["codes"].astype(np.intp), w["off"]
+    mun = w["nb_mun"][w["nbhd"]]
+    norm = w["norm_flat"][w["norm_index"]]
+    R = w["v_coef"].shape[1]
+    out = np.empty((w["n_mun"], 2, R))
+    for r in range(R):
+        eta_v = w["v_nb"][w["nbhd"], r] + sum(w["v_coef"][off[k] + codes[:, k], r] for k in range(w["F"]))
+        eta_p = w["p_nb"][w["nbhd"], r] + sum(w["p_coef"][off[k] + codes[:, k], r] for k in range(w["F"]))
+        p = 1.0 / (1.0 + np.exp(-eta_v))
+        fn = norm / (1.0 + np.exp(-eta_p))
+        out[:, 0, r] = np.bincount(mun, weights=p * fn, minlength=w["n_mun"])
+        out[:, 1, r] = np.bincount(mun, weights=p * (1 - p) * fn * fn, minlength=w["n_mun"])
+    return out
+
+
+def old_sums(w) -> np.ndarray:
+    return draw_sums(w["codes"], w["nbhd"], w["norm_index"], w["norm_flat"], w["off"], w["v_coef"], w["v_nb"],
+                     w["off"], w["p_coef"], w["p_nb"], w["nb_mun"], w["n_mun"], N_VIRTUAL)
+
+
+def prepare(w):
+    """Cells of the world: profile key = mixed-radix code of the factor codes."""
+    key = np.zeros(len(w["nbhd"]), dtype=np.int64)
+    for k, m in enumerate(w["levels"]):
+        key = key * m + w["codes"][:, k]
+    norm = w["norm_flat"][w["norm_index"]]
+    first, cell_nb, cell_prof, s1, s2 = cells(key, int(np.prod(w["levels"])), w["nbhd"], w["n_nb"], norm)
+    prof_lev = np.ascontiguousarray(w["off"] + w["codes"][first].astype(np.int64))
+    return prof_lev, cell_nb, cell_prof, s1, s2
+
+
+def new_sums(w, prep, dtype, draws=None) -> np.ndarray:
+    """kernels.draws on the draws ``draws`` (indices; all by default)."""
+    prof_lev, cell_nb, cell_prof, s1, s2 = prep
+    draws = np.arange(w["v_coef"].shape[1]) if draws is None else np.asarray(draws)
+    col = lambda name: np.ascontiguousarray(w[name][:, draws])  # noqa: E731
+    a, b = term_tables(prof_lev.shape[0], w["n_nb"], len(draws), dtype)
+    factor_terms(prof_lev, col("v_coef"), col("v_nb"), a, b, 0, *BOUNDS[dtype])
+    factor_terms(prof_lev, col("p_coef"), col("p_nb"), a, b, 1, *BOUNDS[dtype])
+    return cell_sums(cell_nb, cell_prof, s1, s2, a, b, w["nb_mun"], w["n_mun"], N_VIRTUAL)[:, :, :len(draws)]
+
+
+@settings(max_examples=25)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 400), draws=st.integers(1, 19))
+def test_kernels_match_the_numpy_loop(seed, n, draws):
+    w = _world(seed, n, draws)
+    ref = numpy_sums(w)
+    np.testing.assert_allclose(old_sums(w), ref, rtol=1e-12, atol=1e-300)
+    prep = prepare(w)
+    np.testing.assert_allclose(new_sums(w, prep, np.float64), ref, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(new_sums(w, prep, np.float32), ref, rtol=2e-6, atol=1e-300)
+
+
+@settings(max_examples=15)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), cuts=st.lists(st.integers(1, 12), min_size=1,
+                                                                               max_size=4))
+def test_a_draw_gives_the_same_bits_in_any_batch(seed, n, cuts):
+    R = 21
+    w = _world(seed, n, R)
+    prep = prepare(w)
+    for dtype in (np.float32, np.float64):
+        whole = new_sums(w, prep, dtype)
+        parts, start = [], 0
+        while start < R:                      # batches of the given sizes, cycling
+            size = cuts[len(parts) % len(cuts)]
+            parts.append(new_sums(w, prep, dtype, range(start, min(start + size, R))))
+            start += size
+        np.testing.assert_array_equal(np.concatenate(parts, axis=2), whole)
+        backwards = new_sums(w, prep, dtype, range(R - 1, -1, -1))   # every draw at another position
+        np.testing.assert_array_equal(backwards[:, :, ::-1], whole)
+
+
+def test_cells_hold_every_household_once():
+    w = _world(3, 5000, 1)
+    prof_lev, cell_nb, cell_prof, s1, s2 = prepare(w)
+    norm = w["norm_flat"][w["norm_index"]]
+    pairs = set(zip(cell_nb.tolist(), cell_prof.tolist()))
+    assert len(pairs) == cell_nb.size                       # one cell per (neighbourhood, profile)
+    assert np.unique(prof_lev, axis=0).shape[0] == prof_lev.shape[0]
+    np.testing.assert_allclose(s1.sum(), norm.sum(), rtol=1e-12)
+    np.testing.assert_allclose(s2.sum(), (norm ** 2).sum(), rtol=1e-12)
+    assert cell_nb.size < 5000                              # households collapsed
+
+
+def test_infinite_coefficients_give_zero_not_nan():
+    w = _world(4, 300, 9)
+    w["v_coef"][0, :3] = -np.inf         # level 0 of factor 0: p = 0
+    w["v_coef"][1, 3:6] = np.inf         # level 1: p = 1
+    w["p_coef"][2, 6:] = -np.inf         # level 2: f = 0
+    ref = numpy_sums(w)
+    prep = prepare(w)
+    for dtype, rtol in ((np.float64, 1e-12), (np.float32, 2e-6)):
+        got = new_sums(w, prep, dtype)
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-6)
+
+
+def test_engine_cells_agree_with_the_household_kernel(small_population):
+    """engine.uncertainty.cells on a fitted synthetic world: the draws of commit c675859's path to rounding."""
+    from engine.uncertainty.cells import draw_cells
+    from engine.model.design import households_from_population
+    from engine.model.fitted import fit_model
+    from engine.model.predict import prediction_design, prediction_tables
+    from engine.model.spec import load_spec
+
+    hh = households_from_population(small_population)
+    fit = fit_model(hh, load_spec("2019"))
+    pd_ = prediction_design(hh, fit.norms)
+    rng = np.random.default_rng(1)
+    coefs = [(fit, fit.volume.params + rng.normal(0, 0.02, fit.volume.params.size),
+              fit.price.params + rng.normal(0, 0.02, fit.price.params.size)) for _ in range(5)]
+    tables = [prediction_tables(hh, fit, pd_, vp, pp) for _, vp, pp in coefs]
+    stack = lambda name: np.ascontiguousarray(np.stack([getattr(t, name) for t in tables], axis=1))  # noqa: E731
+    t0 = tables[0]
+    ref = draw_sums(pd_.combo, pd_.nbhd, pd_.norm_index, t0.norm_flat, t0.v_off, stack("v_coef"), stack("v_nb"),
+                    t0.p_off, stack("p_coef"), stack("p_nb"), pd_.nb_mun, hh.n_mun, N_VIRTUAL)
+    auto = draw_cells(hh, fit, pd_)
+    assert auto.dtype == np.float32            # the synthetic fit's parts stay well within FLOAT32_LIMIT
+    assert auto.cell_nb.size < hh.n
+    np.testing.assert_allclose(auto.sums(coefs), ref, rtol=1e-6)
+    np.testing.assert_allclose(draw_cells(hh, fit, pd_, dtype=np.float64).sums(coefs), ref, rtol=1e-11)

@@ -1,0 +1,229 @@
+"""Every kernel in kernels/ called directly, against the plain NumPy references of tests/naive.py.
+
+The kernels' inputs are built here by hand from the raw Arrow columns (codes straight from
+the household columns, one look-up table entry per level, neighbourhood terms per
+neighbourhood), not through the engine's design code, so both sides share nothing but the
+population files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import naive  # tests/naive.py (pytest puts tests/ on sys.path)
+from kernels.bootstrap import draw_sums
+from kernels.config import N_VIRTUAL
+from kernels.glm import linear_predictor, logit_pass, range_bounds
+from kernels.predict import group_sums, household_values
+from kernels.vexp import exp_array, exp_block
+
+SPEC = naive.read_toml(naive.DATA / "specs" / "2019.toml")
+FACTORS = tuple(SPEC["volume"]["factors"])        # every household factor, household type first
+CONT = tuple(SPEC["volume"]["continuous"])
+
+
+@pytest.fixture(scope="module")
+def world(small_world):
+    """A sixth of the small world's households (dense designs stay small), kernel inputs by hand."""
+    t = naive.read_tables(small_world)
+    h = t["households"]
+    rows = np.arange(0, h.num_rows, 6)
+    n_levels = [len(naive.labels(h, f)) for f in FACTORS]
+    codes = np.ascontiguousarray(np.column_stack([h.column(f).to_numpy()[rows] for f in FACTORS]).astype(np.uint8))
+    return {
+        "t": t, "rows": rows, "codes": codes, "n_levels": np.asarray(n_levels, dtype=np.int64),
+        "lev_off": np.concatenate([[0], np.cumsum(n_levels)[:-1]]).astype(np.int64),
+        "nbhd": naive.household_neighbourhood(t)[rows].astype(np.int32),
+        "nb_mun": naive.neighbourhood_municipality(t).astype(np.int32),
+        "nb_cont": np.ascontiguousarray(np.column_stack([t["neighbourhoods"].column(c).to_numpy().astype(float)
+                                                         for c in CONT])),
+        "mun": naive.household_municipality(t)[rows],
+        "n_mun": t["municipalities"].num_rows,
+        "N": naive.gross_norms(t, naive.read_toml(naive.DATA / "norms" / "2019.toml"))[rows],
+    }
+
+
+def _component(w, name, fixed_effects=True):
+    comp = dict(SPEC[name])
+    if not fixed_effects:
+        comp["fixed_effects"] = "none"
+    return naive.component_one_hot(w["t"], comp, w["rows"])
+
+
+def _theta(names, rng, scale=0.3):
+    theta = rng.normal(0, scale, len(names))
+    theta[0] = -2.5
+    return theta
+
+
+def _tables(w, names, theta):
+    """(level_coef over every level of FACTORS, nb_eta per neighbourhood) of coefficients theta."""
+    h = w["t"]["households"]
+    index = {n: i for i, n in enumerate(names)}
+    level = [theta[index[f"{f}[{lab}]"]] if f"{f}[{lab}]" in index else 0.0
+             for f in FACTORS for lab in naive.labels(h, f)]
+    nb_eta = np.full(w["nb_mun"].shape[0], theta[0])
+    for k, c in enumerate(CONT):
+        if c in index:
+            nb_eta += theta[index[c]] * w["nb_cont"][:, k]
+    fe = np.zeros(w["n_mun"])
+    for g, code in enumerate(naive.strings(w["t"]["municipalities"], "code")):
+        fe[g] = theta[index[f"municipality[{code}]"]] if f"municipality[{code}]" in index else 0.0
+    return np.asarray(level), np.ascontiguousarray(nb_eta + fe[w["nb_mun"]])
+
+
+ALL_COLS = np.arange(len(FACTORS), dtype=np.int64)
+
+
+def test_linear_predictor(world):
+    X, names = _component(world, "volume")
+    theta = _theta(names, np.random.default_rng(1))
+    level, nb_eta = _tables(world, names, theta)
+    eta = linear_predictor(world["codes"], ALL_COLS, world["lev_off"], level, world["nbhd"], nb_eta)
+    np.testing.assert_allclose(eta, X @ theta, rtol=1e-12, atol=1e-12)
+
+
+def _pair_offsets(sizes):
+    J = len(sizes)
+    off, n = np.zeros(J * J, dtype=np.int64), 0
+    for a in range(J):
+        for b in range(a + 1, J):
+            off[a * J + b] = n
+            n += sizes[a] * sizes[b]
+    return off, n
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_logit_pass(world, mode):
+    """The kernel on the raw factor codes (each factor its own joint code) against dense sums."""
+    w = world
+    X, names = _component(w, "volume")
+    y = naive.outcome(w["t"], SPEC["volume"]["outcome"])[w["rows"]]
+    rng = np.random.default_rng(2)
+    theta = _theta(names, rng)
+    wt = rng.uniform(0.5, 2.0, len(y))
+    level, nb_eta = _tables(w, names, theta)
+    pair_off, n_pair = _pair_offsets(w["n_levels"])
+    ll, g_j, g_nb, a_nb, a_mj, a_xj, a_pair, s_mj = logit_pass(
+        w["codes"], w["lev_off"], w["n_levels"], level, w["nbhd"], nb_eta, w["nb_mun"].shape[0], w["nb_cont"],
+        w["nb_mun"], w["n_mun"], y, wt, mode, True, pair_off, n_pair, N_VIRTUAL)
+    want_ll, _, _, _ = naive.logit_pass(X, y, theta, wt)
+    p = naive.logistic(X @ theta)
+    r = wt * (y - p)
+    weight = wt * p * (1 - p) if mode == 0 else r ** 2
+    D = naive.levels_one_hot(w["t"], FACTORS, w["rows"])
+    M = (w["mun"][:, None] == np.arange(w["n_mun"])).astype(float)
+    n_nb = w["nb_mun"].shape[0]
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-9)  # noqa: E731
+    np.testing.assert_allclose(ll, want_ll, rtol=1e-12)
+    close(g_j, D.T @ r)
+    close(g_nb, np.bincount(w["nbhd"], weights=r, minlength=n_nb))
+    close(a_nb, np.bincount(w["nbhd"], weights=weight, minlength=n_nb))
+    close(a_mj, M.T @ (D * weight[:, None]))
+    close(a_xj, np.stack([D.T @ (weight * w["nb_cont"][w["nbhd"], c]) for c in range(len(CONT))]))
+    close(s_mj, M.T @ (D * r[:, None]))
+    J = len(FACTORS)
+    for a in range(J):
+        for b in range(a + 1, J):
+            Da = D[:, w["lev_off"][a]:w["lev_off"][a] + w["n_levels"][a]]
+            Db = D[:, w["lev_off"][b]:w["lev_off"][b] + w["n_levels"][b]]
+            lo = pair_off[a * J + b]
+            close(a_pair[lo:lo + Da.shape[1] * Db.shape[1]], ((Da * weight[:, None]).T @ Db).ravel())
+
+
+def test_logit_pass_unit_weights_and_no_clusters(world):
+    w = world
+    X, names = _component(w, "volume", fixed_effects=False)
+    y = naive.outcome(w["t"], SPEC["volume"]["outcome"])[w["rows"]]
+    theta = _theta(names, np.random.default_rng(3))
+    level, nb_eta = _tables(w, names, theta)
+    pair_off, n_pair = _pair_offsets(w["n_levels"])
+    out = logit_pass(w["codes"], w["lev_off"], w["n_levels"], level, w["nbhd"], nb_eta, w["nb_mun"].shape[0],
+                     w["nb_cont"], w["nb_mun"], w["n_mun"], y, np.zeros(0), 0, False, pair_off, n_pair, N_VIRTUAL)
+    ll, _, H, _ = naive.logit_pass(X, y, theta)
+    np.testing.assert_allclose(out[0], ll, rtol=1e-12)
+    np.testing.assert_allclose(out[3].sum(), H[0, 0], rtol=1e-12)      # sum of w = Hessian of the intercept
+    assert out[7].shape == (1, int(w["n_levels"].sum())) and not out[7].any()
+
+
+def _both(w, rng):
+    Xv, vn = _component(w, "volume")
+    Xp, pn = _component(w, "price")
+    return Xv, vn, _theta(vn, rng), Xp, pn, _theta(pn, rng, 0.5) + np.r_[3.0, np.zeros(len(pn) - 1)]
+
+
+def _cols(component):
+    """Columns of the codes a component reads (the prediction kernels take the level offset
+    of each column they read: ``lev_off[cols]``)."""
+    return np.asarray([FACTORS.index(f) for f in SPEC[component]["factors"]], dtype=np.int64)
+
+
+def _prediction_args(w, seed):
+    """(naive p, f, N per household; the arguments the prediction kernels share) for random coefficients."""
+    Xv, vn, beta, Xp, pn, gamma = _both(w, np.random.default_rng(seed))
+    norm_flat, norm_index = np.unique(w["N"], return_inverse=True)
+    vc, pc = _cols("volume"), _cols("price")
+    args = (w["codes"], w["nbhd"], norm_index.astype(np.uint16), norm_flat, vc, w["lev_off"][vc],
+            *_tables(w, vn, beta), pc, w["lev_off"][pc], *_tables(w, pn, gamma))
+    return naive.household_values(Xv, beta, Xp, gamma, w["N"]), args
+
+
+def test_household_values(world):
+    (p, f, N), args = _prediction_args(world, 4)
+    got = household_values(*args)
+    np.testing.assert_allclose(got[0], p, rtol=1e-13)
+    np.testing.assert_allclose(got[1], f, rtol=1e-13)
+    np.testing.assert_array_equal(got[2], N)
+
+
+def test_group_sums(world):
+    w = world
+    (p, f, N), args = _prediction_args(w, 5)
+    n_types = int(w["n_levels"][0])
+    # codes[:, 0] is the household type itself: the type of code c is c
+    got = group_sums(*args, w["nb_mun"], np.arange(256, dtype=np.int64), n_types, w["n_mun"] * n_types, N_VIRTUAL)
+    group = w["mun"] * n_types + w["codes"][:, 0]
+    np.testing.assert_allclose(got, naive.group_sums(p, f, N, group, w["n_mun"] * n_types), rtol=1e-11, atol=1e-9)
+
+
+@pytest.mark.parametrize("R", [1, 7])
+def test_draw_sums(world, R):
+    w = world
+    rng = np.random.default_rng(6 + R)
+    Xv, vn, beta, Xp, pn, gamma = _both(w, rng)
+    betas = beta + rng.normal(0, 0.1, (R, len(beta)))
+    gammas = gamma + rng.normal(0, 0.1, (R, len(gamma)))
+    tv = [_tables(w, vn, b) for b in betas]
+    tp = [_tables(w, pn, g) for g in gammas]
+    stack = lambda ts, i: np.ascontiguousarray(np.stack([x[i] for x in ts], axis=1))  # noqa: E731
+    norm_flat, norm_index = np.unique(w["N"], return_inverse=True)
+    # draw_sums reads every column of codes for both components: price levels of unused factors are 0
+    got = draw_sums(w["codes"], w["nbhd"], norm_index.astype(np.uint16), norm_flat, w["lev_off"], stack(tv, 0),
+                    stack(tv, 1), w["lev_off"], stack(tp, 0), stack(tp, 1), w["nb_mun"], w["n_mun"], N_VIRTUAL)
+    want = naive.draw_sums(Xv, betas, Xp, gammas, w["N"], w["mun"], w["n_mun"])
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-6)
+    # draw r's sums do not depend on the other draws of the batch
+    one = draw_sums(w["codes"], w["nbhd"], norm_index.astype(np.uint16), norm_flat, w["lev_off"],
+                    stack(tv[-1:], 0), stack(tv[-1:], 1), w["lev_off"], stack(tp[-1:], 0), stack(tp[-1:], 1),
+                    w["nb_mun"], w["n_mun"], N_VIRTUAL)
+    np.testing.assert_array_equal(one[:, :, 0], got[:, :, -1])
+
+
+@given(n=st.integers(0, 10_000), v=st.integers(1, 64))
+def test_range_bounds_split_rows_evenly(n, v):
+    b = range_bounds(n, v)
+    assert b[0] == 0 and b[-1] == n and len(b) == v + 1
+    sizes = np.diff(b)
+    assert (sizes >= 0).all() and sizes.max() - sizes.min() <= 1
+
+
+def test_exp_block_writes_only_the_first_m():
+    x = np.linspace(-30, 30, 37)
+    out = np.full(37, -1.0)
+    exp_block(x, out, np.empty(37), np.empty(37, dtype=np.int64), 20)
+    np.testing.assert_allclose(out[:20], np.exp(x[:20]), rtol=4e-16)
+    assert (out[20:] == -1.0).all()
+    np.testing.assert_allclose(exp_array(x), np.exp(x), rtol=4e-16)
