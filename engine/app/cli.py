@@ -73,7 +73,7 @@ def cmd_synth(args) -> int:
 
     s = generate(args.out, households=args.households, seed=args.seed, planted=args.planted,
                  planted_effect=args.planted_effect, policy_sd=args.policy_sd,
-                 progress=Progress("synth", args.quiet))
+                 progress=Progress("synth", args.quiet), truth_model=args.truth)
     _say(args, f"synthetic Netherlands: {s.households:,} households in {s.municipalities} municipalities, "
                f"{s.neighbourhoods:,} neighbourhoods; {s.bijstand:,} bijstand and {s.lks:,} LKS households; "
                f"{s.seconds:.1f} s -> {s.out}")
@@ -382,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="municipalities (>40k inhabitants) with a strong planted policy effect (default: %(default)s)")
     p.add_argument("--planted-effect", type=float, default=-0.7,
                    help="planted effect on the log-odds of bijstand (default: %(default)s)")
+    p.add_argument("--truth", choices=("default", "realistic", "scp2015"), default="default",
+                   help="the world's model: default (8 factors, the 2019 spec's size), realistic (43 household "
+                        "indicators and 8 neighbourhood / region characteristics more: spec realistic), or scp2015 "
+                        "(outcomes from the published 2015 model itself: spec scp2015) (default: %(default)s)")
     p.add_argument("--policy-sd", type=float, default=0.05,
                    help="sd of every municipality's natural policy effect on the log-odds (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")

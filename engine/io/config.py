@@ -21,7 +21,8 @@ import tomllib
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-KINDS = {"spec": "specs", "regime": "regimes", "norms": "norms", "scenario": "scenarios", "catalogue": "catalogues"}
+KINDS = {"spec": "specs", "regime": "regimes", "norms": "norms", "scenario": "scenarios", "catalogue": "catalogues",
+         "truth": "truths"}
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 

@@ -356,6 +356,12 @@ def make_layout(spec: ComponentSpec, hh: Households) -> Layout:
             raise _unknown(spec, key, c, hh, f"an area {want}" if c in cat else want)
     if len(set(names[1:] + area)) != len(names) - 1 + len(area):
         raise SpecError(f"model spec {spec.source}: [{spec.name}]: a characteristic is named twice")
+    if spec.fixed_effects == "municipality":
+        for c in area:
+            if cat.get(c).level in ("municipality", "region"):
+                raise SpecError(f"model spec {spec.source}: [{spec.name}]: {c!r} is a {cat.get(c).level} "
+                                "characteristic, constant within a municipality: beside municipality fixed effects "
+                                "it is not identified; use fixed_effects = \"none\" or leave it out")
     cont_cols = [hh.cont_names.index(c) for c in area]
     cont_param = list(range(len(names), len(names) + len(cont_cols)))
     names += area
