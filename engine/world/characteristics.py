@@ -15,7 +15,7 @@ characteristics, drawn once per world), and the truth of the volume model:
   and planted policy effects, without calibration and without LKS (it did not exist in 2015).
 
 Household indicators: P(x = 1) = logistic(a + latent * u + sum of ``given`` shifts), where u
-is the household's deprivation latent (sd 1) and ``a`` is chosen so that the mean over u is the
+is the household's deprivation latent (standardised nationally) and ``a`` is chosen so that the mean over u is the
 catalogue ``share`` (logit(share) * sqrt(1 + pi latent^2 / 8)); ``by`` gives the share per
 level of a factor, ``when`` the households it applies to, ``exclusive`` an indicator it
 excludes. Areas: continuous values mean + sd (latent z + sqrt(1 - latent^2) e) with z the
@@ -73,7 +73,7 @@ def _area(e: Characteristic, z: np.ndarray, rng: np.random.Generator) -> np.ndar
 
 def _regions(e: Characteristic, geo) -> np.ndarray:
     """Region codes per municipality: each province's regions, municipalities grouped by their
-    synthetic labour-market region and split into runs of about equal households."""
+    synthetic labour-market region and split into runs of about equal numbers of municipalities."""
     per = e.synth["regions_per_province"]
     out = np.empty(len(geo.mun_code), dtype=object)
     for prov in np.unique(geo.province):
@@ -81,9 +81,8 @@ def _regions(e: Characteristic, geo) -> np.ndarray:
             raise ValueError(f"catalogue entry {e.name}: synth.regions_per_province has no {prov!r}")
         idx = np.flatnonzero(geo.province == prov)
         idx = idx[np.lexsort((geo.mun_code[idx], geo.region[idx]))]
-        cum = np.cumsum(geo.households[idx]) / geo.households[idx].sum()
         codes = per[prov]
-        k = np.minimum((cum * len(codes) - 1e-12).astype(int), len(codes) - 1)
+        k = np.arange(idx.size) * len(codes) // idx.size
         out[idx] = [str(codes[j]) for j in k]
     return out
 
@@ -100,6 +99,9 @@ class WorldModel:
     published: dict | None = None                     # scp2015: term -> weight
     region_column: str | None = None
     region: dict = field(default_factory=dict)
+    u_mean: float = 0.0                               # national mean and sd of the household latent
+    u_sd: float = 1.0
+    terms_mean: float = 0.0                           # national mean of the extra terms (centred)
 
     @property
     def default(self) -> bool:
@@ -109,6 +111,7 @@ class WorldModel:
         """The generated household indicators of one municipality's households (int8 arrays)."""
         out: dict = {}
         n = u.size
+        u = (u - self.u_mean) / self.u_sd
         for e in self.catalogue.entries:
             if e.level != "household" or e.synth is None:
                 continue
@@ -152,7 +155,7 @@ class WorldModel:
 
     def extra_eta(self, codes: dict, extras: dict, wk: np.ndarray, g: int) -> np.ndarray:
         """The realistic truth's extra volume terms of one municipality's households."""
-        eta = np.zeros(wk.size)
+        eta = np.full(wk.size, -self.terms_mean)
         for name, coef in self.terms.items():
             eta += coef * self._term(name, codes, extras, wk, g, wk.size)
         return eta
@@ -185,7 +188,12 @@ def world_model(name: str, geo, wp, n_mun_hh: np.ndarray, seed: int) -> WorldMod
     reg_w = np.bincount(geo.region, weights=n_mun_hh, minlength=n_reg)
     z_reg = _z(np.bincount(geo.region, weights=dep_mun * n_mun_hh, minlength=n_reg) / np.maximum(reg_w, 1),
                np.maximum(reg_w, 1))
-    world = WorldModel(name, cat)
+    # the household latent of engine.world.synth: 0.8 dep_wijk + 0.4 non-western + N(0, 1)
+    nonwest = geo.wk_migration[:, 2:].sum(1)
+    m_dep = np.average(wp.dep_wijk, weights=w)
+    m_nw = np.average(nonwest, weights=w)
+    var = 0.64 * np.average((wp.dep_wijk - m_dep) ** 2, weights=w) + 0.16 * m_nw * (1 - m_nw) + 1.0
+    world = WorldModel(name, cat, u_mean=0.8 * m_dep + 0.4 * m_nw, u_sd=math.sqrt(var))
     for e in cat.entries:
         if e.level == "household" or e.synth is None:
             continue
@@ -202,6 +210,12 @@ def world_model(name: str, geo, wp, n_mun_hh: np.ndarray, seed: int) -> WorldMod
             world.mun_values[e.name] = v
     if name == "realistic":
         world.terms = {k: float(v) for k, v in read_toml(resolve("truth", "realistic"), "truth")["volume"].items()}
+        # centred on their national means (household indicators: the catalogue share), so the
+        # municipality levels stay those of the default world and the calibration as small
+        world.terms_mean = sum(coef * (float(np.average(world.nb_values[k], weights=w)) if k in world.nb_values else
+                                       cat.get(k).synth.get("share", 0.0) if k in cat and cat.get(k).level == "household"
+                                       else float(np.average(world.mun_values[k], weights=n_mun_hh)))
+                               for k, coef in world.terms.items())
     else:
         from engine.model.spec import load_spec
 

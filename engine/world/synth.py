@@ -24,6 +24,8 @@ draws from child g, so the output is bit-identical for the same seed):
    budget, see ``engine/data/norms/2019.toml``); duration classes, the granieten voorraad, spending
    in t and in t-2 (each municipality's own expected cost in t times the real change of its CBS
    recipients from 2015 to 2017: its policy persists), and W-deel need follow.
+5. ``truth_model`` ``realistic`` or ``scp2015`` adds every further characteristic of the catalogue
+   ``realistic`` and its truth (:mod:`engine.world.characteristics`).
 """
 
 from __future__ import annotations
