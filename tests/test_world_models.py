@@ -41,6 +41,20 @@ def test_scp2015_world_is_reproduced_by_the_published_spec(tmp_path):
     assert h.column("lks").to_numpy().sum() == 0
     n, e = h.column("bijstand").to_numpy().sum(), want.sum()
     assert abs(n - e) < 4 * np.sqrt(e)
+    # published weights: a bootstrap of outcome randomness only (the price without factors included)
+    from engine.model.fitted import fit_to_folder
+    from engine.uncertainty.bootstrap import run_bootstrap
+    from engine.uncertainty.settings import Settings
+
+    fit_to_folder(read_population(world), tmp_path / "fit", spec="scp2015")
+    s = Settings(population=str(world), coefficients=str(tmp_path / "fit"), regime="2019", method="outcome",
+                 seed=1, between_sd=0.0)
+    res = run_bootstrap(s, tmp_path / "boot", replicates=4, batch_size=2, workers=0)
+    cost = res.values["objective_cost"]
+    assert np.all(np.isfinite(cost)) and np.all(cost == cost[0])        # no coefficient draws
+    with pytest.raises(ValueError, match='use method "outcome"'):
+        run_bootstrap(Settings(population=str(world), coefficients=str(tmp_path / "fit"), regime="2019",
+                               method="parametric", seed=1), tmp_path / "boot2", replicates=2, workers=0)
 
 
 def test_realistic_world_has_the_size_of_the_real_model(realistic_world):
