@@ -83,6 +83,14 @@ class RssSampler:
         self._thread.join()
 
 
+def summarize(times: list[float]) -> dict:
+    """``{"median_s", "min_s", "max_s", "times_s"}`` of timed calls (also of the runner's pooled rounds)."""
+    ordered = sorted(times)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return {"median_s": median, "min_s": ordered[0], "max_s": ordered[-1], "times_s": list(times)}
+
+
 def release_memory() -> None:
     """Untimed clean-up between calls: collect garbage, return Arrow's unused pool memory."""
     gc.collect()
@@ -136,10 +144,7 @@ def measure(spec: dict) -> dict:
             result = impl.run(state)
             times.append(time.perf_counter() - t0)
             sampler.mark(i)
-    ordered = sorted(times)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    timing = {"median_s": median, "min_s": ordered[0], "max_s": ordered[-1], "times_s": times}
+    timing = summarize(times)
     out.update(timing)
     out["timed_peak_rss"] = max(sampler.peaks)
     out["timed_peak_delta"] = max(sampler.peaks) - before

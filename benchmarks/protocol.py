@@ -53,13 +53,17 @@ class Impl:
 class Floor:
     """A gate floor: ``time(peer) / time(impl) >= min_ratio``, both measured in this run.
 
-    ``scales`` limits the floor to some scales (default: all).
+    ``scales`` limits the floor to some scales (default: all). ``cores`` > 1 marks a
+    floor on parallel speed-up: it needs that many free cores, so when it fails while the
+    runner measured fewer free cores (:func:`benchmarks.runner.free_cores`) during its
+    rounds, it is reported as unverified instead of violated.
     """
 
     peer: str
     min_ratio: float
     impl: str = BUIG
     scales: tuple[str, ...] | None = None
+    cores: int = 1
 
     @classmethod
     def of(cls, spec: "Floor | dict") -> "Floor":
@@ -81,8 +85,9 @@ class Context:
     ``dataset``: the prepared population folder for this scale (``None`` when the case
     declares ``DATASET = False``); ``tmp``: a private temporary folder, removed when the
     child ends; ``shared``: a folder shared by the implementations of this case in this
-    run. Implementations run in declared order, so the first (buig) can leave results
-    there with :meth:`save` for the peers' ``extras`` to compare against with :meth:`load`.
+    run. Round 1 runs the implementations in declared order, so the first (buig) can leave
+    results there with :meth:`save` for the peers' ``extras`` to compare against with
+    :meth:`load`; later rounds (peers before buig in every other one) find them there too.
     """
 
     case: str

@@ -28,10 +28,18 @@ TIMEOUT = 3600
 SEED = 5
 REPLICATES = {"small": 16, "full": 100}
 BATCH = 2
-# A second worker on a 2-core machine: 1.72x at small scale (load ~2); at full scale 1.90x on a quiet
-# machine and 1.53x while other jobs ran. Floors well below the quiet figures.
-FLOORS = [Floor(peer="one_worker", min_ratio=1.4, scales=("small",)),
-          Floor(peer="one_worker", min_ratio=1.5, scales=("full",))]
+# Measured 2026-12-01 at small scale on a 2-vCPU KVM guest (/proc/cpuinfo: "Intel(R) Xeon(R) Processor",
+# AVX2 + AVX-512 flags) shared with other jobs (load 0.8-16): pooled ratio of the gate's interleaved rounds
+# in 4 gate runs, one with the single-round runner (benchmarks/README.md, "Floors and noise"):
+# one_worker / buig min 0.80, median 0.92, max 1.03 (single rounds 0.40-2.81): with another job on a core
+# there is no second core for the second worker. Alone on the cores (two --only cluster_bootstrap runs) 1.78
+# and 1.78; earlier 1.72 at small scale (load ~2), 1.90 at full scale quiet, 1.53 with other jobs.
+# The small floor, 1.3 = 0.73 x the 1.78 measured alone, still claims a real speed-up of the second worker,
+# so on its own it would fail whenever other jobs take a core. It is a parallel floor (cores=2): the runner
+# probes the free cores around each round, and a miss while a core was taken is reported as unverified,
+# not as passed (benchmarks/README.md, "Floors and noise").
+FLOORS = [Floor(peer="one_worker", min_ratio=1.3, scales=("small",), cores=2),
+          Floor(peer="one_worker", min_ratio=1.5, scales=("full",), cores=2)]
 
 
 def _setup(ctx, workers: int, numba_threads: int | None):

@@ -19,10 +19,14 @@ TARGET_PER_S = 100e6           # households per second, full scale, 2 cores
 NUMPY_CHUNK = 1 << 16          # rows per NumPy chunk (keeps the temporaries in cache)
 TABLES = ("v_off", "v_coef", "v_nb", "p_off", "p_coef", "p_nb", "norm_flat")
 
-# Same-run ratios numpy / buig on the 2-core machine: 2.3-2.9 at small scale when quiet,
-# down to 1.2 with another job on both cores; 3.6 at full scale. Floors: see README.
+# Measured 2026-12-01 at small scale on a 2-vCPU KVM guest (/proc/cpuinfo: "Intel(R) Xeon(R) Processor",
+# AVX2 + AVX-512 flags) shared with other jobs (load 0.8-16): pooled ratio of the gate's interleaved rounds
+# in 4 gate runs, one with the single-round runner (benchmarks/README.md, "Floors and noise"):
+# numpy / buig min 2.14, median 2.45, max 3.06 (single rounds 1.86-3.06). Floor 1.5 = 0.61 x the median
+# (and the least a speed claim should say). Earlier, on an AVX-512 machine: 2.3-2.9 at small scale when quiet,
+# down to 1.2 with another job on both cores; 3.6 at full scale (full-scale floor unchanged).
 FLOORS = [
-    Floor(peer="numpy", min_ratio=1.0, scales=("small",)),
+    Floor(peer="numpy", min_ratio=1.5, scales=("small",)),
     Floor(peer="numpy", min_ratio=2.0, scales=("full",)),
 ]
 

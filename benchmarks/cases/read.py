@@ -12,8 +12,15 @@ from benchmarks.protocol import Floor, Impl
 REPEAT = 5
 TABLES = ("municipalities", "neighbourhoods", "households")
 
-# pyarrow time / buig time >= 0.05: validation and indexing may cost at most 20x the bare read.
-FLOORS = [Floor(peer="pyarrow", min_ratio=0.05)]
+# Measured 2026-12-01 at small scale on a 2-vCPU KVM guest (/proc/cpuinfo: "Intel(R) Xeon(R) Processor",
+# AVX2 + AVX-512 flags) shared with other jobs (load 0.8-16): pooled ratio of the gate's interleaved rounds
+# in 4 gate runs, one with the single-round runner (benchmarks/README.md, "Floors and noise"):
+# pyarrow / buig min 1.18, median 1.40, max 1.64 (single rounds 1.12-1.69): read_population is not slower
+# than the bare read here. Small floor 0.8 = 0.57 x the median: validation and indexing may cost at most
+# 1.25x the bare read. Full scale (not measured here) keeps 0.05: at most 20x. An older engine on an
+# AVX-512 machine measured 0.14-0.42 at small scale.
+FLOORS = [Floor(peer="pyarrow", min_ratio=0.8, scales=("small",)),
+          Floor(peer="pyarrow", min_ratio=0.05, scales=("full",))]
 
 
 def setup_buig(ctx):
