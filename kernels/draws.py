@@ -128,10 +128,9 @@ def factor_terms(prof_lev, level_coef, nb_eta, a_prof, b_nb, comp, lo, hi):
     e = _exp_neg(level_coef)
     x = np.empty(R)
     for p in range(n_prof):
-        lev = prof_lev[p, 0]
         for r in range(R):
-            x[r] = e[lev, r]
-        for k in range(1, F):
+            x[r] = 1.0            # 1 x e: the same bits; a component without factors has only the 1
+        for k in range(F):
             lev = prof_lev[p, k]
             for r in range(R):
                 x[r] *= e[lev, r]

@@ -211,8 +211,10 @@ def wrong_type(draw, w):
     kind = draw(st.sampled_from(wrong + [pa.null()]))
     t = w.tables[table]
     values = pa.nulls(t.num_rows) if kind == pa.null() else pa.array(np.arange(t.num_rows) % 2).cast(kind)
-    return Bad({f"{table}.parquet": t.set_column(t.column_names.index(column), column, values)}, table, column,
-               None, "has type")
+    files = {f"{table}.parquet": t.set_column(t.column_names.index(column), column, values)}
+    if c.labels and kind == pa.string():     # strings are labels: "0" is not one
+        return Bad(files, table, column, 0, "is not a label of")
+    return Bad(files, table, column, None, "has type")
 
 
 @st.composite
@@ -231,14 +233,16 @@ def not_finite(draw, w):
 def below_minimum(draw, w):
     """Negative amounts and counts, negative codes, no inhabitants."""
     table, column = draw(st.sampled_from(_columns(lambda c: c.min is not None)))
-    return _planted(draw, w, table, column, _beyond(table, column, "min"), "is below the minimum")
+    words = "has no label; expected codes: 0 = " if _column(table, column).labels else "is below the minimum"
+    return _planted(draw, w, table, column, _beyond(table, column, "min"), words)
 
 
 @st.composite
 def above_maximum(draw, w):
     """Fractions above 1, 0/1 flags above 1, categorical codes beyond their labels."""
     table, column = draw(st.sampled_from(_columns(lambda c: c.max is not None)))
-    return _planted(draw, w, table, column, _beyond(table, column, "max"), "is above the maximum")
+    words = "has no label; expected codes: 0 = " if _column(table, column).labels else "is above the maximum"
+    return _planted(draw, w, table, column, _beyond(table, column, "max"), words)
 
 
 @st.composite

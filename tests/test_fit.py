@@ -335,8 +335,10 @@ def test_duplicating_households_with_split_weight_changes_nothing(big12, half):
 def test_fit_files_roundtrip_and_export(big12, tmp_path):
     fit = fit_to_folder(big12, tmp_path, spec=_small_spec(), export=True)
     coef = pq.read_table(tmp_path / "coefficients.parquet")
-    assert coef.column_names == ["component", "term", "estimate", "se_model", "se_robust", "se_cluster"]
+    assert coef.column_names == ["component", "term", "estimate", "se_model", "se_robust", "se_cluster",
+                                 "z", "p_value", "ci_low", "ci_high"]
     back = read_fit(tmp_path, spec=_small_spec())
+    assert read_fit(tmp_path).spec == _small_spec()       # recorded by content, not by path
     np.testing.assert_array_equal(back.volume.params, fit.volume.params)
     np.testing.assert_array_equal(back.price.cov_cluster, fit.price.cov_cluster)
     design = pq.read_table(tmp_path / "design_volume.parquet")

@@ -66,8 +66,12 @@ def test_missing_column(small_population, table):
 def test_wrong_type(small_population):
     h = small_population.households
     bad = h.set_column(h.column_names.index("age_class"), "age_class",
+                       pa.array(np.full(h.num_rows, 1.5), pa.float64()))
+    _check(small_population, "households", bad, "age_class", None, "has type double")
+    # strings are labels: an unknown one is refused at its first row
+    bad = h.set_column(h.column_names.index("age_class"), "age_class",
                        pa.array(np.full(h.num_rows, "x", dtype=object), pa.string()))
-    _check(small_population, "households", bad, "age_class", None, "has type string")
+    _check(small_population, "households", bad, "age_class", 0, "label 'x' is not a label of age_class")
 
 
 def test_nan_and_infinity(small_population):
@@ -85,7 +89,8 @@ def test_missing_value(small_population):
 
 def test_out_of_range(small_population):
     h, nb, m = small_population.households, small_population.neighbourhoods, small_population.municipalities
-    _check(small_population, "households", _set(h, "migration", 123, 7), "migration", 123, "above the maximum")
+    _check(small_population, "households", _set(h, "migration", 123, 7), "migration", 123,
+           "code 7 has no label; expected codes: 0 = dutch, 1 = western, 2 = moroccan")
     _check(small_population, "households", _set(h, "benefit_paid", 9, -1.0), "benefit_paid", 9, "below the minimum")
     _check(small_population, "neighbourhoods", _set(nb, "share_non_working", 2, 1.5),
            "share_non_working", 2, "above the maximum")
@@ -173,4 +178,4 @@ def test_any_single_bad_code_is_found_at_its_row(small_population, column, row, 
     h = small_population.households
     bad_value = len(CATEGORIES[column]) - 1 + excess
     _check(small_population, "households", _set(h, column, row, bad_value), column, row,
-           "above the maximum")
+           f"code {bad_value} has no label; expected codes: 0 = {CATEGORIES[column][0]}")

@@ -94,7 +94,7 @@ def estimation_sample(hh, spec):
     ok[kept] = True
     # the first kept municipality is the reference (the first one unless it was left out)
     fe = {f"municipality[{c}]" for c in hh.mun_codes[kept[1:]]}
-    names = [t for t in make_layout(spec, hh.mun_codes).term_names[1:]
+    names = [t for t in make_layout(spec, hh).term_names[1:]
              if not t.startswith("municipality[") or t in fe]
     return ok[mun], kept, names
 
@@ -109,7 +109,6 @@ def slot_design(hh, spec, keep, kept):
     import numpy as np
 
     from engine.model.schema import CATEGORIES
-    from engine.model.spec import CONTINUOUS
 
     rows = np.flatnonzero(keep)
     m = rows.size
@@ -130,7 +129,7 @@ def slot_design(hh, spec, keep, kept):
     cont = hh.nb_cont[hh.nbhd[rows]]
     for j, c in enumerate(spec.continuous):
         idx[:, F + j] = off + j
-        val[:, F + j] = cont[:, CONTINUOUS.index(c)]
+        val[:, F + j] = cont[:, hh.cont_names.index(c)]
     off += C
     pos = np.full(hh.n_mun, -1, dtype=np.int64)
     pos[kept] = np.arange(kept.size)
@@ -175,7 +174,6 @@ def tabmat_design(hh, spec, keep, kept):
     import tabmat
 
     from engine.model.schema import CATEGORIES
-    from engine.model.spec import CONTINUOUS
 
     rows = np.flatnonzero(keep)
     mats = []
@@ -185,7 +183,7 @@ def tabmat_design(hh, spec, keep, kept):
         remap = np.array([order.index(lab) for lab in labels], dtype=np.int32)
         mats.append(tabmat.CategoricalMatrix(remap[hh.column(factor)[rows]], categories=np.array(order, dtype=object),
                                              drop_first=True, column_name=factor))
-    cont = hh.nb_cont[hh.nbhd[rows]][:, [CONTINUOUS.index(c) for c in spec.continuous]]
+    cont = hh.nb_cont[hh.nbhd[rows]][:, [hh.cont_names.index(c) for c in spec.continuous]]
     mats.append(tabmat.DenseMatrix(np.ascontiguousarray(cont), column_names=list(spec.continuous)))
     pos = np.full(hh.n_mun, -1, dtype=np.int32)
     pos[kept] = np.arange(kept.size, dtype=np.int32)

@@ -4,7 +4,9 @@
     buig validate DIR                                   check a population folder
     buig fit      --population DIR --out DIR            estimate the volume and price models
     buig predict  --population DIR --coefficients DIR --out DIR
-                                                        objective cost per municipality
+    buig predict  --population DIR --spec NAME|FILE --out DIR
+                                                        objective cost per municipality (fitted, or
+                                                        from the published weights of a spec)
     buig run      [SCENARIO.toml] --out DIR             the main job: population -> fit -> predict -> budgets
                                                         -> bootstrap -> flags -> cap -> report.html
     buig sweep    SWEEP.toml [--out DIR]                a grid of scenario variants as Dask tasks
@@ -74,7 +76,7 @@ def cmd_synth(args) -> int:
     check_sizes(households=args.households)
     s = generate(args.out, households=args.households, seed=args.seed, planted=args.planted,
                  planted_effect=args.planted_effect, planted_surplus=_min_max(args.planted_surplus),
-                 policy_sd=args.policy_sd, progress=Progress("synth", args.quiet))
+                 policy_sd=args.policy_sd, progress=Progress("synth", args.quiet), truth_model=args.truth)
     _say(args, f"synthetic Netherlands: {s.households:,} households in {s.municipalities} municipalities, "
                f"{s.neighbourhoods:,} neighbourhoods; {s.bijstand:,} bijstand and {s.lks:,} LKS households; "
                f"{s.seconds:.1f} s -> {s.out}")
@@ -100,7 +102,7 @@ def _check_fdr(fdr: float | None) -> None:
 def cmd_validate(args) -> int:
     from engine.model.population import read_population
 
-    pop = read_population(args.population)
+    pop = read_population(args.population, args.catalogue)
     _say(args, f"{args.population}: valid ({pop.households.num_rows:,} households, "
                f"{pop.neighbourhoods.num_rows:,} neighbourhoods, {pop.municipalities.num_rows} municipalities"
                f"{', synthetic' if pop.synthetic else ''})")
@@ -108,26 +110,9 @@ def cmd_validate(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from engine.model.fitted import fit_to_folder
-    from engine.model.population import read_population
+    from engine.app.model_commands import run_fit
 
-    t0 = time.perf_counter()
-    pop = read_population(args.population)
-    fit = fit_to_folder(pop, args.out, spec=args.spec, export=args.export_design, progress=Progress("fit", args.quiet))
-    _warn_sparse(args, fit)
-    for c in (fit.volume, fit.price):
-        extra = f", {len(c.dropped_municipalities)} municipalities without variation left out" if c.dropped_municipalities else ""
-        extra += f", {c.n_clipped} fractions clipped to [0, 1]" if c.n_clipped else ""
-        if c.separated_terms:
-            extra += f", levels with no or only outcomes estimated on their own: {', '.join(c.separated_terms)}"
-        if c.unestimable_terms:
-            extra += (f"; NOT ESTIMABLE (no households in the sample, predicted at the reference level): "
-                      f"{', '.join(c.unestimable_terms)}")
-        _say(args, f"{c.name}: {c.n_obs:,} households, {len(c.term_names)} terms, {c.iterations} Newton iterations, "
-                   f"log-likelihood {c.loglik:,.2f}, gradient norm {c.gradient_norm:.1e}, {c.seconds:.1f} s{extra}")
-    _say(args, f"wrote coefficients.parquet, fit.json, covariances.npz to {args.out} ({time.perf_counter() - t0:.1f} s)")
-    _say_csv_copies(args, "coefficients.parquet")
-    return 0
+    return run_fit(args, lambda text: _say(args, text), Progress)
 
 
 def _warn_sparse(args, fit) -> None:
@@ -146,39 +131,9 @@ def _warn_sparse(args, fit) -> None:
 
 
 def cmd_predict(args) -> int:
-    from engine.model.design import households_from_population
-    from engine.model.fitted import read_fit
-    from engine.io.outputs import atomic_dir
-    from engine.model.population import read_population
-    from engine.model.predict import municipal_costs_table, predict, rekentool_table
-    from engine.model.schema import check_finite
+    from engine.app.model_commands import run_predict
 
-    import pyarrow.parquet as pq
-
-    pop = read_population(args.population)
-    fit = read_fit(args.coefficients)
-    hh = households_from_population(pop)
-    t0 = time.perf_counter()
-    pred = predict(hh, fit)
-    seconds = time.perf_counter() - t0
-    check_finite("objective cost", pred.objective_cost, hh.mun_codes)
-    with atomic_dir(args.out) as tmp:
-        pq.write_table(municipal_costs_table(pred, pop.municipalities.column("name").to_pylist()),
-                       tmp / "municipal_costs.parquet")
-        pq.write_table(rekentool_table(pred), tmp / "rekentool.parquet")
-    wrote = "municipal_costs.parquet, rekentool.parquet"
-    if not args.no_xlsx:
-        from engine.app.workbook import write_rekentool_workbook
-
-        write_rekentool_workbook(Path(args.out) / "rekentool.xlsx", rekentool_table(pred), pop.municipalities,
-                                 labels=args.labels, synthetic=pop.synthetic)
-        wrote += ", rekentool.xlsx"
-    wrote += "".join(f", {name}" for name in _csv_copies(args, "municipal_costs.parquet", "rekentool.parquet"))
-    _say(args, f"objective cost EUR {pred.objective_cost.sum() / 1e6:,.1f} mln over {hh.n_mun} municipalities; "
-               f"predicted {pred.predicted.sum():,.0f} vs actual {pred.actual.sum():,} households; "
-               f"prediction {seconds:.2f} s ({hh.n / seconds / 1e6:.0f} million households/s); wrote "
-               f"{wrote} to {args.out}")
-    return 0
+    return run_predict(args, lambda text: _say(args, text))
 
 
 def cmd_bootstrap(args) -> int:
@@ -394,12 +349,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "from this range (default: %(default)s)")
     p.add_argument("--planted-effect", type=float, default=0.0,
                    help="not 0: instead a fixed planted effect on the log-odds of bijstand (default: %(default)s)")
+    p.add_argument("--truth", choices=("default", "realistic", "scp2015"), default="default",
+                   help="the world's model: default (8 factors, the 2019 spec's size), realistic (43 household "
+                        "indicators and 8 neighbourhood / region characteristics more: spec realistic), or scp2015 "
+                        "(outcomes from the published 2015 model itself: spec scp2015) (default: %(default)s)")
     p.add_argument("--policy-sd", type=float, default=0.05,
                    help="sd of every municipality's natural policy effect on the log-odds (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
 
+    def add_catalogue(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--catalogue", default=None,
+                       help="catalogue of the population's characteristics: a built-in name or a TOML file "
+                            "(default: catalogue.toml in the population folder, else the built-in default)")
+
     p = add("validate", cmd_validate, "Check a population folder; exit 2 with the first error on a bad one.")
     p.add_argument("population", help="population folder")
+    add_catalogue(p)
 
     p = add("budget", cmd_budget, "Budgets of a distribution regime: budgets.parquet (one row per "
                                   "municipality) and redistribution.csv (the 2004 letter's table and the regime's effects).")
@@ -426,12 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default="2019", help="model spec: a built-in name or a TOML file (default: %(default)s)")
     p.add_argument("--export-design", action="store_true",
                    help="also write the dense design of each component (small populations only)")
+    add_catalogue(p)
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("predict", cmd_predict, "Objective cost per municipality and the rekentool breakdown.")
     add_outputs(p, xlsx=True)
     p.add_argument("--population", required=True, help="population folder")
-    p.add_argument("--coefficients", required=True, help="folder written by `buig fit`")
+    p.add_argument("--coefficients", default=None, help="folder written by `buig fit`")
+    p.add_argument("--spec", default=None, help="instead of --coefficients: a model spec with published weights "
+                                                "(built in: scp2015, ape2011 ... ape2014; or a TOML file)")
+    add_catalogue(p)
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("bootstrap", cmd_bootstrap, "Monte Carlo bands on every municipality's budget and flags for "
@@ -442,8 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default="2019", help="model spec when fitting here (default: %(default)s)")
     p.add_argument("--regime", default="2019", help="regime of the household model: name or TOML file (default: %(default)s)")
     p.add_argument("--replicates", type=int, default=200, help="number of replicates (default: %(default)s)")
-    p.add_argument("--method", choices=("parametric", "cluster"), default="parametric",
-                   help="coefficient draws from the cluster-robust covariance, or resampling municipalities and refitting")
+    p.add_argument("--method", choices=("parametric", "cluster", "outcome"), default="parametric",
+                   help="coefficient draws from the cluster-robust covariance, resampling municipalities and "
+                        "refitting, or (published weights) the coefficients as they are: outcome randomness only")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=25, help="replicates per Dask task (default: %(default)s)")
     add_dask(p)

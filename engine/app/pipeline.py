@@ -206,9 +206,9 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     if coefficients is not None:
         fit = read_fit(coefficients)
         want = load_spec(scenario.spec)
-        if fit.spec.path.resolve() != want.path.resolve():
-            raise ValueError(f"coefficients in {coefficients} are of model spec {fit.spec.path}, the scenario's is "
-                             f"{want.path}")
+        if fit.spec != want:          # by content: the same spec in another folder is the same spec
+            raise ValueError(f"coefficients in {coefficients} are of model spec {fit.spec.name} (recorded in its "
+                             f"fit.json), which differs from the scenario's {want.path}")
     elif not scenario.synthetic:
         tell(f"fit: model spec {scenario.spec}")
         fit = fit_model(pop, scenario.spec, progress=bar("fit"))
@@ -233,7 +233,7 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
         if fit is None:
             tell(f"fit: model spec {scenario.spec}")
             fit = fit_model(pop, scenario.spec, progress=bar("fit"))
-        save_fit(fit, out)
+        save_fit(fit, out, catalogue=pop.catalogue)
     else:
         _copy_fit(Path(coefficients), out)
     lap("fit")

@@ -230,9 +230,15 @@ def validate_scenario(s: Scenario, where: str = "scenario") -> Scenario:
             raise bad("population.households", f"the synthetic Netherlands needs at least "
                       f"{_synthetic_municipalities()} households (one per municipality), not {s.households}")
     try:
-        load_spec(s.spec)
+        spec = load_spec(s.spec)
     except (FileNotFoundError, ValueError) as exc:
         raise bad("model.spec", str(exc)) from None
+    if spec.kind != "household":
+        raise bad("model.spec", f"{s.spec!r} is a municipal model; buig run needs a household model")
+    if spec.weights is not None and s.method != "outcome":
+        raise bad("bootstrap.method", f"{s.method!r}: model spec {spec.name} carries published weights without a "
+                  "covariance, which can be neither drawn from (parametric) nor refitted (cluster); use "
+                  "\"outcome\" (the band of outcome randomness and the spread of municipalities only)")
     try:
         regime_toml(s)
     except FileNotFoundError as exc:

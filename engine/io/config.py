@@ -1,7 +1,7 @@
 """Configuration files: the one resolver of built-in names, the one TOML reader, typed keys.
 
 Built-in configuration lives in ``engine/data/<kind>/<name>.toml`` (kinds: ``specs``,
-``regimes``, ``norms``, ``scenarios``). A value names a built-in when it is a bare name
+``regimes``, ``norms``, ``scenarios``, ``catalogues``). A value names a built-in when it is a bare name
 (letters, digits, ``_`` and ``-``, no ``.toml``, no folder): ``"2019"``. Anything else is
 a file path, relative to ``base`` (the folder of the file that names it) or to the current
 folder. A bare name that is not built in is an error listing the built-ins: a file in the
@@ -21,7 +21,8 @@ import tomllib
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-KINDS = {"spec": "specs", "regime": "regimes", "norms": "norms", "scenario": "scenarios"}
+KINDS = {"spec": "specs", "regime": "regimes", "norms": "norms", "scenario": "scenarios", "catalogue": "catalogues",
+         "truth": "truths"}
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 

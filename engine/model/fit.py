@@ -41,7 +41,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from engine.model.design import JOINT_OFF, JOINT_SIZES, ComponentDesign
+from engine.model.design import ComponentDesign
 from kernels.config import N_VIRTUAL
 from kernels.glm import linear_predictor, logit_pass
 
@@ -126,18 +126,20 @@ class _Evaluator:
         self.Bm = sp.csr_matrix((np.ones(r.size), (r, c)), shape=(K, self.n_mun))
         self.Bc = sp.csr_matrix((np.ones(len(lay.cont_cols)), (lay.cont_param, lay.cont_cols)),
                                 shape=(K, d.nb_cont.shape[1]))
-        J = len(JOINT_SIZES)
+        self.sizes, self.off = d.layout.joint.sizes, d.layout.joint.off
+        J = len(self.sizes)
         self.pair_off = np.zeros(J * J, dtype=np.int64)
         n_pair = 0
         for a in range(J):
             for b in range(a + 1, J):
                 self.pair_off[a * J + b] = n_pair
-                n_pair += JOINT_SIZES[a] * JOINT_SIZES[b]
+                n_pair += self.sizes[a] * self.sizes[b]
         self.n_pair = n_pair
 
     def _joint_hessian(self, a_pair: np.ndarray, diag: np.ndarray) -> np.ndarray:
         """(Lj, Lj) Hessian over joint codes: the diagonal, and the pair histograms off it."""
         H = np.diag(diag)
+        JOINT_SIZES, JOINT_OFF = self.sizes, self.off
         J = len(JOINT_SIZES)
         for a in range(J):
             for b in range(a + 1, J):
@@ -155,7 +157,7 @@ class _Evaluator:
         j_coef = self.M @ level_coef
         wt = d.weight if weight is None else weight
         ll, g_j, g_nb, a_nb, a_mj, a_xj, a_pair, s_mj = logit_pass(
-            d.joint, JOINT_OFF, np.asarray(JOINT_SIZES, dtype=np.int64), j_coef, d.nbhd, nb_eta, self.n_nb,
+            d.joint, self.off, np.asarray(self.sizes, dtype=np.int64), j_coef, d.nbhd, nb_eta, self.n_nb,
             d.nb_cont, d.nb_mun, self.n_mun, d.y, wt, mode, clusters, self.pair_off, self.n_pair, N_VIRTUAL)
         D, P = self.D, self.P
         g = D.T @ g_nb + P.T @ g_j
@@ -199,7 +201,7 @@ def _sample_sums(d: ComponentDesign, M, weight: np.ndarray | None) -> tuple[np.n
     y = d.y.astype(np.float64)
     wy = y if w is None else y * w
     w_j, y_j = [], []
-    for k, size in enumerate(JOINT_SIZES):
+    for k, size in enumerate(d.layout.joint.sizes):
         code = d.joint[:, k]
         w_j.append(np.bincount(code, weights=w, minlength=size))
         y_j.append(np.bincount(code, weights=wy, minlength=size))

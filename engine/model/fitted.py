@@ -2,9 +2,12 @@
 
 ``fit_model(pop, spec)`` estimates both components; ``write_fit(fit, out)`` writes
 
-- ``coefficients.parquet``: component, term, estimate, se_model, se_robust, se_cluster
-  (terms ``factor[level]``, continuous column names, ``municipality[GMxxxx]`` fixed effects);
-- ``fit.json``: spec and norms used, per component the sample size, iterations,
+- ``coefficients.parquet``: component, term, estimate, se_model, se_robust, se_cluster, z,
+  p_value, ci_low, ci_high (z = estimate / se_cluster, two-sided normal p, 95% interval
+  estimate -+ 1.96 se_cluster, as statsmodels with ``cov_type="cluster"``; terms
+  ``factor[level]``, indicator and continuous column names, ``municipality[GMxxxx]``);
+- ``fit.json``: the spec by content (``spec.content``: a fit folder reads the same in any
+  folder or environment), the catalogue, the norms, per component the sample size, iterations,
   log-likelihood, gradient norm, clipped fractions, dropped municipalities (codes), separated
   terms (levels with no or only outcomes, estimated on their own), and
   ``fe_common`` (the effect that replaces the fixed effects in prediction);
@@ -27,11 +30,12 @@ import pyarrow.parquet as pq
 
 from engine.io.outputs import atomic_dir, settle
 from engine.model.design import (ComponentDesign, Households, component_design, dense_design,
-                           households_from_population)
+                           households_from_population, make_layout)
 from engine.model.fit import ComponentFit, fit_component
 from engine.model.norms import Norms, load_norms
 from engine.model.population import Population
-from engine.model.spec import ModelSpec, load_spec
+from engine.model.published import component_from_weights
+from engine.model.spec import ModelSpec, SpecError, load_spec, spec_from_content
 
 COVARIANCE_KINDS = ("model", "robust", "cluster")
 
@@ -53,10 +57,16 @@ def fit_model(pop: Population | Households, spec: ModelSpec | str | Path = "2019
     """Estimate the volume and price components of ``spec`` on a population (household
     ``weight``s optional; ``start``: a fit to warm-start from)."""
     spec = spec if isinstance(spec, ModelSpec) else load_spec(spec)
+    if spec.kind != "household":
+        raise SpecError(f"model spec {spec.name} is a municipal model: it has no household components to fit "
+                        "(use `buig predict --spec`)")
     norms = load_norms(spec.norms)
     hh = pop if isinstance(pop, Households) else households_from_population(pop)
     fits = {}
     for i, comp in enumerate((spec.volume, spec.price)):
+        if spec.weights is not None or comp.fixed:   # published weights (or f = 1): nothing to estimate
+            fits[comp.name] = component_from_weights(spec, comp, make_layout(comp, hh).term_names)
+            continue
         d = component_design(hh, comp, norms, weight=weight)
         fits[comp.name] = fit_component(d, tol=tol, mun_codes=hh.mun_codes,
                                         start=None if start is None else start.component(comp.name).params)
@@ -65,7 +75,13 @@ def fit_model(pop: Population | Households, spec: ModelSpec | str | Path = "2019
     return ModelFit(spec=spec, norms=norms, volume=fits["volume"], price=fits["price"], mun_codes=hh.mun_codes)
 
 
+Z_95 = 1.959963984540054       # scipy.stats.norm.ppf(0.975)
+
+
 def coefficients_table(fit: ModelFit) -> pa.Table:
+    """Per term: estimate, the three standard errors, z, p and the 95% interval (cluster-robust)."""
+    from scipy.stats import norm
+
     comp, term, est, se = [], [], [], {k: [] for k in COVARIANCE_KINDS}
     for c in (fit.volume, fit.price):
         comp += [c.name] * len(c.term_names)
@@ -73,29 +89,77 @@ def coefficients_table(fit: ModelFit) -> pa.Table:
         est.append(c.params)
         for k in COVARIANCE_KINDS:
             se[k].append(c.se(k))
-    return pa.table({"component": comp, "term": term, "estimate": np.concatenate(est),
-                     **{f"se_{k}": np.concatenate(se[k]) for k in COVARIANCE_KINDS}})
+    b, s = np.concatenate(est), np.concatenate(se["cluster"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = b / s
+    return pa.table({"component": comp, "term": term, "estimate": b,
+                     **{f"se_{k}": np.concatenate(se[k]) for k in COVARIANCE_KINDS},
+                     "z": z, "p_value": 2.0 * norm.sf(np.abs(z)), "ci_low": b - Z_95 * s, "ci_high": b + Z_95 * s})
 
 
-def fit_summary(fit: ModelFit) -> dict:
-    return {"spec": {"name": fit.spec.name, "file": str(fit.spec.path), "description": fit.spec.description},
+def format_coefficients(fit: ModelFit, show_fixed_effects: bool = False) -> str:
+    """The coefficient table as text, like statsmodels' summary (fixed effects counted, not shown)."""
+    t = coefficients_table(fit).to_pydict()
+    lines = []
+    for name in ("volume", "price"):
+        rows = [i for i, c in enumerate(t["component"]) if c == name]
+        fe = [i for i in rows if t["term"][i].startswith("municipality[")]
+        shown = rows if show_fixed_effects else [i for i in rows if i not in fe]
+        width = max([len(t["term"][i]) for i in shown] + [20])
+        lines.append(f"{name}:")
+        lines.append(f"  {'term':<{width}} {'coef':>10} {'se_model':>9} {'se_robust':>9} {'se_cluster':>10} "
+                     f"{'z':>8} {'P>|z|':>7} {'[0.025':>9} {'0.975]':>9}")
+        for i in shown:
+            lines.append(f"  {t['term'][i]:<{width}} {t['estimate'][i]:>10.4f} {t['se_model'][i]:>9.4f} "
+                         f"{t['se_robust'][i]:>9.4f} {t['se_cluster'][i]:>10.4f} {t['z'][i]:>8.2f} "
+                         f"{t['p_value'][i]:>7.3f} {t['ci_low'][i]:>9.4f} {t['ci_high'][i]:>9.4f}")
+        if fe and not show_fixed_effects:
+            lines.append(f"  ({len(fe)} municipality fixed effects in coefficients.parquet, not shown)")
+    return "\n".join(lines)
+
+
+def published_comparison(fit: ModelFit) -> list[dict]:
+    """The spec's ``[published]`` values beside the estimates: term, published, estimate, se, z of the difference."""
+    pub = fit.spec.published
+    out = []
+    for name in ("volume", "price"):
+        c = fit.component(name)
+        for term, value in pub.get(name, {}).items():
+            if term not in c.term_names:
+                continue              # a variant of the spec without that term
+            i = c.term_names.index(term)
+            se = float(c.se("cluster")[i])
+            out.append({"component": name, "term": term, "published": float(value), "estimate": float(c.params[i]),
+                        "se_cluster": se, "z_difference": (float(c.params[i]) - float(value)) / se})
+    return out
+
+
+def fit_summary(fit: ModelFit, catalogue=None) -> dict:
+    spec = {"name": fit.spec.name, "file": str(fit.spec.path), "description": fit.spec.description,
+            "content": fit.spec.content, "published_weights": fit.spec.weights is not None}
+    extra = {"catalogue": catalogue.to_dict()} if catalogue is not None else {}
+    if fit.spec.published and fit.spec.weights is None:
+        extra["published_comparison"] = {"reference": fit.spec.published.get("reference", ""),
+                                         "terms": published_comparison(fit)}
+    return {"spec": spec, **extra,
             "norms": {"year": fit.norms.year, "gross_up": fit.norms.gross_up,
                       "kostendeler_age_cutoff": fit.norms.age_cutoff},
             "convergence": "max |score| / total weight below tol",
             "volume": fit.volume.summary(), "price": fit.price.summary()}
 
 
-def write_fit(fit: ModelFit, out: Path) -> None:
+def write_fit(fit: ModelFit, out: Path, catalogue=None) -> None:
     """Write coefficients.parquet, fit.json and covariances.npz into folder ``out`` (already temporary)."""
     pq.write_table(coefficients_table(fit), out / "coefficients.parquet")
-    (out / "fit.json").write_text(json.dumps(fit_summary(fit), indent=1) + "\n", encoding="utf-8")
+    (out / "fit.json").write_text(json.dumps(fit_summary(fit, catalogue), indent=1, allow_nan=True) + "\n",
+                                  encoding="utf-8")
     with open(out / "covariances.npz", "wb") as fh:
         np.savez(fh, **{f"{c.name}_{k}": getattr(c, f"cov_{k}") for c in (fit.volume, fit.price)
                         for k in COVARIANCE_KINDS})
 
 
 def read_fit(path: str | Path, spec: ModelSpec | str | Path | None = None) -> ModelFit:
-    """Read the files of ``write_fit``; the spec named in fit.json unless ``spec`` is given."""
+    """Read the files of ``write_fit``; the spec recorded (by content) in fit.json unless ``spec`` is given."""
     path = Path(path)
     settle(path)                 # a set of files whose commit a killed writer left unfinished
     for name in ("coefficients.parquet", "fit.json", "covariances.npz"):
@@ -104,7 +168,14 @@ def read_fit(path: str | Path, spec: ModelSpec | str | Path | None = None) -> Mo
         if not (path / name).is_file():
             raise ValueError(f"{path / name} is not a regular file")
     info = json.loads((path / "fit.json").read_text(encoding="utf-8"))
-    spec = spec if isinstance(spec, ModelSpec) else load_spec(spec or info["spec"]["file"])
+    if isinstance(spec, ModelSpec):
+        pass
+    elif spec is not None:
+        spec = load_spec(spec)
+    elif "content" in info["spec"]:
+        spec = spec_from_content(info["spec"]["content"], f"model spec recorded in {path / 'fit.json'}")
+    else:
+        spec = load_spec(info["spec"]["file"])    # a fit folder of an earlier version
     coef = pq.read_table(path / "coefficients.parquet").to_pydict()
     with np.load(path / "covariances.npz", allow_pickle=False) as z:
         cov = {k: z[k] for k in z.files}
@@ -162,14 +233,15 @@ def fit_to_folder(pop: Population, out: str | Path, spec: ModelSpec | str | Path
                          f"{max_export_rows:,} households (this one has {pop.households.num_rows:,})")
     hh = households_from_population(pop)
     fit = fit_model(hh, spec, progress=progress)
-    save_fit(fit, out, hh if export else None)
+    save_fit(fit, out, hh if export else None, pop.catalogue)
     return fit
 
 
-def save_fit(fit: ModelFit, out: str | Path, export: Households | None = None) -> None:
-    """Write the files of ``fit`` into ``out`` as one set (and, with households ``export``, the designs)."""
+def save_fit(fit: ModelFit, out: str | Path, export: Households | None = None, catalogue=None) -> None:
+    """Write the files of ``fit`` into ``out`` as one set (and, with households ``export``, the designs);
+    ``catalogue``: the population's, recorded in fit.json."""
     with atomic_dir(out) as tmp:
-        write_fit(fit, tmp)
+        write_fit(fit, tmp, catalogue)
         if export is not None:
             hh, spec = export, fit.spec
             for comp in (spec.volume, spec.price):

@@ -2,7 +2,10 @@
 
 A population folder holds ``households.parquet``, ``neighbourhoods.parquet`` and
 ``municipalities.parquet`` (schemas in :mod:`engine.model.schema`), and for a synthetic world
-also ``truth.json``.
+also ``truth.json``. The columns are those of the schema and of the population's catalogue
+(:func:`engine.model.catalogue.population_catalogue`: ``--catalogue FILE``, else
+``catalogue.toml`` in the folder, else the built-in ``default``); categorical columns are read
+by their labels (:mod:`engine.model.labels`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.io.outputs import settle
+from engine.model.catalogue import Catalogue, population_catalogue
+from engine.model.labels import read_labels
 from engine.model.schema import PopulationError, check_unique, validate
 
 TABLE_NAMES = ("municipalities", "neighbourhoods", "households")
@@ -38,6 +43,7 @@ class Population:
     neighbourhood_municipality: np.ndarray
     truth: dict | None = None
     path: Path | None = None
+    catalogue: Catalogue | None = None
 
     @property
     def synthetic(self) -> bool:
@@ -61,11 +67,11 @@ def _read_table(path: Path, name: str, columns=None) -> pa.Table:
         raise _unreadable(name, file, exc) from None
 
 
-def _geography(neighbourhoods: pa.Table, municipalities: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+def _geography(neighbourhoods: pa.Table, municipalities: pa.Table, catalogue) -> tuple[np.ndarray, np.ndarray]:
     """Validate the two small tables; return the municipality codes and each neighbourhood's municipality row."""
-    validate("municipalities", municipalities)
+    validate("municipalities", municipalities, catalogue=catalogue)
     codes = np.asarray(municipalities.column("code").to_pylist(), dtype=object)
-    nm = validate("neighbourhoods", neighbourhoods, municipalities=codes)["municipality"]
+    nm = validate("neighbourhoods", neighbourhoods, municipalities=codes, catalogue=catalogue)["municipality"]
     return codes, nm
 
 
@@ -78,13 +84,19 @@ def _every_municipality_has_households(counts: np.ndarray, codes: np.ndarray) ->
 
 
 def from_tables(households: pa.Table, neighbourhoods: pa.Table, municipalities: pa.Table,
-                truth: dict | None = None, path: Path | None = None) -> Population:
-    """Validate three in-memory tables and index them into a :class:`Population`."""
-    codes, nm = _geography(neighbourhoods, municipalities)
-    rows = validate("households", households, municipalities=codes, neighbourhoods=neighbourhoods)
+                truth: dict | None = None, path: Path | None = None,
+                catalogue: Catalogue | str | Path | None = None) -> Population:
+    """Validate three in-memory tables and index them into a :class:`Population` (categorical
+    columns read by their labels; ``catalogue``: as :func:`read_population`)."""
+    cat = population_catalogue(path, catalogue)
+    municipalities = read_labels("municipalities", municipalities, cat)
+    neighbourhoods = read_labels("neighbourhoods", neighbourhoods, cat)
+    households = read_labels("households", households, cat)
+    codes, nm = _geography(neighbourhoods, municipalities, cat)
+    rows = validate("households", households, municipalities=codes, neighbourhoods=neighbourhoods, catalogue=cat)
     hm, hn = rows["municipality"], rows["neighbourhood"]
     _every_municipality_has_households(np.bincount(hm, minlength=len(codes)), codes)
-    return Population(households, neighbourhoods, municipalities, hm, hn, nm, truth, path)
+    return Population(households, neighbourhoods, municipalities, hm, hn, nm, truth, path, cat)
 
 
 def _folder(path: str | Path) -> Path:
@@ -119,12 +131,14 @@ def _read_truth(path: Path) -> dict | None:
     return truth
 
 
-def read_population(path: str | Path) -> Population:
-    """Read and validate a population folder; raise :class:`PopulationError` on bad input."""
+def read_population(path: str | Path, catalogue: Catalogue | str | Path | None = None) -> Population:
+    """Read and validate a population folder; raise :class:`PopulationError` on bad input.
+    ``catalogue``: a catalogue (name or file) instead of the folder's ``catalogue.toml`` / the default."""
     path = _folder(path)
     tables = {name: _read_table(path, name) for name in TABLE_NAMES}
     truth = _read_truth(path)
-    return from_tables(tables["households"], tables["neighbourhoods"], tables["municipalities"], truth, path)
+    return from_tables(tables["households"], tables["neighbourhoods"], tables["municipalities"], truth, path,
+                       catalogue)
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,7 @@ class HouseholdBatches:
     truth: dict | None
     num_rows: int
     batch_rows: int
+    catalogue: Catalogue | None = None
 
     @property
     def municipality_codes(self) -> np.ndarray:
@@ -168,10 +183,12 @@ class HouseholdBatches:
         try:
             # codes as dictionaries: mapped to rows once per distinct code, not once per household
             with pq.ParquetFile(file, read_dictionary=["municipality", "neighbourhood"]) as f:
+                file_schema = f.schema_arrow
                 for batch in self._tables(f):
                     try:
+                        batch = read_labels("households", batch, self.catalogue, file_schema)
                         rows = validate("households", batch, municipalities=codes,
-                                        neighbourhoods=self.neighbourhoods)
+                                        neighbourhoods=self.neighbourhoods, catalogue=self.catalogue)
                     except PopulationError as e:
                         raise PopulationError(e.table, e.column, None if e.row is None else e.row + start,
                                               e.problem) from None
@@ -190,15 +207,18 @@ class HouseholdBatches:
         _every_municipality_has_households(counts, codes)
 
 
-def stream_population(path: str | Path, batch_rows: int = 1 << 20) -> HouseholdBatches:
+def stream_population(path: str | Path, batch_rows: int = 1 << 20,
+                      catalogue: Catalogue | str | Path | None = None) -> HouseholdBatches:
     """A population folder read for one pass over its households in batches of ``batch_rows``
     rows, never holding the whole households table (for the steps that only need arrays
     derived from it). The small tables and ``truth.json`` are read and validated here, the
     households as they are iterated, with the same checks and errors as :func:`read_population`."""
     path = _folder(path)
-    municipalities, neighbourhoods = _read_table(path, "municipalities"), _read_table(path, "neighbourhoods")
+    cat = population_catalogue(path, catalogue)
+    municipalities = read_labels("municipalities", _read_table(path, "municipalities"), cat)
+    neighbourhoods = read_labels("neighbourhoods", _read_table(path, "neighbourhoods"), cat)
     truth = _read_truth(path)
-    _, nm = _geography(neighbourhoods, municipalities)
+    _, nm = _geography(neighbourhoods, municipalities, cat)
     file = _table_file(path, "households")
     try:
         with pq.ParquetFile(file) as f:
@@ -206,8 +226,8 @@ def stream_population(path: str | Path, batch_rows: int = 1 << 20) -> HouseholdB
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable("households", file, exc) from None
     try:
-        validate("households", empty)            # the columns, before any batch is read
+        validate("households", read_labels("households", empty, cat), catalogue=cat)   # the columns first
     except PopulationError as e:
         if rows == 0 or e.problem != "the table has no rows":
             raise
-    return HouseholdBatches(path, neighbourhoods, municipalities, nm, truth, rows, batch_rows)
+    return HouseholdBatches(path, neighbourhoods, municipalities, nm, truth, rows, batch_rows, cat)

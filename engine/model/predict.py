@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from engine.model.design import (FACTOR_COLUMNS, JOINT_GROUPS, JOINT_OFF, JOINT_SIZES, Households, Layout,
-                           households_from_population, joint_codes, make_layout)
+from engine.model.design import Households, Layout, households_from_population, make_layout
 from engine.model.fitted import ModelFit
 from engine.model.population import Population
 from engine.model.schema import CATEGORIES
@@ -35,13 +34,13 @@ TYPES = CATEGORIES["household_type"]
 class PredictionDesign:
     """Households recoded for prediction, built once per population.
 
-    The 8 household factors are packed into a few joint uint8 codes (mixed radix, first
+    The household factors are packed into a few joint uint8 codes (mixed radix, first
     factor most significant), so a component's linear predictor needs one look-up per
     joint code instead of one per factor; ``norm_index`` locates each household's norm.
     """
 
     combo: np.ndarray            # (n, n_combo) uint8
-    groups: tuple                # factor indices (into FACTOR_COLUMNS) of each joint code
+    groups: tuple                # factor indices (into Households.factors) of each joint code
     nbhd: np.ndarray
     nb_mun: np.ndarray
     norm_index: np.ndarray       # (n,) uint16
@@ -54,16 +53,17 @@ class PredictionDesign:
 
 
 def prediction_design(hh: Households, norms) -> PredictionDesign:
-    assert JOINT_GROUPS[0][0] == FACTOR_COLUMNS.index("household_type")
-    type_div = JOINT_SIZES[0] // len(CATEGORIES["household_type"])
-    return PredictionDesign(combo=joint_codes(hh.codes), groups=JOINT_GROUPS, nbhd=hh.nbhd, nb_mun=hh.nb_mun,
+    joint = hh.joint
+    assert joint.groups[0][0] == hh.factors.index("household_type")
+    type_div = joint.sizes[0] // len(CATEGORIES["household_type"])
+    return PredictionDesign(combo=joint.codes(hh.codes), groups=joint.groups, nbhd=hh.nbhd, nb_mun=hh.nb_mun,
                             norm_index=hh.norm_index(norms).astype(np.uint16),
                             type_of_code=np.arange(256, dtype=np.int64) // type_div, n_mun=hh.n_mun)
 
 
 def combo_tables(lay: Layout, level_coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, table) of the joint codes for one component's level coefficients."""
-    return JOINT_OFF, lay.joint_map() @ level_coef
+    return lay.joint.off, lay.joint_map() @ level_coef
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,8 @@ class Tables:
 def prediction_tables(hh: Households, fit: ModelFit, pd_: PredictionDesign, volume_params: np.ndarray | None = None,
                       price_params: np.ndarray | None = None) -> Tables:
     """Tables for the fitted coefficients (or the given ones, e.g. a bootstrap draw)."""
-    v_lay = make_layout(fit.spec.volume, hh.mun_codes)
-    p_lay = make_layout(fit.spec.price, hh.mun_codes)
+    v_lay = make_layout(fit.spec.volume, hh)
+    p_lay = make_layout(fit.spec.price, hh)
     for lay, c in ((v_lay, fit.volume), (p_lay, fit.price)):
         if lay.term_names != c.term_names:
             raise ValueError(f"coefficients of the {c.name} component do not match the model spec "
@@ -95,6 +95,10 @@ def prediction_tables(hh: Households, fit: ModelFit, pd_: PredictionDesign, volu
     pp = fit.price.params if price_params is None else price_params
     v_coef, v_nb = v_lay.tables(np.nan_to_num(vp), hh.nb_cont, hh.nb_mun,
                                 fe_value=fit.volume.fe_common if v_lay.fe_start >= 0 else None)
+    if fit.spec.weights is not None and fit.spec.weights.region:
+        from engine.model.published import region_effects
+
+        v_nb = np.ascontiguousarray(v_nb + region_effects(fit.spec, hh)[hh.nb_mun])
     p_coef, p_nb = p_lay.tables(np.nan_to_num(pp), hh.nb_cont, hh.nb_mun,
                                 fe_value=fit.price.fe_common if p_lay.fe_start >= 0 else None)
     v_off, v_tab = combo_tables(v_lay, v_coef)

@@ -3,7 +3,8 @@
 A population is three tables:
 
 - ``households``: one row per household, categorical characteristics as small integers
-  whose labels live in the field metadata (``labels``: a JSON list, code = position);
+  whose labels live in the field metadata (``labels``: a JSON list, code = position), or as
+  strings; the characteristics are those of the catalogue (:mod:`engine.model.catalogue`);
 - ``neighbourhoods``: one row per neighbourhood (CBS wijk code such as ``WK036301``);
 - ``municipalities``: one row per municipality (CBS code such as ``GM0363``).
 
@@ -20,22 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Labels of every categorical household column; the code is the position in the tuple.
-CATEGORIES: dict[str, tuple[str, ...]] = {
-    "household_type": ("single", "single_parent", "couple_no_children", "couple_with_children", "other"),
-    "age_class": ("18-20", "21-26", "27-34", "35-44", "45-54", "55-aow"),
-    "migration": ("dutch", "western", "moroccan", "turkish", "surinamese", "antillean", "other_non_western"),
-    "education": ("low", "medium", "high", "unknown"),
-    "housing": ("owner", "social_rent", "private_rent"),
-    "health": ("none", "chronic_illness", "work_limitation"),
-    "other_benefit": ("none", "ww", "ao_partial", "ao_full", "other"),
-    # Wealth test of the 2019 volume weights: limits differ for single persons (EUR 5,000)
-    # and couples / single parents (EUR 10,000); "home equity" = wealth below the limit
-    # but home equity above EUR 50,000.
-    "wealth": ("below_limit", "single_home_equity", "single_wealth", "family_home_equity", "family_wealth"),
-    "duration_class": ("none", "lt1", "1-2", "2-4", "4-5", "gt5"),
-}
+from engine.model.catalogue import Catalogue, Characteristic, load_catalogue
 
+# Labels of the benefit duration class (an outcome, read by the W-deel and the granieten
+# voorraad); the characteristics' labels are in the catalogue (engine/data/catalogues/).
+DURATION_CLASSES = ("none", "lt1", "1-2", "2-4", "4-5", "gt5")
 MAX_ADULTS_SHARING = 8
 
 
@@ -50,76 +40,94 @@ class Column:
     max: float | None = None
     code: bool = False  # a CBS code (string, possibly dictionary-encoded)
     pattern: str | None = None  # regular expression every value must match in full (key codes)
+    labels: tuple[str, ...] = ()   # a categorical column: the label of each code
 
     def field(self) -> pa.Field:
         meta = {"doc": self.doc}
-        if self.name in CATEGORIES:
-            meta["labels"] = json.dumps(CATEGORIES[self.name])
+        if self.labels:
+            meta["labels"] = json.dumps(self.labels)
         return pa.field(self.name, self.type, nullable=False, metadata=meta)
-
-
-def _cat(name: str, doc: str) -> Column:
-    return Column(name, pa.int8(), doc, 0, len(CATEGORIES[name]) - 1)
 
 
 CODE = pa.dictionary(pa.int32(), pa.string())
 
-TABLES: dict[str, tuple[Column, ...]] = {
-    "households": (
-        Column("id", pa.int64(), "household id, unique"),
-        Column("municipality", CODE, "CBS municipality code (GMxxxx)", code=True),
-        Column("neighbourhood", CODE, "CBS wijk code (WKxxxxxx)", code=True),
-        _cat("household_type", "household type of the benefit unit"),
-        _cat("age_class", "age class of the reference person"),
-        _cat("migration", "migration background of the reference person"),
-        _cat("education", "highest education of the reference person"),
-        _cat("housing", "tenure of the dwelling"),
-        _cat("health", "health of the reference person"),
-        _cat("other_benefit", "other benefit in the household"),
-        _cat("wealth", "wealth test class"),
-        Column("adults_sharing", pa.int8(), "co-resident adults aged 21+ outside the benefit unit", 0, MAX_ADULTS_SHARING),
-        Column("adults_sharing_under_27", pa.int8(), "of adults_sharing, those aged 21-26", 0, MAX_ADULTS_SHARING),
-        Column("bijstand", pa.int8(), "1 if the household receives bijstand on the reference date", 0, 1),
-        Column("lks", pa.int8(), "1 if loonkostensubsidie (LKS) applies on the reference date", 0, 1),
-        Column("benefit_paid", pa.float64(), "benefit (or LKS) paid over the year, EUR", 0, None),
-        _cat("duration_class", "benefit duration on the reference date"),
-    ),
-    "neighbourhoods": (
-        Column("code", pa.string(), "CBS wijk code", code=True, pattern="WK[0-9]{6}"),
-        Column("name", pa.string(), "name"),
-        Column("municipality", pa.string(), "CBS municipality code", code=True),
-        Column("urbanity", pa.int8(), "CBS stedelijkheid, 1 (very strongly urban) to 5 (not urban)", 1, 5),
-        Column("share_non_working", pa.float64(), "share of non-working adults (18-AOW)", 0, 1),
-        Column("liveability", pa.float64(), "liveability index (mean 0, sd 1; higher is better)"),
-        Column("jobs_access", pa.float64(), "jobs reachable within commuting distance per person in the labour force", 0, None),
-    ),
-    "municipalities": (
-        Column("code", pa.string(), "CBS municipality code", code=True, pattern="GM[0-9]{4}"),
-        Column("name", pa.string(), "name"),
-        Column("province", pa.string(), "province"),
-        Column("region", pa.string(), "labour-market region code"),
-        Column("inhabitants", pa.int64(), "inhabitants on the reference date (1 Jan t-1)", 1, None),
-        Column("households", pa.int64(), "households 18-AOW on 1 Jan t-1", 0, None),
-        Column("households_t2", pa.int64(), "households 18-AOW on 1 Jan t-2", 0, None),
-        Column("jobs_availability", pa.float64(), "regional jobs per person in the labour force", 0, None),
-        Column("job_growth", pa.float64(), "average yearly regional job growth, fraction", -1, 1),
-        Column("granieten_voorraad", pa.int64(), "persons more than 4 years on bijstand at the frozen base date", 0, None),
-        Column("spending_t2", pa.float64(), "actual bijstand + LKS spending in t-2, EUR", 0, None),
-        Column("spending_t", pa.float64(), "actual bijstand + LKS spending in t, EUR", 0, None),
-        Column("wdeel_need", pa.float64(), "need for reintegration funds (W-deel), EUR", 0, None),
-        Column("wdeel_target_group", pa.int64(), "size of the municipal target group (W-deel model 4)", 0, None),
-    ),
-}
+# The structural columns (keys, law, outcomes, money); the characteristics between them come
+# from the catalogue: households after "neighbourhood", neighbourhoods after "urbanity",
+# municipalities after "households_t2".
+_HOUSEHOLDS_HEAD = (
+    Column("id", pa.int64(), "household id, unique"),
+    Column("municipality", CODE, "CBS municipality code (GMxxxx)", code=True),
+    Column("neighbourhood", CODE, "CBS wijk code (WKxxxxxx)", code=True),
+)
+_HOUSEHOLDS_TAIL = (
+    Column("adults_sharing", pa.int8(), "co-resident adults aged 21+ outside the benefit unit", 0, MAX_ADULTS_SHARING),
+    Column("adults_sharing_under_27", pa.int8(), "of adults_sharing, those aged 21-26", 0, MAX_ADULTS_SHARING),
+    Column("bijstand", pa.int8(), "1 if the household receives bijstand on the reference date", 0, 1),
+    Column("lks", pa.int8(), "1 if loonkostensubsidie (LKS) applies on the reference date", 0, 1),
+    Column("benefit_paid", pa.float64(), "benefit (or LKS) paid over the year, EUR", 0, None),
+    Column("duration_class", pa.int8(), "benefit duration on the reference date", 0, len(DURATION_CLASSES) - 1,
+           labels=DURATION_CLASSES),
+)
+_NEIGHBOURHOODS_HEAD = (
+    Column("code", pa.string(), "CBS wijk code", code=True, pattern="WK[0-9]{6}"),
+    Column("name", pa.string(), "name"),
+    Column("municipality", pa.string(), "CBS municipality code", code=True),
+    Column("urbanity", pa.int8(), "CBS stedelijkheid, 1 (very strongly urban) to 5 (not urban)", 1, 5),
+)
+_MUNICIPALITIES_HEAD = (
+    Column("code", pa.string(), "CBS municipality code", code=True, pattern="GM[0-9]{4}"),
+    Column("name", pa.string(), "name"),
+    Column("province", pa.string(), "province"),
+    Column("region", pa.string(), "labour-market region code"),
+    Column("inhabitants", pa.int64(), "inhabitants on the reference date (1 Jan t-1)", 1, None),
+    Column("households", pa.int64(), "households 18-AOW on 1 Jan t-1", 0, None),
+    Column("households_t2", pa.int64(), "households 18-AOW on 1 Jan t-2", 0, None),
+)
+_MUNICIPALITIES_TAIL = (
+    Column("granieten_voorraad", pa.int64(), "persons more than 4 years on bijstand at the frozen base date", 0, None),
+    Column("spending_t2", pa.float64(), "actual bijstand + LKS spending in t-2, EUR", 0, None),
+    Column("spending_t", pa.float64(), "actual bijstand + LKS spending in t, EUR", 0, None),
+    Column("wdeel_need", pa.float64(), "need for reintegration funds (W-deel), EUR", 0, None),
+    Column("wdeel_target_group", pa.int64(), "size of the municipal target group (W-deel model 4)", 0, None),
+)
+STRUCTURAL = {"households": _HOUSEHOLDS_HEAD + _HOUSEHOLDS_TAIL, "neighbourhoods": _NEIGHBOURHOODS_HEAD,
+              "municipalities": _MUNICIPALITIES_HEAD + _MUNICIPALITIES_TAIL}
 
 
-def schema(table_name: str) -> pa.Schema:
+def catalogue_column(e: Characteristic) -> Column:
+    """The schema column of a catalogue characteristic."""
+    doc = e.doc + (f" [{e.unit}]" if e.unit else "")
+    if e.kind == "categorical":
+        return Column(e.name, pa.int8(), doc, 0, len(e.labels) - 1, labels=e.labels)
+    if e.kind == "indicator":
+        return Column(e.name, pa.int8(), doc, 0, 1)
+    if e.kind == "code":
+        return Column(e.name, pa.string(), doc, code=True)
+    return Column(e.name, pa.float64(), doc, e.min, e.max)
+
+
+def tables(catalogue: Catalogue | None = None) -> dict[str, tuple[Column, ...]]:
+    """The columns of the three tables under ``catalogue`` (default: the built-in ``default``)."""
+    cat = catalogue if catalogue is not None else DEFAULT_CATALOGUE
+    own = {t: tuple(catalogue_column(e) for e in cat.of_table(t)) for t in STRUCTURAL}
+    clash = [c.name for t in STRUCTURAL for c in own[t] if c.name in {s.name for s in STRUCTURAL[t]}]
+    if clash:
+        raise ValueError(f"catalogue {cat.path or cat.name}: {clash[0]!r} is a structural column of the schema, "
+                         "not a characteristic; rename it")
+    return {"households": _HOUSEHOLDS_HEAD + own["households"] + _HOUSEHOLDS_TAIL,
+            "neighbourhoods": _NEIGHBOURHOODS_HEAD + own["neighbourhoods"],
+            "municipalities": _MUNICIPALITIES_HEAD + own["municipalities"] + _MUNICIPALITIES_TAIL}
+
+
+DEFAULT_CATALOGUE = load_catalogue("default")
+TABLES: dict[str, tuple[Column, ...]] = tables(DEFAULT_CATALOGUE)
+# Labels of the categorical household columns of the default catalogue, and the duration classes.
+CATEGORIES: dict[str, tuple[str, ...]] = {c.name: c.labels for c in TABLES["households"] if c.labels}
+
+
+def schema(table_name: str, catalogue: Catalogue | None = None) -> pa.Schema:
     """The Arrow schema of ``households``, ``neighbourhoods`` or ``municipalities``."""
-    return pa.schema([c.field() for c in TABLES[table_name]])
-
-
-def labels(column: str) -> tuple[str, ...]:
-    """Labels of a categorical household column (code = position)."""
-    return CATEGORIES[column]
+    return pa.schema([c.field() for c in tables(catalogue)[table_name]])
 
 
 class PopulationError(ValueError):
@@ -232,15 +240,18 @@ def code_positions(table_name: str, column: str, values, reference: np.ndarray,
 
 
 def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | None = None,
-             neighbourhoods: pa.Table | None = None) -> dict[str, np.ndarray]:
+             neighbourhoods: pa.Table | None = None, catalogue: Catalogue | None = None) -> dict[str, np.ndarray]:
     """Check one table against its schema; raise :class:`PopulationError` on the first problem.
 
     ``municipalities`` (codes) and ``neighbourhoods`` (the validated table) enable the
     cross-table checks: every referenced code must exist, and a household's
     neighbourhood must lie in its municipality. Returns, per code column so checked, the
-    row of each value in the referenced table (int32), for the caller to reuse.
+    row of each value in the referenced table (int32), for the caller to reuse. The columns
+    are the structural ones and the ``catalogue``'s (default: the built-in one); categorical
+    columns are expected as canonical codes (:func:`engine.model.labels.read_labels` maps
+    labels to them first).
     """
-    cols = TABLES[table_name]
+    cols = tables(catalogue)[table_name]
     names = set(table.column_names)
     for col in cols:
         if col.name not in names:
@@ -248,8 +259,10 @@ def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | N
     known, seen = {c.name for c in cols}, set()
     for name in table.column_names:
         if name not in known:
-            raise PopulationError(table_name, name, None, "is not a column of the schema (engine/schema.py); "
-                                  "remove it or rename it")
+            where = f"catalogue {catalogue.path or catalogue.name}" if catalogue is not None else "the default catalogue"
+            raise PopulationError(table_name, name, None, f"is not a column of the schema nor declared in {where}; "
+                                  "remove it, or declare it in a catalogue (--catalogue FILE or catalogue.toml "
+                                  "in the population folder)")
         if name in seen:
             raise PopulationError(table_name, name, None, "the column appears more than once")
         seen.add(name)

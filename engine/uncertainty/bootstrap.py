@@ -1,6 +1,6 @@
 """Monte Carlo uncertainty: replicates of the coefficients -> replicates of the budgets.
 
-Two methods:
+Three methods:
 
 - ``parametric``: beta_r ~ N(beta_hat, V_cluster) for the volume terms that enter
   prediction (the intercept and fixed effects are replaced by the calibrated common
@@ -8,7 +8,9 @@ Two methods:
   evaluated per pass over the households collapsed into cells (:mod:`engine.uncertainty.cells`).
 - ``cluster``: municipalities resampled with replacement, both components refitted
   (warm start from the full-sample estimate, frequency weights), prediction on the full
-  population.
+  population;
+- ``outcome``: the coefficients as they are (published weights without a covariance), so the
+  band holds the outcome randomness and the spread of municipalities around the model only.
 
 Every replicate runs the whole distribution of the regime (shares, mix, ex-ante cap), so
 bands are on budgets as allocated. Replicate r draws all its random numbers from

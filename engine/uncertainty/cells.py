@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from engine.model.design import JOINT_SIZES, Households, Layout, make_layout
+from engine.model.design import Households, Layout, make_layout
 from engine.model.fitted import ModelFit
 from engine.model.predict import PredictionDesign
 from kernels.config import N_VIRTUAL
@@ -43,6 +43,7 @@ class DrawCells:
     nb_mun: np.ndarray
     n_mun: int
     dtype: np.dtype
+    region: np.ndarray | None = None       # (n_nb,) published region effect of the volume, or None
 
     def level_tables(self, fit: ModelFit, vp: np.ndarray | None = None,
                      pp: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -51,8 +52,11 @@ class DrawCells:
         out = []
         for lay, comp, theta in zip(self.layouts, (fit.volume, fit.price), (vp, pp)):
             theta = comp.params if theta is None else theta
-            out.append(lay.tables(np.nan_to_num(theta), self.nb_cont, self.nb_mun,
-                                  fe_value=comp.fe_common if lay.fe_start >= 0 else None))
+            coef, nb = lay.tables(np.nan_to_num(theta), self.nb_cont, self.nb_mun,
+                                  fe_value=comp.fe_common if lay.fe_start >= 0 else None)
+            if comp.name == "volume" and self.region is not None:
+                nb = nb + self.region
+            out.append((coef, nb))
         return out
 
     def sums(self, coefficients: list[tuple]) -> np.ndarray:
@@ -71,16 +75,28 @@ class DrawCells:
 
 def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None) -> DrawCells:
     """Profiles and cells of the households for the fit's components (``dtype`` None: by FLOAT32_LIMIT)."""
-    key = np.zeros(hh.n, dtype=np.int64)
-    for k, size in enumerate(JOINT_SIZES):
-        key = key * size + pd_.combo[:, k]
+    sizes = hh.joint.sizes
+    if float(np.prod(np.asarray(sizes, dtype=np.float64))) < 2.0 ** 24:
+        key = np.zeros(hh.n, dtype=np.int64)
+        for k, size in enumerate(sizes):
+            key = key * size + pd_.combo[:, k]
+        n_keys = int(np.prod(sizes))
+    else:   # many factors (a realistic catalogue): number the distinct profiles instead
+        _, key = np.unique(pd_.combo, axis=0, return_inverse=True)
+        key = key.astype(np.int64).ravel()
+        n_keys = int(key.max()) + 1
     norm = fit.norms.table().ravel()[pd_.norm_index]
-    first, cell_nb, cell_prof, s1, s2 = cells(key, int(np.prod(JOINT_SIZES)), pd_.nbhd, hh.n_nb, norm)
+    first, cell_nb, cell_prof, s1, s2 = cells(key, n_keys, pd_.nbhd, hh.n_nb, norm)
     profiles = hh.codes[first].astype(np.int64)
-    layouts = (make_layout(fit.spec.volume, hh.mun_codes), make_layout(fit.spec.price, hh.mun_codes))
+    layouts = (make_layout(fit.spec.volume, hh), make_layout(fit.spec.price, hh))
+    region = None
+    if fit.spec.weights is not None and fit.spec.weights.region:
+        from engine.model.published import region_effects
+
+        region = region_effects(fit.spec, hh)[hh.nb_mun]
     levels = tuple(np.ascontiguousarray(lay.lev_off + profiles[:, lay.cols]) for lay in layouts)
     dc = DrawCells(layouts=layouts, levels=levels, cell_nb=cell_nb, cell_prof=cell_prof, s1=s1, s2=s2,
-                   nb_cont=hh.nb_cont, nb_mun=hh.nb_mun, n_mun=hh.n_mun, dtype=np.dtype(np.float64))
+                   nb_cont=hh.nb_cont, nb_mun=hh.nb_mun, n_mun=hh.n_mun, dtype=np.dtype(np.float64), region=region)
     if dtype is None:
         parts = [np.abs(t).max(initial=0.0) for lev, (coef, nb) in zip(levels, dc.level_tables(fit))
                  for t in (coef[lev].sum(axis=1), nb)]

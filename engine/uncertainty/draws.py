@@ -203,6 +203,22 @@ def spending_elasticity(hh, fit: ModelFit, pd_, step: float = 1e-3) -> np.ndarra
     return np.where(ok, (np.log(np.where(ok, up, 1.0)) - np.log(np.where(ok, down, 1.0))) / (2 * step), 0.0)
 
 
+def check_method(fit: ModelFit, method: str) -> None:
+    """Refuse a bootstrap a fit cannot carry: published weights have no refit (cluster) and,
+    without a covariance, no parametric draws; the outcome-only band is offered instead."""
+    if fit.spec.weights is None:
+        return
+    if method == "cluster":
+        raise ValueError(f"model spec {fit.spec.name} carries published weights: a cluster bootstrap would refit "
+                         "them; use method \"outcome\" (the band of outcome randomness and the spread of "
+                         "municipalities around the model)")
+    if method == "parametric":      # a spec carries no covariance of its weights
+        raise ValueError(f"model spec {fit.spec.name} carries published weights without a covariance: a parametric "
+                         "bootstrap cannot draw its coefficients; use method \"outcome\" (--method outcome, or "
+                         "bootstrap.method = \"outcome\": the band of outcome randomness and the spread of "
+                         "municipalities around the model only)")
+
+
 class Context:
     """Everything a batch needs, built once per process (population, fit, regime, tables)."""
 
@@ -234,6 +250,9 @@ class Context:
         self.between = between_sd_estimate(self.fit, self.hh.mun_codes,
                                            None if settings.between_sd == "auto" else float(settings.between_sd))
         self.between_sd = self.between.sd
+        check_method(self.fit, settings.method)
+        if settings.method != "parametric":
+            return
         v, p = self.fit.volume, self.fit.price
         # terms without a variance (not estimable, or separated with an estimate of their own) are not drawn
         self.v_draw = np.asarray([i for i, t in enumerate(v.term_names) if t != "intercept"
@@ -275,6 +294,8 @@ class Context:
             if self.settings.method == "parametric":
                 vp, pp = self.parametric_params(rng)
                 t = (self.fit, vp, pp)
+            elif self.settings.method == "outcome":
+                t = (self.fit, None, None)
             else:
                 t = (self.cluster_fit(rng), None, None)
             tables.append(t)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("parametric", "cluster")
+METHODS = ("parametric", "cluster", "outcome")
 QUANTILES = (0.025, 0.05, 0.5, 0.95, 0.975)
 # outcome_sd: sd of the municipality's cost when bijstand is drawn from p (sqrt of sum p (1 - p) (f N)^2)
 REPLICATE_COLUMNS = ("objective_cost", "budget", "share", "effect_pct", "outcome_sd", "simulated_spending")

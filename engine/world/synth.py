@@ -25,6 +25,8 @@ draws from child g, so the output is bit-identical for the same seed):
    budget, see ``engine/data/norms/2019.toml``); duration classes, the granieten voorraad, spending
    in t and in t-2 (each municipality's own expected cost in t times the real change of its CBS
    recipients from 2015 to 2017: its policy persists), and W-deel need follow.
+5. ``truth_model`` ``realistic`` or ``scp2015`` adds every further characteristic of the catalogue
+   ``realistic`` and its truth (:mod:`engine.world.characteristics`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ from engine.world import truth
 from engine.world.geography import Geography, allocate_households, load_geography
 from engine.model.norms import load_norms
 from engine.io.outputs import atomic_dir, write_json
-from engine.model.schema import CATEGORIES, TABLES, schema
+from engine.io.config import dump_toml
+from engine.model.schema import CATEGORIES, schema, tables
+from engine.world.characteristics import world_model
 
 REAL_HOUSEHOLDS = 7_794_075
 NONWESTERN = ("moroccan", "turkish", "surinamese", "antillean", "other_non_western")
@@ -110,6 +114,7 @@ class WorldParams:
     policy: np.ndarray              # natural policy effect per municipality (log-odds)
     planted: np.ndarray             # municipality indices with a planted policy effect
     planted_surplus: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per planted municipality
+    world: object = None            # engine.world.characteristics.WorldModel (--truth)
 
 
 SNW_MIN, SNW_MAX = 0.01, 0.95
@@ -263,27 +268,34 @@ def generate_municipality(g: int, geo: Geography, wp: WorldParams, n_wijk: np.nd
     nb_snw, nb_liv, nb_jobs = wp.share_non_working[wk], wp.liveability[wk], wp.jobs_access[wk]
     codes = {"household_type": htype, "age_class": age, "migration": mig, "education": edu,
              "housing": housing, "health": health, "other_benefit": other, "wealth": wealth}
+    world = wp.world                # the catalogue's further characteristics, from their own seed
+    extras = {} if world.default else world.households(codes, u, np.random.default_rng(
+        np.random.SeedSequence(seed_seq.entropy, spawn_key=(*seed_seq.spawn_key, 1))))
     eta0 = (truth.VOLUME["share_non_working"] * nb_snw + truth.VOLUME["liveability"] * nb_liv
             + truth.VOLUME["jobs_access"] * nb_jobs)
     zeta = np.full(n, truth.PRICE["intercept"])
     for f in FACTORS:
         eta0 = eta0 + _term_vector(truth.VOLUME, f)[codes[f]]
         zeta = zeta + _term_vector(truth.PRICE, f)[codes[f]]
-    # structural part of the calibration -> the wijken's share of non-working adults
-    beta_snw = truth.VOLUME["share_non_working"]
-    target = wp.target_rate[g] * n
-    wanted = truth.VOLUME_LEVEL + wp.policy[g]
-    shift = (_solve_alpha(eta0, target) - wanted) / beta_snw
-    snw_new = np.clip(wp.share_non_working[wks] + shift, SNW_MIN, SNW_MAX)
-    eta0 = eta0 + beta_snw * (snw_new[np.searchsorted(wks, wk)] - nb_snw)
-    alpha = _solve_alpha(eta0, target)                 # = wanted, up to the clipping
+    if world.published is not None:     # --truth scp2015: the published model itself, not calibrated
+        eta0, snw_new, alpha = world.published_eta(codes, extras, wk, g), wp.share_non_working[wks], wp.policy[g]
+    else:
+        eta0 = eta0 + (0.0 if world.default else world.extra_eta(codes, extras, wk, g))
+        # structural part of the calibration -> the wijken's share of non-working adults
+        beta_snw = truth.VOLUME["share_non_working"]
+        target = wp.target_rate[g] * n
+        wanted = truth.VOLUME_LEVEL + wp.policy[g]
+        shift = (_solve_alpha(eta0, target) - wanted) / beta_snw
+        snw_new = np.clip(wp.share_non_working[wks] + shift, SNW_MIN, SNW_MAX)
+        eta0 = eta0 + beta_snw * (snw_new[np.searchsorted(wks, wk)] - nb_snw)
+        alpha = _solve_alpha(eta0, target)                 # = wanted, up to the clipping
     if g in wp.planted:
         alpha = planted_alpha(alpha, eta0, _logistic(zeta) * norm_table[htype, age, sharing], planted_effect,
                               float(wp.planted_surplus[np.searchsorted(wp.planted, g)]))
     p = _logistic(alpha + eta0)
     y = rng.random(n) < p
     p_lks = _logistic(truth.LKS_INTERCEPT + truth.LKS_WORK_LIMITATION * worklim)
-    lks = y & (rng.random(n) < p_lks)
+    lks = y & (rng.random(n) < p_lks) & (world.published is None)    # no LKS in 2015
     bij = y & ~lks
 
     norm = norm_table[htype, age, sharing]          # 2019 rules: cut-off 21 counts all sharers
@@ -310,7 +322,7 @@ def generate_municipality(g: int, geo: Geography, wp: WorldParams, n_wijk: np.nd
                                                         pa.array([geo.mun_code[g]], pa.string())),
         "neighbourhood": pa.DictionaryArray.from_arrays(pa.array(wk_local),
                                                          pa.array(list(geo.wk_code[wks]), pa.string())),
-        **codes,
+        **codes, **extras,
         "adults_sharing": sharing,
         "adults_sharing_under_27": under,
         "bijstand": bij.astype(np.int8),
@@ -319,8 +331,8 @@ def generate_municipality(g: int, geo: Geography, wp: WorldParams, n_wijk: np.nd
         "duration_class": duration,
     }
     table = pa.Table.from_arrays([pa.array(columns[c.name]) if not isinstance(columns[c.name], pa.Array)
-                                  else columns[c.name] for c in TABLES["households"]],
-                                 schema=schema("households"))
+                                  else columns[c.name] for c in tables(world.catalogue)["households"]],
+                                 schema=schema("households", world.catalogue))
     # W-deel need: the chance of a reintegration trajectory by person characteristics (as the
     # letter of 14 May 2004 describes the need study) x EUR 4,000 per trajectory [I], summed over the
     # bijstand households; independent of the benefit duration and of any W-deel model's weights.
@@ -359,7 +371,8 @@ class SynthSummary:
 
 def generate(out: str | Path, households: int = REAL_HOUSEHOLDS, seed: int = 0, planted: int = 10,
              planted_effect: float = 0.0, policy_sd: float = truth.POLICY_SD, threads: int | None = None,
-             progress=None, planted_surplus: tuple[float, float] = (0.10, 0.30)) -> SynthSummary:
+             progress=None, planted_surplus: tuple[float, float] = (0.10, 0.30),
+             truth_model: str = "default") -> SynthSummary:
     """Generate a synthetic Netherlands of ``households`` households into folder ``out``.
 
     ``planted`` municipalities (chosen among those above 40,000 inhabitants) get an extra
@@ -370,6 +383,8 @@ def generate(out: str | Path, households: int = REAL_HOUSEHOLDS, seed: int = 0, 
     policy effect drawn from N(0, ``policy_sd``). ``progress(done, total)`` is called
     after each municipality. Municipalities are generated on ``threads`` threads (default:
     the number of cores) and written in order; the output does not depend on ``threads``.
+    ``truth_model``: ``default``, ``realistic`` or ``scp2015`` (:mod:`engine.world.characteristics`;
+    the other two write their catalogue as ``catalogue.toml``).
     """
     t0 = time.perf_counter()
     threads = threads or os.cpu_count() or 1
@@ -390,6 +405,7 @@ def generate(out: str | Path, households: int = REAL_HOUSEHOLDS, seed: int = 0, 
     wp = _world_params(geo, np.random.default_rng(world_ss), planted, policy_sd, planted_surplus)
     n_wijk = allocate_households(geo, households)
     n_mun_hh = np.bincount(geo.wk_mun, weights=n_wijk, minlength=n_mun).astype(np.int64)
+    wp.world = world_model(truth_model, geo, wp, n_mun_hh, seed)
     scale = households / REAL_HOUSEHOLDS
     norm_table = load_norms(2019).table()
     first_ids = np.concatenate([[0], np.cumsum(n_mun_hh)[:-1]])
@@ -403,7 +419,7 @@ def generate(out: str | Path, households: int = REAL_HOUSEHOLDS, seed: int = 0, 
                                      planted_effect, scale, norm_table)
 
     with atomic_dir(out) as tmp, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        with pq.ParquetWriter(tmp / "households.parquet", schema("households")) as writer:
+        with pq.ParquetWriter(tmp / "households.parquet", schema("households", wp.world.catalogue)) as writer:
             for g, res in enumerate(_ordered(pool, one, n_mun, window=4 * max(1, threads))):
                 writer.write_table(res.table, row_group_size=max(res.table.num_rows, 1))
                 s = slice(first_ids[g], first_ids[g] + n_mun_hh[g])
@@ -424,9 +440,13 @@ def _write_tables(tmp: Path, geo: Geography, wp: WorldParams, n_mun_hh, stats, s
     nb = {
         "code": geo.wk_code.tolist(), "name": geo.wk_name.tolist(), "municipality": geo.mun_code[geo.wk_mun].tolist(),
         "urbanity": geo.wk_urbanity.astype(np.int8), "share_non_working": wp.share_non_working,
-        "liveability": wp.liveability, "jobs_access": wp.jobs_access,
+        "liveability": wp.liveability, "jobs_access": wp.jobs_access, **wp.world.nb_values,
     }
-    pq.write_table(pa.table(nb, schema=schema("neighbourhoods")), tmp / "neighbourhoods.parquet")
+    cat = wp.world.catalogue
+    pq.write_table(pa.table(nb, schema=schema("neighbourhoods", cat)), tmp / "neighbourhoods.parquet")
+    if not wp.world.default:
+        (tmp / "catalogue.toml").write_text(dump_toml(cat.to_dict(), f"catalogue {cat.name} of this synthetic "
+                                                      "population (written by buig synth)"), encoding="utf-8")
     n_bij = np.array([s["bijstand"] for s in stats])
     spending = np.array([s["spending"] for s in stats])
     # Spending in t-2: the municipality's expected cost in t (its own households, prices and policy,
@@ -446,8 +466,9 @@ def _write_tables(tmp: Path, geo: Geography, wp: WorldParams, n_mun_hh, stats, s
         "spending_t": spending,
         "wdeel_need": np.array([s["need"] for s in stats]) * np.exp(wp.need_noise),
         "wdeel_target_group": np.round(n_bij * (1.3 + 0.3 * rng.random(len(stats)))).astype(np.int64),
+        **wp.world.mun_values,
     }
-    pq.write_table(pa.table(mun, schema=schema("municipalities")), tmp / "municipalities.parquet")
+    pq.write_table(pa.table(mun, schema=schema("municipalities", cat)), tmp / "municipalities.parquet")
 
 
 def _write_truth(tmp: Path, geo: Geography, wp: WorldParams, n_mun_hh, stats, eta0, price, alpha,
@@ -468,7 +489,8 @@ def _write_truth(tmp: Path, geo: Geography, wp: WorldParams, n_mun_hh, stats, et
     write_json(tmp / "truth.json", {
         "seed": seed, "households": households,
         "reference_levels": truth.REFERENCE,
-        "volume": {"common_effect": c, **truth.VOLUME},
+        "truth_model": wp.world.name,
+        "volume": {"common_effect": c, **(wp.world.published or {**truth.VOLUME, **wp.world.terms})},
         "price": truth.PRICE,
         "planted_effect": planted_effect,
         "planted": [geo.mun_code[g] for g in sorted(planted)],
