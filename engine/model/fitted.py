@@ -55,12 +55,28 @@ def fit_model(pop: Population | Households, spec: ModelSpec | str | Path = "2019
     hh = pop if isinstance(pop, Households) else households_from_population(pop)
     fits = {}
     for i, comp in enumerate((spec.volume, spec.price)):
+        if comp.outcome == "one":
+            fits[comp.name] = constant_fit(comp.name)
+            continue
         d = component_design(hh, comp, norms, weight=weight)
         fits[comp.name] = fit_component(d, tol=tol, mun_codes=hh.mun_codes,
                                         start=None if start is None else start.component(comp.name).params)
         if progress:
             progress(i + 1, 2)
     return ModelFit(spec=spec, norms=norms, volume=fits["volume"], price=fits["price"], mun_codes=hh.mun_codes)
+
+
+CONSTANT_LOGIT = 40.0   # logistic(40) = 1 - 4e-18, which is 1.0 in float64
+
+
+def constant_fit(name: str) -> ComponentFit:
+    """The price of a combined model (``outcome = "one"``): f = 1 for every household, nothing
+    estimated. Stored as an intercept of :data:`CONSTANT_LOGIT` on the logit scale with zero
+    covariances, so prediction and the bootstrap treat it as any component (and draw nothing)."""
+    zero = np.zeros((1, 1))
+    return ComponentFit(name=name, term_names=("intercept",), params=np.array([CONSTANT_LOGIT]), cov_model=zero,
+                        cov_robust=zero, cov_cluster=zero, loglik=0.0, iterations=0, gradient_norm=0.0, n_obs=0,
+                        n_clusters=0, n_clipped=0, dropped_municipalities=(), seconds=0.0)
 
 
 def coefficients_table(fit: ModelFit) -> pa.Table:
@@ -76,7 +92,8 @@ def coefficients_table(fit: ModelFit) -> pa.Table:
 
 
 def fit_summary(fit: ModelFit) -> dict:
-    return {"spec": {"name": fit.spec.name, "file": str(fit.spec.path), "description": fit.spec.description},
+    return {"spec": {"name": fit.spec.name, "file": str(fit.spec.path), "description": fit.spec.description,
+                     "combined": fit.spec.combined},
             "norms": {"year": fit.norms.year, "gross_up": fit.norms.gross_up,
                       "kostendeler_age_cutoff": fit.norms.age_cutoff},
             "convergence": "max |score| / total weight below tol",
@@ -158,7 +175,7 @@ def fit_to_folder(pop: Population, out: str | Path, spec: ModelSpec | str | Path
     with atomic_dir(out) as tmp:
         write_fit(fit, tmp)
         if export:
-            for comp in (spec.volume, spec.price):
+            for comp in (c for c in (spec.volume, spec.price) if c.outcome != "one"):
                 d = component_design(hh, comp, fit.norms)
                 export_design(d, fit.component(comp.name), tmp, comp.name)
     return fit

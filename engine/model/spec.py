@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.model.schema import CATEGORIES, TABLES
 
-OUTCOMES = {"volume": ("bijstand", "lks", "bijstand_or_lks"), "price": ("fraction",)}
+OUTCOMES = {"volume": ("bijstand", "lks", "bijstand_or_lks", "expenditure"), "price": ("fraction", "one")}
 SAMPLES = ("all", "bijstand")
 FIXED_EFFECTS = ("municipality", "none")
 CONTINUOUS = tuple(c.name for c in TABLES["neighbourhoods"] if c.name in ("share_non_working", "liveability", "jobs_access"))
@@ -46,6 +46,12 @@ class ModelSpec:
     volume: ComponentSpec
     price: ComponentSpec
     path: Path
+    combined: bool = False    # one model of expected expenditure (see load_spec)
+
+
+# The price component of a combined model: f = 1 (nothing estimated; see engine.model.fitted.constant_fit).
+CONSTANT_PRICE = ComponentSpec(name="price", outcome="one", sample="all", fixed_effects="none", factors=(),
+                               continuous=())
 
 
 def _component(d: dict, name: str, path: Path) -> ComponentSpec:
@@ -80,12 +86,29 @@ def _component(d: dict, name: str, path: Path) -> ComponentSpec:
 
 
 def load_spec(name_or_path: str | Path = "2019") -> ModelSpec:
-    """Read a model specification: a built-in name (``engine/data/specs/``) or the path of a TOML file."""
+    """Read a model specification: a built-in name (``engine/data/specs/``) or the path of a TOML file.
+
+    ``combined = true`` (default false) asks for one model of expected expenditure instead of
+    volume x price: ``[volume]`` then has ``outcome = "expenditure"`` (benefit paid / gross norm
+    over all households, 0 without bijstand or LKS; its expectation is p x f) and there is no
+    ``[price]`` table (the price is f = 1, :data:`CONSTANT_PRICE`).
+    """
     path = resolve("spec", name_or_path)
     d = read_toml(path, "model spec")
-    for key in ("volume", "price"):
+    combined = d.get("combined", False)
+    if not isinstance(combined, bool):
+        raise ValueError(f"model spec {path}: combined = {combined!r}; expected true or false")
+    for key in ("volume",) if combined else ("volume", "price"):
         if key not in d:
             raise ValueError(f"model spec {path}: missing table [{key}]")
+    if combined and "price" in d:
+        raise ValueError(f"model spec {path}: [price]: a combined model (combined = true) has no price component")
+    volume = _component(d["volume"], "volume", path)
+    if (volume.outcome == "expenditure") != combined:
+        raise ValueError(f"model spec {path}: [volume].outcome = {volume.outcome!r} " +
+                         ("needs combined = true" if not combined else 'with combined = true must be "expenditure"'))
+    price = CONSTANT_PRICE if combined else _component(d["price"], "price", path)
+    if price.outcome == "one" and not combined:
+        raise ValueError(f'model spec {path}: [price].outcome = "one" is the price of a combined model only')
     return ModelSpec(name=str(d.get("name", path.stem)), description=str(d.get("description", "")),
-                     norms=d.get("norms", 2019), volume=_component(d["volume"], "volume", path),
-                     price=_component(d["price"], "price", path), path=path)
+                     norms=d.get("norms", 2019), volume=volume, price=price, path=path, combined=combined)
