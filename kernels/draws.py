@@ -128,10 +128,9 @@ def factor_terms(prof_lev, level_coef, nb_eta, a_prof, b_nb, comp, lo, hi):
     e = _exp_neg(level_coef)
     x = np.empty(R)
     for p in range(n_prof):
-        lev = prof_lev[p, 0]
         for r in range(R):
-            x[r] = e[lev, r]
-        for k in range(1, F):
+            x[r] = 1.0                  # times the first factor's term: the same bits; F = 0: no factor
+        for k in range(F):
             lev = prof_lev[p, k]
             for r in range(R):
                 x[r] *= e[lev, r]

@@ -78,3 +78,18 @@ def test_combined_predicts_expected_fraction_times_norm(small_population, tmp_pa
     back = read_fit(tmp_path)
     assert back.spec.combined and back.price.params[0] == fit.price.params[0]
     np.testing.assert_array_equal(predict(hh, back).objective_cost, pred.objective_cost)
+
+
+def test_combined_draw_cells_equal_the_prediction(small_population):
+    """The bootstrap's cell kernel with a price component of no factors (f = 1) gives the prediction's
+    costs (it read a factor that is not there before kernels.draws.factor_terms started from 1)."""
+    from engine.model.predict import prediction_design
+    from engine.uncertainty.cells import draw_cells
+
+    fit = fit_model(small_population, "combined")
+    hh = households_from_population(small_population)
+    pd_ = prediction_design(hh, fit.norms)
+    cells = draw_cells(hh, fit, pd_)
+    sums = cells.sums([(fit, None, None), (fit, fit.volume.params, fit.price.params)])
+    np.testing.assert_allclose(sums[:, 0, 0], predict(hh, fit, pd_).objective_cost, rtol=1e-9)
+    np.testing.assert_array_equal(sums[:, 0, 0], sums[:, 0, 1])
