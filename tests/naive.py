@@ -130,7 +130,7 @@ def component_data(t: dict[str, pa.Table], component: dict, norms: dict | None =
     h = t["households"]
     rows = None if component["sample"] == "all" else np.flatnonzero(h.column("bijstand").to_numpy() == 1)
     X, names = component_one_hot(t, component, rows)
-    if component["outcome"] == "fraction":
+    if component["outcome"] in ("fraction", "expenditure"):   # expenditure: over all households (0 without)
         y = np.clip(h.column("benefit_paid").to_numpy() / gross_norms(t, norms), 0.0, 1.0)
     else:
         y = outcome(t, component["outcome"])

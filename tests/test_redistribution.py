@@ -225,3 +225,44 @@ def test_read_costs_reorders(costs, small_population, tmp_path):
     np.testing.assert_array_equal(got["objective_cost"], t.column("objective_cost").to_numpy())
     with pytest.raises(PopulationError, match="file is missing"):
         read_costs(tmp_path, small_population.municipality_codes)
+
+
+# --------------------------------------------------------------------------- the same-year table (K2004)
+
+def test_seed_table_estimates_and_compares_within_the_same_year(data):
+    """The letter's table is "geschat op uitgaven 2002" and compares with the spending of 2002: with
+    spending in t exactly linear in model 2005's variables per household, models 2005 (excl. and incl.
+    GV) fit it exactly and their effects are 0; estimated on t-2 (the budget's practice) they are not."""
+    import dataclasses
+
+    v = data.variables
+    per_household = 2000 + 9000 * v["share_single_parent"] + 4000 * v["share_low_educated"] + 30 * v["job_growth"]
+    exact = dataclasses.replace(data, spending_t=per_household * data.households)
+    same = rd.seed_table(exact)
+    cols = {k: p for k, _, p in same.columns}
+    u = same.universe
+    for key in ("model_2005", "model_2005_gv"):
+        np.testing.assert_allclose(cols[key][u], 0.0, atol=1e-8)
+    np.testing.assert_allclose(cols["mix"][u], 0.27 * cols["historical"][u], atol=1e-8)
+    older = rd.seed_table(exact, target="t2")
+    assert np.abs({k: p for k, _, p in older.columns}["model_2005"][u]).max() > 1.0
+    assert same.target == "t" and "estimated on spending in t" in rd.format_seed_table(same)
+
+
+def test_same_year_fit_against_numpy_and_the_granite_weight(data):
+    """model 2005 incl. GV on spending(t) per household by weighted least squares (NumPy's lstsq on
+    sqrt-weighted rows), and the granieten voorraad's weight = its term's share of the objective cost."""
+    f = fit(data, MODEL_2005_GV, target="t")
+    X = np.column_stack([np.ones(len(data))] + [data.variables[n] for n in MODEL_2005_GV.variables])
+    w = data.households
+    y = data.spending_t / w
+    coef = np.linalg.lstsq(X * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)[0]
+    np.testing.assert_allclose(f.coef, coef, rtol=1e-7, atol=1e-6)
+    cost = np.maximum(X @ coef, 0) * w
+    np.testing.assert_allclose(f.objective_cost, cost, rtol=1e-7)
+    gv = coef[-1] * np.sum(X[:, -1] * w) / cost.sum()
+    assert f.granite_share == pytest.approx(gv, rel=1e-6)
+    assert rd.seed_table(data).granite_share == pytest.approx(gv, rel=1e-6)
+    assert "(the letter: 37%)" in rd.format_seed_table(rd.seed_table(data))
+    with pytest.raises(ValueError, match="target must be one of t2, t"):
+        fit(data, MODEL_2005_GV, target="t1")

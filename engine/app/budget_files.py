@@ -23,7 +23,7 @@ from engine.rules import redistribution as rd
 from engine.io.outputs import atomic_dir, settle
 from engine.model.population import Population
 from engine.rules.regime import Regime
-from engine.rules.budget import Budgets, allocate, hand_out, historical_costs, historical_shares, total_budget
+from engine.rules.budget import Budgets, Stage, allocate, allocate_stage, budget_stage, hand_out
 from engine.rules.vangnet import vangnet_payout
 from engine.model.schema import PopulationError, as_strings, check_finite
 from engine.rules.wdeel import NEED_NOTE, WdeelResult
@@ -100,6 +100,8 @@ class BudgetResult:
     granite_share: float | None       # municipal model: share of O from the granieten voorraad
     components: dict | None = None    # deductions handed out by their own key (EUR per municipality)
     granite: dict | None = None       # granieten voorraad: derived from durations and the column
+    stage: Stage | None = None        # the stage computed (provisional or definitive)
+    provisional: tuple[Stage, Budgets] | None = None   # definitive stage: the provisional one beside it
 
 
 def parse_macrobudget(text: str | None) -> float | str | None:
@@ -116,13 +118,16 @@ def parse_macrobudget(text: str | None) -> float | str | None:
 
 
 def compute_budget(pop: Population, regime: Regime, costs: str | Path | np.ndarray | None = None,
-                   macrobudget: float | str | None = None) -> BudgetResult:
+                   macrobudget: float | str | None = None, stage: str | None = None) -> BudgetResult:
     """Run ``regime`` on ``pop``: objective costs, budgets, vangnet and redistribution effects.
 
     The household model takes its objective costs from ``costs`` (a folder with
     ``municipal_costs.parquet``, or an array in the order of the population's municipalities); the municipal model (2005) fits its regression on the
-    population and ignores ``costs``. ``macrobudget`` overrides TB: an amount in EUR, or
-    ``"spending"`` for the population's spending in t.
+    population and ignores ``costs``. ``macrobudget`` overrides TB of the stage: an amount in EUR, or
+    ``"spending"`` for the population's spending in t. ``stage``: ``"provisional"`` or
+    ``"definitive"`` (default: the regime's ``budget.stage``); the definitive stage
+    (:func:`engine.rules.budget.budget_stage`) also computes the provisional one for
+    :func:`engine.app.stages.stage_rows`.
     """
     data = mm.municipal_data(pop)
     granite = None
@@ -142,28 +147,29 @@ def compute_budget(pop: Population, regime: Regime, costs: str | Path | np.ndarr
         fitted = mm.fit(data, mm.regime_spec(regime.objective_variables))
         cost, granite = _granite_phased(data, fitted, regime.granite_weight), fitted.granite_share
     factor = data.households.sum() / regime.reference_households if regime.scale == "households" else 1.0
-    if macrobudget == "spending":
-        tb = float(data.spending_t.sum())
-    elif macrobudget is not None:
-        tb = float(macrobudget)
-    else:
-        tb = total_budget(regime, data.households.sum(), data.spending_t.sum())
-    hist = historical_shares(data.spending_t2, data.households, data.households_t2,
-                             regime.household_growth_correction)
-    k = historical_costs(data.spending_t2, data.households, data.households_t2, regime.household_growth_correction)
-    b = allocate(regime, cost, hist, data.inhabitants, tb, historical_cost=k, mau=factor * regime.mau.amount)
     components = hand_out(regime.deductions, _keys(pop, data), factor)
-    if components:
-        extra = sum(components.values())
-        b = dataclasses.replace(b, budget=b.budget + extra, uncapped=b.uncapped + extra)
+    stage = stage or regime.stage
+
+    def at(name: str, macro) -> tuple[Stage, Budgets]:
+        st = budget_stage(regime, name, data.spending_t2, data.households, data.households_t2, data.spending_t, macro)
+        b = allocate_stage(st, cost, data.inhabitants)
+        if components:
+            extra = sum(components.values())
+            b = dataclasses.replace(b, budget=b.budget + extra, uncapped=b.uncapped + extra)
+        return st, b
+
+    st, b = at(stage, macrobudget)
     check_finite("budget", b.budget, data.codes)
+    provisional = at("provisional", None if macrobudget != "spending" else macrobudget) if stage == "definitive" else None
     eff = rd.effects(b.budget, data.spending_t, data.inhabitants)
     seed = rd.seed_table(data, correct_growth=regime.household_growth_correction)
-    rows = _rows(regime, data, cost, hist, tb, b, seed, k)
-    return BudgetResult(regime=regime, data=data, objective_cost=cost, budgets=b,
+    cost_st = cost * st.cost_factor
+    rows = _rows(st.regime, data, cost_st, st.historical_share, st.tb, b, seed, st.historical_cost)
+    return BudgetResult(regime=regime, data=data, objective_cost=cost_st, budgets=b,
                         vangnet=vangnet_payout(data.spending_t, b.budget, regime.vangnet), effects=eff,
                         seed=seed, rows=rows, granite_share=granite, components=components,
-                        granite=mm.granite_comparison(pop) if regime.objective_model == "municipal" else None)
+                        granite=mm.granite_comparison(pop) if regime.objective_model == "municipal" else None,
+                        stage=st, provisional=provisional)
 
 
 def _keys(pop: Population, data: mm.MunicipalData) -> dict[str, np.ndarray]:
@@ -222,12 +228,12 @@ REDISTRIBUTION_FIELDS = ("table", "model", "label", "historical_share", "referen
                          *rd.STATISTICS)
 
 
-def _write_csv(path: Path, rows: list[dict], fields) -> None:
+def _write_csv(path: Path, rows: list[dict], fields, fmt: str = ".6g") -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(fields))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow({k: (f"{v:{fmt}}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def budget_table(r: BudgetResult) -> pa.Table:
@@ -243,16 +249,25 @@ def budget_table(r: BudgetResult) -> pa.Table:
         "redistribution_effect_eur_per_inhabitant": r.effects.eur_per_inhabitant, "vangnet_payout": r.vangnet,
     }
     meta = {"regime": r.regime.name, "regime_file": str(r.regime.path), "tb": repr(b.tb),
+            "stage": r.stage.name if r.stage is not None else "provisional",
             "residual": repr(b.residual), "cap_ceiling": repr(b.ceiling),
             "redistribution_effect": "(budget - spending_t scaled to sum budget) / that, in %"}
     return pa.table(cols).replace_schema_metadata(meta)
 
 
 def write_budget(r: BudgetResult, out: str | Path) -> None:
-    """Write budgets.parquet and redistribution.csv into ``out`` (atomically)."""
+    """Write budgets.parquet and redistribution.csv into ``out`` (atomically), and for a definitive
+    budget ``stages.csv`` (:func:`engine.app.stages.stage_rows`)."""
+    from engine.app.stages import STAGES_FILE, stage_rows
+
     with atomic_dir(out) as tmp:
         pq.write_table(budget_table(r), tmp / "budgets.parquet")
         _write_csv(tmp / "redistribution.csv", r.rows, REDISTRIBUTION_FIELDS)
+        if r.provisional is not None:
+            rows = stage_rows(r)
+            _write_csv(tmp / STAGES_FILE, rows, rows[0], fmt=".17g")      # amounts to the cent and beyond
+    if r.provisional is None:
+        (Path(out) / STAGES_FILE).unlink(missing_ok=True)   # of an earlier definitive run into the same folder
 
 
 def write_wdeel(r: WdeelResult, pop: Population, out: str | Path) -> None:

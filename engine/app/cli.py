@@ -265,10 +265,10 @@ def cmd_budget(args) -> int:
     regime = load_regime(args.regime)
     macrobudget = parse_macrobudget(args.macrobudget)
     pop = read_population(args.population)
-    r = compute_budget(pop, regime, args.costs, macrobudget)
+    r = compute_budget(pop, regime, args.costs, macrobudget, stage=args.stage)
     write_budget(r, args.out)
     b = r.budgets
-    _say(args, f"regime {regime.name}: TB EUR {b.tb:,.2f} over {len(b.budget)} municipalities; "
+    _say(args, f"regime {regime.name}, {r.stage.name} budget: TB EUR {b.tb:,.2f} over {len(b.budget)} municipalities; "
                f"sum of budgets EUR {b.budget.sum():,.2f} (residual {b.residual:,.2f}); "
                f"vangnet EUR {r.vangnet.sum():,.2f} to {(r.vangnet > 0).sum()} municipalities")
     if r.granite is not None:
@@ -280,6 +280,9 @@ def cmd_budget(args) -> int:
                    f"correlation {g['correlation']:.3f}")
     if r.components:
         _say(args, "handed out by their own key: " + ", ".join(f"{k} EUR {v.sum():,.2f}" for k, v in r.components.items()))
+    if r.provisional is not None:
+        from engine.app.stages import STAGES_FILE, format_stages
+        _say(args, "\n" + format_stages(r) + f"\n-> {Path(args.out) / STAGES_FILE}")
     _say(args, "\nredistribution effects against spending in t (the table of the 2004 letter, K2004):\n" + format_seed_table(r.seed))
     _say(args, f"\n-> {Path(args.out) / 'budgets.parquet'}, {Path(args.out) / 'redistribution.csv'}")
     _say_csv_copies(args, "budgets.parquet")
@@ -375,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regime", default="2019", help="2019, 2005 or the path of a regime TOML file (default: %(default)s)")
     p.add_argument("--macrobudget", help="override TB: an amount in EUR, or 'spending' for the "
                                          "population's spending in t (default: from the regime file)")
+    p.add_argument("--stage", choices=("provisional", "definitive"), help="definitive: the newer macro budget and "
+                   "households one year later, beside the provisional budget in stages.csv (default: the regime's)")
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("wdeel", cmd_wdeel, "The four W-deel models of the 2004 letter and a historical distribution against need: "

@@ -37,6 +37,7 @@ FIELDS: dict[tuple[str, str], tuple[str, type]] = {
     ("regime", "name"): ("regime", str),
     ("regime", "overrides"): ("regime_overrides", dict),
     ("regime", "macrobudget"): ("macrobudget", object),
+    ("regime", "stage"): ("stage", str),
     ("bootstrap", "method"): ("method", str),
     ("bootstrap", "replicates"): ("replicates", int),
     ("bootstrap", "batch_size"): ("batch_size", int),
@@ -52,7 +53,7 @@ GENERATOR_KEYS = ("households", "seed", "planted", "planted_effect", "planted_su
 # Regime keys a scenario may add although the base regime file lacks them (the ex-ante cap of
 # 2005.toml switched on elsewhere); below these tables any name is a new entry.
 REGIME_OPTIONAL = ("ex_ante_cap.theta", "ex_ante_cap.band_to", "ex_ante_cap.band_share",
-                   "ex_ante_cap.financing", "ex_ante_cap.variants")
+                   "ex_ante_cap.financing", "ex_ante_cap.variants", "budget.stage", "budget.definitive_macrobudget")
 REGIME_MAPS = ("vangnet.rules", "ex_ante_cap.variants", "budget.deductions")
 
 
@@ -82,6 +83,7 @@ class Scenario:
     kappa: float
     redistribute: str
     macrobudget: str | float = "regime"   # "regime", "spending" or EUR (replaces the regime's budget.macrobudget)
+    stage: str = "regime"                 # "regime", "provisional" or "definitive" (the regime's budget.stage)
 
     @property
     def synthetic(self) -> bool:
@@ -215,6 +217,9 @@ def validate_scenario(s: Scenario, where: str = "scenario") -> Scenario:
                                             or not math.isfinite(m)):
         raise bad("regime.macrobudget", f"must be \"regime\" (the regime file's), \"spending\" (the population's "
                                         f"spending in t) or an amount in EUR > 0, not {m!r}")
+    if s.stage not in ("regime", "provisional", "definitive"):
+        raise bad("regime.stage", f"must be \"regime\" (the regime file's), \"provisional\" or \"definitive\", "
+                                  f"not {s.stage!r}")
     if s.synthetic:
         for key, v in (("population.households", s.households), ("population.planted", s.planted),
                        ("population.policy_sd", s.policy_sd)):
@@ -336,6 +341,10 @@ def merged_regime(s: Scenario) -> dict:
         node[parts[-1]] = copy.deepcopy(value)
     if s.macrobudget != "regime" and isinstance(data.get("budget"), dict):
         data["budget"]["macrobudget"] = "spending_t" if s.macrobudget == "spending" else float(s.macrobudget)
+        if s.macrobudget != "spending":        # the amount at either stage
+            data["budget"]["definitive_macrobudget"] = float(s.macrobudget)
+    if s.stage != "regime" and isinstance(data.get("budget"), dict):
+        data["budget"]["stage"] = s.stage
     return data
 
 
@@ -356,7 +365,8 @@ def regime_toml(s: Scenario) -> str:
                          "as 2019 (use `buig budget --regime 2005` for the municipal model)")
     header = (f"Regime used by this run: {path}"
               + (" with the scenario's regime.overrides applied" if s.regime_overrides else "")
-              + (f" and its macrobudget = {s.macrobudget!r}" if s.macrobudget != "regime" else "") + ".")
+              + (f" and its macrobudget = {s.macrobudget!r}" if s.macrobudget != "regime" else "")
+              + (f", budget stage {s.stage}" if s.stage != "regime" else "") + ".")
     try:
         return dump_toml(data, header)
     except TypeError as exc:                       # e.g. a TOML date in an override

@@ -278,7 +278,7 @@ class Layout:
                     k = pos[f]
                     rows.append(self.joint.off[j] + np.arange(digits.shape[1]))
                     cols.append(self.lev_off[k] + digits[m])
-        r, c = np.concatenate(rows), np.concatenate(cols)
+        r, c = (np.concatenate(x) if x else np.zeros(0, np.int64) for x in (rows, cols))   # none: no factors
         return sp.csr_matrix((np.ones(r.size), (r, c)), shape=(int(sum(self.joint.sizes)), self.n_levels_total))
 
     def level_map(self) -> sp.csr_matrix:
@@ -407,9 +407,9 @@ def component_design(hh: Households, spec: ComponentSpec, norms: Norms | None = 
         rows = np.flatnonzero(hh.bijstand == 1)
     take = (lambda a: a) if rows is None else (lambda a: a[rows])  # noqa: E731
     n_clipped = 0
-    if spec.outcome == "fraction":
+    if spec.outcome in ("fraction", "expenditure"):   # expenditure: the same ratio over all households
         if norms is None:
-            raise ValueError("the price component needs the norms")
+            raise ValueError(f"the {spec.outcome} outcome needs the norms")
         norm = norms.table().ravel()[hh.norm_index(norms)]
         frac = take(hh.benefit_paid) / take(norm)
         n_clipped = int(((frac < 0) | (frac > 1)).sum())

@@ -244,6 +244,6 @@ def save_fit(fit: ModelFit, out: str | Path, export: Households | None = None, c
         write_fit(fit, tmp, catalogue)
         if export is not None:
             hh, spec = export, fit.spec
-            for comp in (spec.volume, spec.price):
+            for comp in (c for c in (spec.volume, spec.price) if not c.fixed):
                 d = component_design(hh, comp, fit.norms)
                 export_design(d, fit.component(comp.name), tmp, comp.name)

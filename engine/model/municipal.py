@@ -163,22 +163,30 @@ def wls(y: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]
     return coef, float(r2)
 
 
-def fit(data: MunicipalData, spec: MunicipalSpec) -> MunicipalFit:
-    """Fit ``spec`` on spending(t-2) per unit and predict every municipality's objective cost.
+TARGETS = ("t2", "t")
 
-    Per household: y = spending(t-2) / households(t-2), weights households(t-2), cost =
-    fitted x households(t-1). Per inhabitant: y = spending(t-2) / inhabitants, weights and
-    cost by inhabitants (only one inhabitant count is available). Negative fitted values
-    are set to 0 before they become a cost.
+
+def fit(data: MunicipalData, spec: MunicipalSpec, target: str = "t2") -> MunicipalFit:
+    """Fit ``spec`` on spending per unit and predict every municipality's objective cost.
+
+    ``target = "t2"`` (a budget's practice: the latest known spending): per household y =
+    spending(t-2) / households(t-2), weights households(t-2), cost = fitted x households(t-1).
+    ``target = "t"`` (the letter of 14 May 2004, whose table is "geschat op uitgaven 2002" and compares
+    with the spending of 2002): y = spending(t) / households, weights and cost by the same
+    households. Per inhabitant: spending / inhabitants, weights and cost by inhabitants (only
+    one inhabitant count is available). Negative fitted values are set to 0 before they become a cost.
     """
+    if target not in TARGETS:
+        raise ValueError(f"model {spec.name}: target must be one of {', '.join(TARGETS)}, not {target!r}")
     x = design(data, spec.variables)
     if spec.per == "household":
-        units_t2, units = data.households_t2, data.households
+        units_t2, units = (data.households_t2 if target == "t2" else data.households), data.households
     elif spec.per == "inhabitant":
         units_t2 = units = data.inhabitants
     else:
         raise ValueError(f"model {spec.name}: per must be 'household' or 'inhabitant', not {spec.per!r}")
-    y = np.divide(data.spending_t2, units_t2, out=np.zeros(len(data)), where=units_t2 > 0)
+    spending = data.spending_t2 if target == "t2" else data.spending_t
+    y = np.divide(spending, units_t2, out=np.zeros(len(data)), where=units_t2 > 0)
     coef, r2 = wls(y, x, units_t2)
     fitted = np.maximum(x @ coef, 0.0)
     cost = fitted * units

@@ -2,6 +2,8 @@
 
     p_h = logistic(x_h beta)   fixed effects replaced by their household-weighted mean
     f_h = logistic(z_h gamma)  expected benefit as a fraction of the gross norm
+    (a combined spec: p_h is the expected expenditure as a fraction of the norm and f_h = 1, so
+    "predicted households" are then sums of that fraction)
     N_h = gross yearly norm (kostendelersnorm applied)
     E_h = p_h f_h N_h;   O_g = sum of E_h over the municipality's households
 
@@ -138,7 +140,8 @@ def predict(hh: Households | Population, fit: ModelFit, pd_: PredictionDesign | 
     type_ = hh.column("household_type")
     group = hh.municipality().astype(np.int64) * n_types + type_
     size = hh.n_mun * n_types
-    y = hh.outcome(fit.spec.volume.outcome)
+    outcome = fit.spec.volume.outcome
+    y = hh.outcome("bijstand_or_lks" if outcome == "expenditure" else outcome)   # combined: recipients counted
     shape = (hh.n_mun, n_types)
     return Prediction(mun_codes=hh.mun_codes,
                       households=np.bincount(group, minlength=size).reshape(shape),

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from engine.io.config import check_keys, read_toml, resolve, typed
 
-OUTCOMES = {"volume": ("bijstand", "lks", "bijstand_or_lks"), "price": ("fraction",)}
+OUTCOMES = {"volume": ("bijstand", "lks", "bijstand_or_lks", "expenditure"), "price": ("fraction",)}
 SAMPLES = ("all", "bijstand")
 FIXED_EFFECTS = ("municipality", "none")
 MODELS = {"volume": ("logit",), "price": ("fractional_logit", "norm")}
@@ -128,6 +128,11 @@ class ModelSpec:
         if self.published:
             d["published"] = self.published
         return d
+
+    @property
+    def combined(self) -> bool:
+        """One model of expected expenditure (volume outcome ``expenditure``, price f = 1)."""
+        return self.volume is not None and self.volume.outcome == "expenditure"
 
     def __eq__(self, other) -> bool:
         return isinstance(other, ModelSpec) and self.content == other.content
@@ -269,10 +274,19 @@ def spec_from_content(d: dict, where: str, path: Path | None = None) -> ModelSpe
             if comp.fixed_effects != "none":
                 raise SpecError(f"{where}: [{comp.name}] fixed_effects must be \"none\" with published weights "
                                 "(municipality effects are never published)")
+    if volume is not None and volume.outcome == "expenditure" and not (price is not None and price.fixed):
+        raise SpecError(f"{where}: [volume] outcome = \"expenditure\" is a combined model of p x f: its price "
+                        "must be [price] model = \"norm\" (f = 1)")
     return ModelSpec(volume=volume, price=price, **common)
 
 
 def load_spec(name_or_path: str | Path = "2019") -> ModelSpec:
-    """Read a model specification: a built-in name (``engine/data/specs/``) or the path of a TOML file."""
+    """Read a model specification: a built-in name (``engine/data/specs/``) or the path of a TOML file.
+
+    A combined model (one model of expected expenditure instead of volume x price, the alternative
+    of Kamerstuk 34 352, nr. 114) has ``[volume] outcome = "expenditure"`` (benefit paid / gross
+    norm over all households, 0 without bijstand or LKS; its expectation is p x f) and
+    ``[price] model = "norm"`` (f = 1).
+    """
     path = resolve("spec", name_or_path)
     return spec_from_content(read_toml(path, "model spec"), f"model spec {path}", path)

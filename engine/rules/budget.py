@@ -10,7 +10,9 @@ Pure functions on NumPy arrays (one entry per municipality, in any order):
   euro formulas of 2007 and 2015), then the ex-ante cap and the MAU deduction -> :class:`Budgets`;
 - :func:`hand_out`: deductions handed out by their own key (e.g. an allowance per permit holder);
 - :func:`ex_ante_cap`: limit the redistribution effect against a reference budget,
-  budget-neutrally.
+  budget-neutrally;
+- :func:`budget_stage` / :func:`allocate_stage`: the provisional or the definitive budget
+  (newer macro budget, household counts one year later).
 
 ``allocate`` is called once per bootstrap replicate, so it does a handful of vectorised
 NumPy operations and nothing else (the 2005 regression is fitted once, outside it).
@@ -19,11 +21,11 @@ NumPy operations and nothing else (the 2005 regression is fitted once, outside i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from engine.rules.regime import CapRule, Deduction, Regime
+from engine.rules.regime import STAGES, CapRule, Deduction, Regime
 
 
 @dataclass(frozen=True)
@@ -332,3 +334,73 @@ def _shares_budget(regime: Regime, s, h, w, inhabitants, tb: float) -> np.ndarra
         share_c = np.bincount(cls, weights=s, minlength=3)
         return tb * raw * (share_c / np.where(raw_c > 0, raw_c, 1.0))[cls]
     return tb * (raw / raw.sum())
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one budget stage distributes (:func:`budget_stage`); arrays per municipality."""
+
+    name: str                    # "provisional" or "definitive"
+    regime: Regime               # with the stage's macro budget
+    households: np.ndarray       # the household counts the stage uses
+    cost_factor: np.ndarray      # objective cost at this stage = objective cost x cost_factor
+    historical_share: np.ndarray
+    historical_cost: np.ndarray  # K / L in EUR
+    tb: float
+    mau: float                   # TBMAU, EUR (scaled as the regime says)
+
+
+def stage_households(households: np.ndarray, households_t2: np.ndarray, stage: str) -> np.ndarray:
+    """Household counts of a stage: provisional, 1 Jan t-1 as given; definitive, one year later,
+    grown by the municipality's own trend: households(t-1)^2 / households(t-2) (unchanged where
+    households(t-2) is 0). The letter of 14 May 2004 (K2004): at the definitive determination in
+    September of the budget year a more recent count of households, so growth municipalities get more."""
+    hh = np.asarray(households, dtype=np.float64)
+    if stage == "provisional":
+        return hh.copy()
+    hh2 = np.asarray(households_t2, dtype=np.float64)
+    return hh * np.divide(hh, hh2, out=np.ones_like(hh), where=hh2 > 0)
+
+
+def budget_stage(regime: Regime, stage: str, spending_t2: np.ndarray, households: np.ndarray,
+                 households_t2: np.ndarray, spending_t: np.ndarray, macrobudget: float | str | None = None) -> Stage:
+    """The inputs of the ``stage`` budget of ``regime``.
+
+    Definitive: the regime's ``definitive_macrobudget`` (the published one of its year) and the
+    households of :func:`stage_households` in the historical costs (L = spending(t-2) x households /
+    households(t-2)) and the objective cost (cost per household unchanged, times the newer count).
+    Inhabitants, and so the objective weights, stay at 1 Jan t-1 (Besluit Participatiewet art. 2(6)).
+    The scale of a sample (``scale = "households"``) is the provisional count's. ``macrobudget``
+    replaces TB: EUR, or ``"spending"`` (the spending in t).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"budget stage {stage!r} is not one of {', '.join(STAGES)}")
+    if stage == "definitive" and regime.macrobudget is not None and macrobudget is None:
+        if regime.definitive_macrobudget is None:
+            raise ValueError(f"regime {regime.name}: no definitive macro budget of {regime.year} is published "
+                             "(engine/data/published/macrobudget_buig_2016_2024.csv); set "
+                             "budget.definitive_macrobudget in the regime file or give a macro budget")
+        regime = replace(regime, macrobudget=regime.definitive_macrobudget)
+    hh = np.asarray(households, dtype=np.float64)
+    hh_stage = stage_households(hh, households_t2, stage)
+    spent = float(np.sum(spending_t))
+    if macrobudget == "spending":
+        tb = spent
+    elif macrobudget is not None:
+        tb = float(macrobudget)
+    else:
+        tb = total_budget(regime, hh.sum(), spent)
+    factor = hh.sum() / regime.reference_households if regime.scale == "households" else 1.0
+    correct = regime.household_growth_correction
+    return Stage(name=stage, regime=regime, households=hh_stage,
+                 cost_factor=np.divide(hh_stage, hh, out=np.ones_like(hh), where=hh > 0),
+                 historical_share=historical_shares(spending_t2, hh_stage, households_t2, correct),
+                 historical_cost=historical_costs(spending_t2, hh_stage, households_t2, correct),
+                 tb=tb, mau=factor * regime.mau.amount)
+
+
+def allocate_stage(st: Stage, objective_cost: np.ndarray, inhabitants: np.ndarray,
+                   cap: CapRule | None | str = "regime") -> Budgets:
+    """:func:`allocate` of a stage: its macro budget, historical costs and objective costs."""
+    return allocate(st.regime, np.asarray(objective_cost, dtype=np.float64) * st.cost_factor, st.historical_share,
+                    inhabitants, st.tb, cap=cap, historical_cost=st.historical_cost, mau=st.mau)

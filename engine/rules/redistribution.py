@@ -150,6 +150,13 @@ class SeedTable:
     optimal: OptimalShare
     optimal_pct: np.ndarray                            # effects of the mix with the optimal share
     fits: tuple[mm.MunicipalFit, ...]
+    target: str = "t"                                  # the year the models are estimated on (mm.fit)
+
+    @property
+    def granite_share(self) -> float:
+        """The granieten voorraad's weight in model 2005 incl. GV: its share of the objective cost
+        (the letter of 14 May 2004: "Binnen het model heeft dit kenmerk een gewicht van 37%")."""
+        return self.fits[-1].granite_share
 
     def summary(self) -> dict[str, dict]:
         """Statistics of every column over the universe (unweighted)."""
@@ -163,7 +170,7 @@ def _within(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def seed_table(data: mm.MunicipalData, reference: np.ndarray | None = None,
                min_inhabitants: float = SEED_UNIVERSE, historical_share: float = SEED_HISTORICAL_SHARE,
-               correct_growth: bool = True) -> SeedTable:
+               correct_growth: bool = True, target: str = "t") -> SeedTable:
     """The five columns of the 2004 letter's table on ``data``, against ``reference`` (default:
     spending in t), over the municipalities above ``min_inhabitants``:
 
@@ -173,13 +180,15 @@ def seed_table(data: mm.MunicipalData, reference: np.ndarray | None = None,
     4. 100% objective model 2005 with it;
     5. ``1 - historical_share`` objective model 2005 with it + ``historical_share`` historical.
 
-    The models are fitted on all municipalities; every distribution is restricted to the
-    universe and scaled to its total spending, as the letter compares the budgets of the
-    municipalities in the objective model with their own spending.
+    The models are fitted on all municipalities, on the spending of ``target`` (default ``"t"``:
+    the same year as the comparison, as the letter's table, "geschat op uitgaven 2002", compares
+    with the spending of 2002; ``"t2"``: the budget's practice, see :func:`engine.model.municipal.fit`);
+    every distribution is restricted to the universe and scaled to its total spending, as the letter
+    compares the budgets of the municipalities in the objective model with their own spending.
     """
     ref = data.spending_t if reference is None else np.asarray(reference, dtype=np.float64)
     universe = data.inhabitants > min_inhabitants
-    fits = tuple(mm.fit(data, spec) for spec in (mm.MODEL_2004, mm.MODEL_2005, mm.MODEL_2005_GV))
+    fits = tuple(mm.fit(data, spec, target) for spec in (mm.MODEL_2004, mm.MODEL_2005, mm.MODEL_2005_GV))
     hist = _within(historical_shares(data.spending_t2, data.households, data.households_t2, correct_growth),
                    universe)
     shares = [hist] + [_within(f.objective_cost, universe) for f in fits]
@@ -192,7 +201,7 @@ def seed_table(data: mm.MunicipalData, reference: np.ndarray | None = None,
     optimal = optimal_historical_share(shares[3][universe], hist[universe], r[universe])
     optimal_pct = mix_effects(shares[3], hist, r, [optimal.share])[0]
     return SeedTable(columns=columns, universe=universe, min_inhabitants=min_inhabitants, reference=ref,
-                     optimal=optimal, optimal_pct=optimal_pct, fits=fits)
+                     optimal=optimal, optimal_pct=optimal_pct, fits=fits, target=target)
 
 
 def format_seed_table(table: SeedTable) -> str:
@@ -207,5 +216,8 @@ def format_seed_table(table: SeedTable) -> str:
     o = table.optimal
     lines.append(f"municipalities compared: {int(table.universe.sum())} (>{table.min_inhabitants:,.0f} inhabitants); "
                  f"optimal historical share {100 * o.share:.1f}% (grid {100 * o.grid_share:.0f}%), "
-                 f"mean |effect| {o.mean_abs_effect_pct:.2f}%")
+                 f"mean |effect| {o.mean_abs_effect_pct:.2f}% (the letter: 27%)")
+    year = "t, the year compared (as the letter)" if table.target == "t" else "t-2"
+    lines.append(f"models estimated on spending in {year}; the granieten voorraad's weight in model 2005 incl. GV: "
+                 f"{100 * table.granite_share:.1f}% of the objective cost (the letter: 37%)")
     return "\n".join(lines)

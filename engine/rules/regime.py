@@ -24,6 +24,9 @@ SCALES = ("households", "none")
 #   "besluit_2015": Besluit Participatiewet art. 2-5 (and 8a): the compartment of small
 #                   municipalities (B_klein = TL_klein / TL), G = m O + (1 - m) BL with BL in EUR.
 FORMULAS = ("shares", "besluit_2007", "besluit_2015")
+# Budget stages (engine.rules.budget.budget_stage): the provisional budget (autumn t-1) and the
+# definitive one (autumn t) with the newer macro budget and household counts one year later.
+STAGES = ("provisional", "definitive")
 # Keys of a deduction that is handed out: "none" (kept out of the distribution) or a column of
 # the municipalities table (or "inhabitants" / "households") whose share decides each part.
 
@@ -114,6 +117,8 @@ class Regime:
     kostendelers_cut_off_age: int | None = None   # None: no kostendelersnorm (before 2015)
     objective_spec: str = ""         # the published model whose costs the regime expects (e.g. ape2011)
     granite_weight: float = 1.0      # municipal model: the part of the granieten voorraad term kept
+    stage: str = "provisional"       # see STAGES
+    definitive_macrobudget: float | None = None   # EUR; None: not published (or TB = spending)
 
 
 # --------------------------------------------------------------------------- loading
@@ -231,7 +236,8 @@ def parse_regime(data: dict, path: Path) -> Regime:
     cap, variants = _cap(k)
     vangnet, vangnet_rules = _vangnet(k)
     formula, mau, transition, cut_off, spec = _law(k)
-    return Regime(
+    stage, definitive = _stage(k, k.get("year", int), macro)
+    return Regime(stage=stage, definitive_macrobudget=definitive,
         name=k.get("name", str), year=k.get("year", int), historical_up_to=lower, objective_from=upper,
         objective_share=k.share("objective_weight.objective_share"), objective_model=model,
         objective_variables=tuple(variables),
@@ -266,3 +272,29 @@ def _law(k: Keys) -> tuple[str, Mau, float, int | None, str]:
             raise k.error("kostendelersnorm.cut_off_age", f"{cut_off} is not an age between 18 and 30")
     spec = k.get("objective.spec", str) if "spec" in k.get("objective", dict) else ""
     return formula, mau, transition, cut_off, spec
+
+
+def _stage(k: Keys, year: int, macro: float | None) -> tuple[str, float | None]:
+    """``budget.stage`` (optional, default provisional) and the definitive macro budget: the key
+    ``budget.definitive_macrobudget`` if given, else the published one of the regime's year
+    (engine/data/published/macrobudget_buig_2016_2024.csv, stage "definitief"); with TB = spending
+    there is none (both stages distribute the spending in t)."""
+    from engine.world.published import macrobudget as published
+
+    budget = k.get("budget", dict)
+    stage = k.choice("budget.stage", STAGES) if "stage" in budget else "provisional"
+    if macro is None:
+        return stage, None
+    if "definitive_macrobudget" in budget:
+        definitive = k.get("budget.definitive_macrobudget", float)
+        if not definitive > 0:
+            raise k.error("budget.definitive_macrobudget", f"{definitive} is not positive")
+        return stage, definitive
+    try:
+        definitive = published(year, "definitief")
+    except KeyError:
+        if stage == "definitive":
+            raise k.error("budget.stage", f"no definitive macro budget of {year} is published (engine/data/published/"
+                                          "macrobudget_buig_2016_2024.csv): set budget.definitive_macrobudget") from None
+        definitive = None
+    return stage, definitive

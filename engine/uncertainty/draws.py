@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from engine.model.design import read_households
 from engine.model.fitted import ModelFit, fit_model, read_fit
 from engine.model.predict import prediction_design, predict
-from engine.rules.budget import allocate, historical_shares, total_budget
+from engine.rules.budget import allocate_stage, budget_stage
 from engine.rules.redistribution import effects
 from engine.rules.regime import load_regime
 from engine.uncertainty.cells import draw_cells
@@ -240,12 +240,13 @@ class Context:
         mun = self.municipalities
         col = lambda c: mun.column(c).to_numpy().astype(np.float64)  # noqa: E731
         self.inhabitants, self.spending = col("inhabitants"), col("spending_t")
-        self.hist = historical_shares(col("spending_t2"), col("households"), col("households_t2"),
-                                      regime.household_growth_correction)
-        self.tb = total_budget(regime, col("households").sum(), self.spending.sum())
+        # the regime's budget stage (provisional, or definitive: newer macro budget and household counts)
+        self.stage = budget_stage(regime, regime.stage, col("spending_t2"), col("households"), col("households_t2"),
+                                  self.spending)
+        self.hist, self.tb = self.stage.historical_share, self.stage.tb
         self.point = predict(self.hh, self.fit, self.pd)
         cost = self.point.objective_cost
-        self.point_budget = allocate(regime, cost, self.hist, self.inhabitants, self.tb)
+        self.point_budget = allocate_stage(self.stage, cost, self.inhabitants)
         self.elasticity = spending_elasticity(self.hh, self.fit, self.pd)
         self.between = between_sd_estimate(self.fit, self.hh.mun_codes,
                                            None if settings.between_sd == "auto" else float(settings.between_sd))
@@ -304,7 +305,7 @@ class Context:
         out = {c: np.empty((stop - start, self.n_mun)) for c in REPLICATE_COLUMNS}
         for i in range(stop - start):
             cost, var = sums[:, 0, i], sums[:, 1, i]
-            b = allocate(self.regime, cost, self.hist, self.inhabitants, self.tb)
+            b = allocate_stage(self.stage, cost, self.inhabitants)
             z, u = noise[i]
             out["objective_cost"][i] = cost
             out["budget"][i] = b.budget
