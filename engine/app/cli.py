@@ -18,7 +18,6 @@ table, column and first offending row, with exit status 2; nothing is written th
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -257,52 +256,15 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_budget(args) -> int:
-    from engine.app.budget_files import compute_budget, parse_macrobudget, write_budget
-    from engine.model.population import read_population
-    from engine.rules.redistribution import format_seed_table
-    from engine.rules.regime import load_regime
+    from engine.app.budget_commands import run_budget
 
-    regime = load_regime(args.regime)
-    macrobudget = parse_macrobudget(args.macrobudget)
-    pop = read_population(args.population)
-    r = compute_budget(pop, regime, args.costs, macrobudget, stage=args.stage)
-    write_budget(r, args.out)
-    b = r.budgets
-    _say(args, f"regime {regime.name}, {r.stage.name} budget: TB EUR {b.tb:,.2f} over {len(b.budget)} municipalities; "
-               f"sum of budgets EUR {b.budget.sum():,.2f} (residual {b.residual:,.2f}); "
-               f"vangnet EUR {r.vangnet.sum():,.2f} to {(r.vangnet > 0).sum()} municipalities")
-    if r.granite is not None:
-        g = r.granite
-        _say(args, f"granieten voorraad (bijstand households > 4 years at the base date, from duration_class): "
-                   f"{g['derived_total']:,.0f}; its weight in the municipal model {100 * r.granite_share:.1f}% of O "
-                   f"(regime weight {regime.granite_weight:g}); the municipalities column (not used) says "
-                   f"{g['column_total']:,.0f}, {g['municipalities_differing']} municipalities differ, "
-                   f"correlation {g['correlation']:.3f}")
-    if r.components:
-        _say(args, "handed out by their own key: " + ", ".join(f"{k} EUR {v.sum():,.2f}" for k, v in r.components.items()))
-    if r.provisional is not None:
-        from engine.app.stages import STAGES_FILE, format_stages
-        _say(args, "\n" + format_stages(r) + f"\n-> {Path(args.out) / STAGES_FILE}")
-    _say(args, "\nredistribution effects against spending in t (the table of the 2004 letter, K2004):\n" + format_seed_table(r.seed))
-    _say(args, f"\n-> {Path(args.out) / 'budgets.parquet'}, {Path(args.out) / 'redistribution.csv'}")
-    _say_csv_copies(args, "budgets.parquet")
-    return 0
+    return run_budget(args, lambda text: _say(args, text))
 
 
 def cmd_wdeel(args) -> int:
-    from engine.app.budget_files import write_wdeel
-    from engine.model.population import read_population
-    from engine.rules.wdeel import NEED_NOTE, format_rows, wdeel
+    from engine.app.budget_commands import run_wdeel
 
-    if args.total is not None and not (args.total > 0 and math.isfinite(args.total)):
-        raise ValueError(f"--total must be a positive finite amount in EUR, not {args.total}")
-    pop = read_population(args.population)
-    r = wdeel(pop, args.total)
-    write_wdeel(r, pop, args.out)
-    _say(args, f"W-deel total EUR {r.total:,.2f}; (budget - need) / budget per municipality:\n"
-               + format_rows(r.rows) + f"\n{NEED_NOTE}\n-> {Path(args.out) / 'wdeel.csv'}")
-    _say_csv_copies(args, "wdeel_budgets.parquet")
-    return 0
+    return run_wdeel(args, lambda text: _say(args, text))
 
 
 def build_parser() -> argparse.ArgumentParser:
