@@ -23,6 +23,7 @@ from pathlib import Path
 
 from engine.model.fit import EstimationError
 from engine.model.schema import PopulationError
+from engine.uncertainty.settings import METHODS
 
 DEFAULT_SEED = 20190101
 
@@ -384,8 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default="2019", help="model spec when fitting here (default: %(default)s)")
     p.add_argument("--regime", default="2019", help="regime of the household model: name or TOML file (default: %(default)s)")
     p.add_argument("--replicates", type=int, default=200, help="number of replicates (default: %(default)s)")
-    p.add_argument("--method", choices=("parametric", "cluster"), default="parametric",
-                   help="coefficient draws from the cluster-robust covariance, or resampling municipalities and refitting")
+    p.add_argument("--method", choices=METHODS, default="parametric",
+                   help="parametric: coefficient draws from the cluster-robust covariance; cluster: resampling "
+                        "municipalities and refitting; score: the same resamples, one-step (score) refits")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=25, help="replicates per Dask task (default: %(default)s)")
     add_dask(p)

@@ -162,6 +162,15 @@ class _Evaluator:
         return np.asarray((Cm @ self.D).toarray()) + np.asarray((self.P.T @ st.s_mj.T).T)
 
 
+def pass_at(d: ComponentDesign, theta: np.ndarray, clusters: bool = False) -> tuple[PassStats, np.ndarray | None]:
+    """One pass over ``d`` at coefficients ``theta`` (Hessian mode): the statistics (score ``g``,
+    Hessian ``H`` of minus the log-likelihood) and, with ``clusters``, the (G, K) score sums
+    per municipality."""
+    ev = _Evaluator(d)
+    st = ev.run(theta, mode=0, clusters=clusters)
+    return st, (ev.cluster_scores(st) if clusters else None)
+
+
 def _solve(H: np.ndarray, rhs: np.ndarray, names) -> np.ndarray:
     try:
         c = sla.cho_factor(H, lower=True, check_finite=True)
@@ -267,14 +276,19 @@ def fit_component(*args, **kwargs) -> ComponentFit:
 
 def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
                   mun_codes: np.ndarray | None = None, start: np.ndarray | None = None,
-                  step_tol: float = 1e-6) -> ComponentFit:
+                  step_tol: float = 1e-6, covariances: bool = True, common: bool = True,
+                  sums: tuple | None = None) -> ComponentFit:
     """Estimate one component by Newton with step-halving (from ``start`` if given: a warm
     start; NaN entries start at 0; by default the fixed effects start at each
     municipality's own log-odds). Converged when the gradient norm is below ``tol`` and
     the next Newton step below ``step_tol`` in every coefficient (the gradient norm alone
     is loose for the fixed effect of a small municipality); that last step is applied.
     The model-based covariance uses the Hessian of the point before it (a difference of
-    the order of ``step_tol`` relative)."""
+    the order of ``step_tol`` relative). ``covariances=False`` (a bootstrap refit, which
+    needs the estimates only) skips the covariance pass: the three covariances are NaN and
+    loglik and gradient norm those of the last pass; ``common=False`` leaves ``fe_common``
+    NaN for the caller to compute; ``sums``: the sample sums of weight and outcome per
+    factor level and per municipality (:func:`_sample_sums`) when the caller has them."""
     t0 = time.perf_counter()
     lay = d.layout
     names = lay.term_names
@@ -285,7 +299,7 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     if not 0 < ybar < 1:
         raise EstimationError(f"{d.spec.name}: the outcome is {'never' if ybar <= 0 else 'always'} "
                               "observed in the estimation sample")
-    sums = _sample_sums(d, ev.M)
+    sums = _sample_sums(d, ev.M) if sums is None else sums
     dropped, active = _separation_checks(d, sums, names)
     weight = None
     if dropped.any():
@@ -335,9 +349,18 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     unestimable = level_terms[~active[level_terms]]
     left_out = np.concatenate([_dropped_params(lay, dropped), unestimable])
     params = np.where(active | ~np.isin(np.arange(K), left_out), theta, np.nan)
-    # covariances on the active parameters
     n_obs = int(np.count_nonzero(weight)) if weight is not None else (
         int(np.count_nonzero(d.weight)) if d.weight.size else d.n)
+    fe_common = (common_effect(d, params) if common else np.nan) if lay.fe_start >= 0 else 0.0
+    codes = mun_codes if mun_codes is not None else np.array([str(i) for i in range(ev.n_mun)], dtype=object)
+    done = dict(name=d.spec.name, term_names=names, params=params, iterations=it, n_obs=n_obs,
+                n_clipped=d.n_clipped, dropped_municipalities=tuple(str(c) for c in codes[np.flatnonzero(dropped)]),
+                unestimable_terms=tuple(names[i] for i in unestimable), fe_common=fe_common, history=history)
+    if not covariances:
+        nan = np.full((K, K), np.nan)
+        return ComponentFit(cov_model=nan, cov_robust=nan, cov_cluster=nan, loglik=float(st.ll), gradient_norm=gnorm,
+                            n_clusters=int(ev.n_mun - dropped.sum()), seconds=time.perf_counter() - t0, **done)
+    # covariances on the active parameters
     k = act.size
     Hinv = np.full((K, K), np.nan)
     Ha = st.H[np.ix_(act, act)]
@@ -356,11 +379,5 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     cluster = np.full((K, K), np.nan)
     corr = G / (G - 1) * (n_obs - 1) / (n_obs - k) if G > 1 else np.nan
     cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
-    fe_common = common_effect(d, params) if lay.fe_start >= 0 else 0.0
-    codes = mun_codes if mun_codes is not None else np.array([str(i) for i in range(ev.n_mun)], dtype=object)
-    return ComponentFit(name=d.spec.name, term_names=names, params=params, cov_model=Hinv, cov_robust=robust,
-                        cov_cluster=cluster, loglik=float(meat.ll), iterations=it, gradient_norm=gnorm, n_obs=n_obs,
-                        n_clusters=G, n_clipped=d.n_clipped,
-                        dropped_municipalities=tuple(str(c) for c in codes[np.flatnonzero(dropped)]),
-                        unestimable_terms=tuple(names[i] for i in unestimable),
-                        seconds=time.perf_counter() - t0, fe_common=fe_common, history=history)
+    return ComponentFit(cov_model=Hinv, cov_robust=robust, cov_cluster=cluster, loglik=float(meat.ll),
+                        gradient_norm=gnorm, n_clusters=G, seconds=time.perf_counter() - t0, **done)

@@ -6,9 +6,12 @@ Two methods:
   prediction (the intercept and fixed effects are replaced by the calibrated common
   effect), gamma_r ~ N(gamma_hat, V_cluster) for the price terms; many draws are
   evaluated per pass over the households collapsed into cells (:mod:`engine.uncertainty.cells`).
-- ``cluster``: municipalities resampled with replacement, both components refitted
-  (warm start from the full-sample estimate, frequency weights), prediction on the full
-  population.
+- ``cluster``: municipalities resampled with replacement, both components refitted on the
+  households collapsed into (neighbourhood, factor codes) cells with frequency weights, warm
+  from the one-step estimate (:mod:`engine.model.refit`), prediction on the full population.
+- ``score``: the same resamples, each refit replaced by its one-step (score) linearisation
+  around the full-sample estimate (no pass over the data per replicate): bands that agree
+  with the full refits' up to second-order terms, at the cost of parametric draws.
 
 Every replicate runs the whole distribution of the regime (shares, mix, ex-ante cap), so
 bands are on budgets as allocated. Replicate r draws all its random numbers from

@@ -13,8 +13,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from engine.model.design import read_households
-from engine.model.fitted import ModelFit, fit_model, read_fit
+from engine.model.fitted import ModelFit, read_fit
 from engine.model.predict import prediction_design, predict
+from engine.model.refit import Refitter
 from engine.rules.budget import allocate, historical_shares, total_budget
 from engine.rules.redistribution import effects
 from engine.rules.regime import load_regime
@@ -87,6 +88,7 @@ class Context:
         self.p_draw = np.flatnonzero(np.isfinite(p.params))
         self.v_root = _sqrt_psd(v.cov_cluster[np.ix_(self.v_draw, self.v_draw)])
         self.p_root = _sqrt_psd(p.cov_cluster[np.ix_(self.p_draw, self.p_draw)])
+        self.refitter = Refitter(self.hh, self.fit) if settings.method in ("cluster", "score") else None
 
     @property
     def n_mun(self) -> int:
@@ -103,10 +105,18 @@ class Context:
         pp[self.p_draw] += self.p_root @ rng.standard_normal(self.p_draw.size)
         return vp, pp
 
-    def cluster_fit(self, rng: np.random.Generator) -> ModelFit:
+    def multiplicities(self, rng: np.random.Generator) -> np.ndarray:
+        """How often each municipality is picked in a resample of all municipalities with replacement."""
         picks = rng.integers(0, self.n_mun, self.n_mun)
-        weight = np.bincount(picks, minlength=self.n_mun).astype(np.float64)[self.hh.municipality()]
-        return fit_model(self.hh, self.fit.spec, weight=weight, start=self.fit)
+        return np.bincount(picks, minlength=self.n_mun).astype(np.float64)
+
+    def cluster_fit(self, rng: np.random.Generator) -> ModelFit:
+        """A full refit on a resample (frequency weights on the cells, warm from the one-step estimate)."""
+        return self.refitter.refit(self.multiplicities(rng))
+
+    def score_fit(self, rng: np.random.Generator) -> ModelFit:
+        """The one-step (score) estimates of the same resample as :meth:`cluster_fit`."""
+        return self.refitter.one_step(self.multiplicities(rng))
 
     def run_batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Replicates start .. stop-1: arrays (stop - start, n_mun) of REPLICATE_COLUMNS."""
@@ -120,6 +130,8 @@ class Context:
             if self.settings.method == "parametric":
                 vp, pp = self.parametric_params(rng)
                 t = (self.fit, vp, pp)
+            elif self.settings.method == "score":
+                t = (self.score_fit(rng), None, None)
             else:
                 t = (self.cluster_fit(rng), None, None)
             tables.append(t)

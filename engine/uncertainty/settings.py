@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-METHODS = ("parametric", "cluster")
+METHODS = ("parametric", "cluster", "score")
 QUANTILES = (0.025, 0.05, 0.5, 0.95, 0.975)
 REPLICATE_COLUMNS = ("objective_cost", "budget", "share", "effect_pct", "simulated_spending")
 
