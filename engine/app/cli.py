@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parametric: coefficient draws from the cluster-robust covariance; cluster: resampling "
                         "municipalities and refitting; score: the same resamples, one-step (score) refits")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=25, help="replicates per Dask task (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="replicates per Dask task (default: 40 for parametric and score, 10 for cluster)")
     add_dask(p)
     p.add_argument("--level", type=float, default=0.01,
                    help="flag a surplus when the share of replicates with spending at or below the actual is below this (default: %(default)s)")

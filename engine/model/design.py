@@ -148,7 +148,7 @@ def read_households(path, batch_rows: int = 1 << 20) -> tuple[Households, pa.Tab
 
     src = stream_population(path, batch_rows)
     n = src.num_rows
-    dtypes = {c.name: c.type.to_pandas_dtype() for c in TABLES["households"] if c.name in ROW_ARRAYS}
+    dtypes = {c.name: pa.array([], c.type).to_numpy().dtype for c in TABLES["households"] if c.name in ROW_ARRAYS}
     codes = np.empty((n, len(FACTOR_COLUMNS)), dtype=np.uint8)
     nbhd = np.empty(n, dtype=np.int32)
     rows = {c: np.empty(n, dtype=dtypes[c]) for c in ROW_ARRAYS}

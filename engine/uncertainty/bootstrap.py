@@ -39,12 +39,12 @@ import numpy as np
 from engine.io.outputs import remove_stale
 from engine.uncertainty.draws import context
 from engine.uncertainty.executor import batch_task, client_for, dask_threads_per_host
-from engine.uncertainty.settings import METHODS, Settings
+from engine.uncertainty.settings import DEFAULT_BATCH, METHODS, Settings
 from engine.uncertainty.store import check_settings, done_ranges, inputs_digest, plan_batches, read_replicates, write_batch
 from engine.uncertainty.summaries import BootstrapResult
 
 
-def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, batch_size: int = 25,
+def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, batch_size: int | None = None,
                   workers: int | None = None, scheduler: str | None = None, progress=None,
                   client=None) -> BootstrapResult:
     """Run (or resume) a bootstrap into ``out``; finished batches are written as they complete.
@@ -54,9 +54,11 @@ def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, ba
     scheduler at ``scheduler`` / ``DASK_SCHEDULER_ADDRESS``, or an open ``client`` (left
     open: its workers keep the population loaded between runs). Numba threads per task are
     a host's cores / the Dask threads on that host, so the two never oversubscribe.
+    ``batch_size`` None: :data:`engine.uncertainty.settings.DEFAULT_BATCH` of the method.
     """
     if settings.method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {settings.method!r}")
+    batch_size = DEFAULT_BATCH[settings.method] if batch_size is None else batch_size
     if replicates < 1 or batch_size < 1:
         raise ValueError("--replicates and --batch-size must be at least 1")
     out = Path(out)

@@ -10,6 +10,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 METHODS = ("parametric", "cluster", "score")
+# Replicates per batch when none is given: a multiple of kernels.draws.BLOCK (8) for the draws
+# (a batch of 25 pads to 32 lanes); full refits are slow, so small batches keep Dask workers busy alike.
+DEFAULT_BATCH = {"parametric": 40, "score": 40, "cluster": 10}
 QUANTILES = (0.025, 0.05, 0.5, 0.95, 0.975)
 REPLICATE_COLUMNS = ("objective_cost", "budget", "share", "effect_pct", "simulated_spending")
 
