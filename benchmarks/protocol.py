@@ -32,6 +32,7 @@ class Impl:
     JSON-serialisable values are reported next to the measurement.
     ``role`` is ``"buig"``, ``"peer"`` (another library doing the same job) or ``"floor"``
     (a lower bound such as a bare read or a memory copy); ``note`` says what it does.
+    ``scales`` limits a (heavy) implementation to some scales (default: all).
     """
 
     name: str
@@ -41,6 +42,10 @@ class Impl:
     warmup: Callable[[Any], Any] | None = None
     role: str = ""
     note: str = ""
+    scales: tuple[str, ...] | None = None
+
+    def runs_at(self, scale: str) -> bool:
+        return self.scales is None or scale in self.scales
 
     def __post_init__(self):
         if not self.role:

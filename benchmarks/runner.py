@@ -177,7 +177,7 @@ class CaseRun:
             dataset, workdir, extra_path, sample_interval, log)
         self.shared = workdir / "shared"
         self.shared.mkdir(parents=True)
-        self.measured = {impl.name: [] for impl in case.implementations}
+        self.measured = {impl.name: [] for impl in case.implementations if impl.runs_at(scale)}
         self.order: list[str] = []
         self.parallel = max([f.cores for f in case.floors if f.applies(scale)], default=1)
         self.cores_free: list[float] = []
@@ -216,7 +216,7 @@ class CaseRun:
         """Round 1 of every implementation, ``rounds - 1`` more of those a floor compares, and
         ``retry_rounds`` more of the two sides of each floor that is not met; the case's record."""
         case = self.case
-        self.measure_round([i.name for i in case.implementations], 0)
+        self.measure_round(list(self.measured), 0)
         gated = floor_impls(case, self.scale)
         for k in range(1, rounds):
             self.measure_round(gated, k)

@@ -149,3 +149,43 @@ def linear_predictor(codes, cols, lev_off, level_coef, nbhd, nb_eta):
             eta += level_coef[lev_off[k] + np.int64(codes[i, cols[k]])]
         out[i] = eta
     return out
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def common_shift(joint, j_off, j_coef, nbhd, nb_eta, wt, target, n_virtual, c0=0.0, tol=1e-10, max_iter=50):
+    """The shift c with sum_i wt_i logistic(eta_i + c) = target, eta_i = nb_eta[nbhd_i] +
+    sum_k j_coef[j_off_k + joint[i, k]] (Newton on c from c0, steps clipped to [-1, 1]; stops when the
+    remaining difference is below ``tol`` x max(target, 1)); sums over the fixed row ranges."""
+    n = nbhd.shape[0]
+    J = joint.shape[1]
+    V = n_virtual
+    bounds = range_bounds(n, V)
+    eta = np.empty(n)
+    for v in prange(V):
+        for i in range(bounds[v], bounds[v + 1]):
+            e = nb_eta[nbhd[i]]
+            for k in range(J):
+                e += j_coef[j_off[k] + np.int64(joint[i, k])]
+            eta[i] = e
+    f_v = np.zeros(V)
+    d_v = np.zeros(V)
+    c = c0
+    for _ in range(max_iter):
+        for v in prange(V):
+            f = 0.0
+            dd = 0.0
+            for i in range(bounds[v], bounds[v + 1]):
+                p = 1.0 / (1.0 + np.exp(-(eta[i] + c)))
+                f += wt[i] * p
+                dd += wt[i] * p * (1.0 - p)
+            f_v[v] = f
+            d_v[v] = dd
+        f = -target
+        dd = 0.0
+        for v in range(V):
+            f += f_v[v]
+            dd += d_v[v]
+        c -= min(max(f / max(dd, 1e-300), -1.0), 1.0)     # Newton steps of at most 1: no overshoot from afar
+        if abs(f) < tol * max(target, 1.0):
+            break
+    return c

@@ -1,4 +1,4 @@
-"""Parametric bootstrap replicates per second: `Context.run_batch` of 50 draws vs the c675859 kernel and a NumPy loop.
+"""Parametric bootstrap replicates per second: `Context.run_batch` of 50 draws vs the c675859 kernel, a NumPy loop and JAX.
 
 buig: ``engine.uncertainty.draws.Context.run_batch(0, 50)`` on the prepared dataset, the context
 (population, fit, prediction design, households collapsed into (neighbourhood, profile)
@@ -166,6 +166,37 @@ def run_old(state):
     return _distribute(b, sums, noise)
 
 
+def setup_jax(ctx):
+    """The NumPy peer's precomputed arrays as JAX arrays (float64) and the per-draw sums jitted."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    state = setup_numpy(ctx)
+    v_idx, p_idx = jnp.stack(state["v_idx"]), jnp.stack(state["p_idx"])
+    nbhd, norm, mun, n_mun = jnp.asarray(state["nbhd"]), jnp.asarray(state["norm"]), jnp.asarray(state["mun"]), state["n_mun"]
+
+    def one(tables):
+        vc, vn, pc, pn = tables
+        p = jax.nn.sigmoid(vn[nbhd] + vc[v_idx].sum(axis=0))
+        fn = norm * jax.nn.sigmoid(pn[nbhd] + pc[p_idx].sum(axis=0))
+        return jnp.stack([jax.ops.segment_sum(p * fn, mun, num_segments=n_mun),
+                          jax.ops.segment_sum(p * (1.0 - p) * fn * fn, mun, num_segments=n_mun)])
+
+    # lax.map: one draw after another (a vmap over 50 draws would hold 50 x n floats per intermediate)
+    state["sums"] = jax.jit(lambda v_coef, v_nb, p_coef, p_nb: jax.lax.map(one, (v_coef, v_nb, p_coef, p_nb)))
+    return state
+
+
+def run_jax(state):
+    np, b = state["np"], state["bctx"]
+    tables, noise = _draw_tables(b)
+    stack = lambda name: np.stack([getattr(t, name) for t in tables])  # noqa: E731
+    out = state["sums"](stack("v_coef"), stack("v_nb"), stack("p_coef"), stack("p_nb"))
+    return _distribute(b, np.ascontiguousarray(np.asarray(out).transpose(2, 1, 0)), noise)
+
+
 def extras_peer(state, result, timing):
     np = state["np"]
     out = {"draws": DRAWS, "replicates_per_s": DRAWS / timing["median_s"],
@@ -188,4 +219,8 @@ IMPLEMENTATIONS = [
     Impl("numpy", setup=setup_numpy, run=run_numpy, extras=extras_peer,
          note=f"the same {DRAWS} draws and tables; per draw np.take sums, 1/(1+exp(-eta)), np.bincount per "
               "municipality, distribution"),
+    Impl("jax", setup=setup_jax, run=run_jax, extras=extras_peer, scales=("full",),
+         note=f"the NumPy peer's vectorised prediction and sums as one jax.jit (CPU, float64) over the {DRAWS} "
+              "draws (lax.map), segment_sum per municipality; the same tables and distribution; warm-up compiles; "
+              "full scale only"),
 ]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from engine.model.fit import EstimationError
 from engine.model.schema import PopulationError
+from engine.uncertainty.settings import METHODS
 
 DEFAULT_SEED = 20190101
 
@@ -378,11 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default="2019", help="model spec when fitting here (default: %(default)s)")
     p.add_argument("--regime", default="2019", help="regime of the household model: name or TOML file (default: %(default)s)")
     p.add_argument("--replicates", type=int, default=200, help="number of replicates (default: %(default)s)")
-    p.add_argument("--method", choices=("parametric", "cluster", "outcome"), default="parametric",
-                   help="coefficient draws from the cluster-robust covariance, resampling municipalities and "
-                        "refitting, or (published weights) the coefficients as they are: outcome randomness only")
+    p.add_argument("--method", choices=METHODS, default="parametric",
+                   help="parametric: coefficient draws from the cluster-robust covariance; cluster: resampling "
+                        "municipalities and refitting; score: the same resamples, one-step (score) refits; "
+                        "outcome (published weights): the coefficients as they are, outcome randomness only")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=25, help="replicates per Dask task (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="replicates per Dask task (default: 40 for parametric and score, 10 for cluster)")
     add_dask(p)
     p.add_argument("--level", type=float, default=0.01,
                    help="flag a surplus when p_explained (the probability under the spending band of spending at or "

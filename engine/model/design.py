@@ -212,7 +212,7 @@ def read_households(path, batch_rows: int = 1 << 20, catalogue=None) -> tuple[Ho
     cat = src.catalogue or DEFAULT_CATALOGUE
     meta = _meta(cat, src.municipalities)
     n = src.num_rows
-    dtypes = {c.name: c.type.to_pandas_dtype() for c in TABLES["households"] if c.name in ROW_ARRAYS}
+    dtypes = {c.name: pa.array([], c.type).to_numpy().dtype for c in TABLES["households"] if c.name in ROW_ARRAYS}
     codes = np.empty((n, len(meta["factors"])), dtype=np.uint8)
     nbhd = np.empty(n, dtype=np.int32)
     rows = {c: np.empty(n, dtype=dtypes[c]) for c in ROW_ARRAYS}

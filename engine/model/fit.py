@@ -176,6 +176,15 @@ class _Evaluator:
         return np.asarray((Cm @ self.D).toarray()) + np.asarray((self.P.T @ st.s_mj.T).T)
 
 
+def pass_at(d: ComponentDesign, theta: np.ndarray, clusters: bool = False) -> tuple[PassStats, np.ndarray | None]:
+    """One pass over ``d`` at coefficients ``theta`` (Hessian mode): the statistics (score ``g``,
+    Hessian ``H`` of minus the log-likelihood) and, with ``clusters``, the (G, K) score sums
+    per municipality."""
+    ev = _Evaluator(d)
+    st = ev.run(theta, mode=0, clusters=clusters)
+    return st, (ev.cluster_scores(st) if clusters else None)
+
+
 def _solve(H: np.ndarray, rhs: np.ndarray, names) -> np.ndarray:
     try:
         c = sla.cho_factor(H, lower=True, check_finite=True)
@@ -223,23 +232,26 @@ def _degenerate(w: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
     return (w > tol) & ((y <= tol) | (y >= w - tol))
 
 
-def _separation_checks(d: ComponentDesign, M, names) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+def _separation_checks(d: ComponentDesign, M, names, sums: tuple | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """(dropped municipality mask, active parameter mask, separated level indices, sample weight
     with the rows of separated levels and dropped municipalities at 0, or None if none is).
 
     Rows of a separated level are left out, then the sums are taken again (another level or
     municipality may have become degenerate), until nothing changes. A factor level with no
     households in the sample is not estimable: its term is left out (inactive, NaN, predicted
-    at the reference level) and reported."""
+    at the reference level) and reported. ``sums``: the unweighted sample sums when the caller
+    has them (:func:`_sample_sums`)."""
     lay = d.layout
     base = d.weight if d.weight.size else np.ones(d.n)
     weight = None
     separated = np.zeros(lay.n_levels_total, dtype=bool)
     dropped = np.zeros(int(d.nb_mun.max()) + 1, dtype=bool)
     tol = 1e-9 * max(float(base.sum()), 1.0)
-    absent_lev = _sample_sums(d, M, None)[0] <= tol
+    first = _sample_sums(d, M, None) if sums is None else sums
+    absent_lev = first[0] <= tol
     while True:
-        w_lev, y_lev, w_m, y_m = _sample_sums(d, M, weight)
+        w_lev, y_lev, w_m, y_m = first if weight is None else _sample_sums(d, M, weight)
         new_lev = _degenerate(w_lev, y_lev, tol) & (lay.level_param >= 0) & ~separated
         new_mun = _degenerate(w_m, y_m, tol) & ~dropped if lay.fe_start >= 0 else np.zeros_like(dropped)
         if not new_lev.any() and not new_mun.any():
@@ -336,14 +348,19 @@ def fit_component(*args, **kwargs) -> ComponentFit:
 
 def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
                   mun_codes: np.ndarray | None = None, start: np.ndarray | None = None,
-                  step_tol: float = 1e-6) -> ComponentFit:
+                  step_tol: float = 1e-6, covariances: bool = True, common: bool = True,
+                  sums: tuple | None = None) -> ComponentFit:
     """Estimate one component by Newton with step-halving (from ``start`` if given: a warm
     start; NaN entries start at 0; by default the fixed effects start at each
     municipality's own log-odds). Converged when the gradient norm is below ``tol`` and
     the next Newton step below ``step_tol`` in every coefficient (the gradient norm alone
     is loose for the fixed effect of a small municipality); that last step is applied.
     The model-based covariance uses the Hessian of the point before it (a difference of
-    the order of ``step_tol`` relative)."""
+    the order of ``step_tol`` relative). ``covariances=False`` (a bootstrap refit, which
+    needs the estimates only) skips the covariance pass: the three covariances are NaN and
+    loglik and gradient norm those of the last pass; ``common=False`` leaves ``fe_common``
+    NaN for the caller to compute; ``sums``: the sample sums of weight and outcome per
+    factor level and per municipality (:func:`_sample_sums`) when the caller has them."""
     t0 = time.perf_counter()
     lay = d.layout
     names = lay.term_names
@@ -354,10 +371,11 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     if not 0 < ybar < 1:
         raise EstimationError(f"{d.spec.name}: the outcome is {'never' if ybar <= 0 else 'always'} "
                               "observed in the estimation sample")
-    dropped, active, separated, weight = _separation_checks(d, ev.M, names)
+    dropped, active, separated, weight = _separation_checks(d, ev.M, names, sums)
     if weight is not None:
         wt_sum = float(weight.sum())
-    sums = _sample_sums(d, ev.M, weight)
+    if weight is not None or sums is None:
+        sums = _sample_sums(d, ev.M, weight)
     act = np.flatnonzero(active)
     theta = np.zeros(K)
     theta[0] = np.log(ybar / (1 - ybar))
@@ -402,9 +420,26 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     unestimable = level_terms[~active[level_terms] & ~np.isin(level_terms, sep_params)]
     left_out = np.concatenate([_dropped_params(lay, dropped), unestimable])
     params = np.where(active | ~np.isin(np.arange(K), left_out), theta, np.nan)
-    # covariances on the active parameters
     n_obs = int(np.count_nonzero(weight)) if weight is not None else (
         int(np.count_nonzero(d.weight)) if d.weight.size else d.n)
+    fe_common = common_effect(d, params) if lay.fe_start >= 0 and (common or separated.size) else 0.0
+    if separated.size:
+        params[sep_params] = 0.0
+        for _ in range(3):     # the separated levels' own estimates and the common effect, alternately
+            _separated_estimates(d, params, separated, fe_common)
+            fe_common = common_effect(d, params) if lay.fe_start >= 0 else 0.0
+    if not common and lay.fe_start >= 0:
+        fe_common = np.nan                       # the caller computes it
+    codes = mun_codes if mun_codes is not None else np.array([str(i) for i in range(ev.n_mun)], dtype=object)
+    done = dict(name=d.spec.name, term_names=names, params=params, iterations=it, n_obs=n_obs,
+                n_clipped=d.n_clipped, dropped_municipalities=tuple(str(c) for c in codes[np.flatnonzero(dropped)]),
+                unestimable_terms=tuple(names[i] for i in unestimable),
+                separated_terms=tuple(names[i] for i in sep_params), fe_common=fe_common, history=history)
+    if not covariances:
+        nan = np.full((K, K), np.nan)
+        return ComponentFit(cov_model=nan, cov_robust=nan, cov_cluster=nan, loglik=float(st.ll), gradient_norm=gnorm,
+                            n_clusters=int(ev.n_mun - dropped.sum()), seconds=time.perf_counter() - t0, **done)
+    # covariances on the active parameters
     k = act.size
     Hinv = np.full((K, K), np.nan)
     Ha = st.H[np.ix_(act, act)]
@@ -423,17 +458,5 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     cluster = np.full((K, K), np.nan)
     corr = G / (G - 1) * (n_obs - 1) / (n_obs - k) if G > 1 else np.nan
     cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
-    fe_common = common_effect(d, params) if lay.fe_start >= 0 else 0.0
-    if separated.size:
-        params[sep_params] = 0.0
-        for _ in range(3):     # the separated levels' own estimates and the common effect, alternately
-            _separated_estimates(d, params, separated, fe_common)
-            fe_common = common_effect(d, params) if lay.fe_start >= 0 else 0.0
-    codes = mun_codes if mun_codes is not None else np.array([str(i) for i in range(ev.n_mun)], dtype=object)
-    return ComponentFit(name=d.spec.name, term_names=names, params=params, cov_model=Hinv, cov_robust=robust,
-                        cov_cluster=cluster, loglik=float(meat.ll), iterations=it, gradient_norm=gnorm, n_obs=n_obs,
-                        n_clusters=G, n_clipped=d.n_clipped,
-                        dropped_municipalities=tuple(str(c) for c in codes[np.flatnonzero(dropped)]),
-                        unestimable_terms=tuple(names[i] for i in unestimable),
-                        separated_terms=tuple(names[i] for i in sep_params),
-                        seconds=time.perf_counter() - t0, fe_common=fe_common, history=history)
+    return ComponentFit(cov_model=Hinv, cov_robust=robust, cov_cluster=cluster, loglik=float(meat.ll),
+                        gradient_norm=gnorm, n_clusters=G, seconds=time.perf_counter() - t0, **done)

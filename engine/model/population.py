@@ -159,7 +159,19 @@ class HouseholdBatches:
         return np.asarray(self.municipalities.column("code").to_pylist(), dtype=object)
 
     def _tables(self, f: pq.ParquetFile):
-        """The file as tables of about ``batch_rows`` rows (small row groups are joined)."""
+        """The file as tables of about ``batch_rows`` rows (small row groups are joined, and read
+        together with Arrow's threads; a file with a row group above ``batch_rows`` is read in batches)."""
+        md = f.metadata
+        sizes = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+        if max(sizes, default=0) <= self.batch_rows:
+            group, rows = [], 0
+            for i, size in enumerate(sizes):
+                group.append(i)
+                rows += size
+                if rows >= self.batch_rows or i == len(sizes) - 1:
+                    yield f.read_row_groups(group, use_threads=True)
+                    group, rows = [], 0
+            return
         pending, rows = [], 0
         for batch in f.iter_batches(batch_size=self.batch_rows):
             pending.append(batch)

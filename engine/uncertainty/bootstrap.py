@@ -1,14 +1,17 @@
 """Monte Carlo uncertainty: replicates of the coefficients -> replicates of the budgets.
 
-Three methods:
+Four methods:
 
 - ``parametric``: beta_r ~ N(beta_hat, V_cluster) for the volume terms that enter
   prediction (the intercept and fixed effects are replaced by the calibrated common
   effect), gamma_r ~ N(gamma_hat, V_cluster) for the price terms; many draws are
   evaluated per pass over the households collapsed into cells (:mod:`engine.uncertainty.cells`).
-- ``cluster``: municipalities resampled with replacement, both components refitted
-  (warm start from the full-sample estimate, frequency weights), prediction on the full
-  population;
+- ``cluster``: municipalities resampled with replacement, both components refitted on the
+  households collapsed into (neighbourhood, factor codes) cells with frequency weights, warm
+  from the one-step estimate (:mod:`engine.model.refit`), prediction on the full population;
+- ``score``: the same resamples, each refit replaced by its one-step (score) linearisation
+  around the full-sample estimate (no pass over the data per replicate): bands that agree
+  with the full refits' up to second-order terms, at the cost of parametric draws;
 - ``outcome``: the coefficients as they are (published weights without a covariance), so the
   band holds the outcome randomness and the spread of municipalities around the model only.
 
@@ -43,13 +46,13 @@ import numpy as np
 from engine.io.outputs import folder_lock, remove_stale
 from engine.uncertainty.draws import context
 from engine.uncertainty.executor import batch_task, client_for, dask_threads_per_host, resolve_workers
-from engine.uncertainty.settings import METHODS, Settings
+from engine.uncertainty.settings import DEFAULT_BATCH, METHODS, Settings
 from engine.model.schema import check_finite
 from engine.uncertainty.store import FINITE_COLUMNS, check_settings, done_ranges, inputs_digest, plan_batches, read_replicates, write_batch
 from engine.uncertainty.summaries import BootstrapResult
 
 
-def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, batch_size: int = 25,
+def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, batch_size: int | None = None,
                   workers: int | None = None, scheduler: str | None = None, progress=None,
                   client=None) -> BootstrapResult:
     """Run (or resume) a bootstrap into ``out``; finished batches are written as they complete.
@@ -59,9 +62,11 @@ def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, ba
     scheduler at ``scheduler`` / ``DASK_SCHEDULER_ADDRESS``, or an open ``client`` (left
     open: its workers keep the population loaded between runs). Numba threads per task are
     a host's cores / the Dask threads on that host, so the two never oversubscribe.
+    ``batch_size`` None: :data:`engine.uncertainty.settings.DEFAULT_BATCH` of the method.
     """
     if settings.method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, not {settings.method!r}")
+    batch_size = DEFAULT_BATCH[settings.method] if batch_size is None else batch_size
     if replicates < 1 or batch_size < 1:
         raise ValueError("--replicates and --batch-size must be at least 1")
     workers = resolve_workers(workers)

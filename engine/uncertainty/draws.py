@@ -17,8 +17,9 @@ from scipy.special import ndtr
 from threadpoolctl import threadpool_limits
 
 from engine.model.design import read_households
-from engine.model.fitted import ModelFit, fit_model, read_fit
+from engine.model.fitted import ModelFit, read_fit
 from engine.model.predict import prediction_design, predict
+from engine.model.refit import Refitter
 from engine.rules.budget import allocate_stage, budget_stage
 from engine.rules.redistribution import effects
 from engine.rules.regime import load_regime
@@ -208,8 +209,8 @@ def check_method(fit: ModelFit, method: str) -> None:
     without a covariance, no parametric draws; the outcome-only band is offered instead."""
     if fit.spec.weights is None:
         return
-    if method == "cluster":
-        raise ValueError(f"model spec {fit.spec.name} carries published weights: a cluster bootstrap would refit "
+    if method in ("cluster", "score"):
+        raise ValueError(f"model spec {fit.spec.name} carries published weights: a {method} bootstrap would refit "
                          "them; use method \"outcome\" (the band of outcome randomness and the spread of "
                          "municipalities around the model)")
     if method == "parametric":      # a spec carries no covariance of its weights
@@ -252,6 +253,7 @@ class Context:
                                            None if settings.between_sd == "auto" else float(settings.between_sd))
         self.between_sd = self.between.sd
         check_method(self.fit, settings.method)
+        self.refitter = Refitter(self.hh, self.fit) if settings.method in ("cluster", "score") else None
         if settings.method != "parametric":
             return
         v, p = self.fit.volume, self.fit.price
@@ -278,10 +280,18 @@ class Context:
         pp[self.p_draw] += self.p_root @ rng.standard_normal(self.p_draw.size)
         return vp, pp
 
-    def cluster_fit(self, rng: np.random.Generator) -> ModelFit:
+    def multiplicities(self, rng: np.random.Generator) -> np.ndarray:
+        """How often each municipality is picked in a resample of all municipalities with replacement."""
         picks = rng.integers(0, self.n_mun, self.n_mun)
-        weight = np.bincount(picks, minlength=self.n_mun).astype(np.float64)[self.hh.municipality()]
-        return fit_model(self.hh, self.fit.spec, weight=weight, start=self.fit)
+        return np.bincount(picks, minlength=self.n_mun).astype(np.float64)
+
+    def cluster_fit(self, rng: np.random.Generator) -> ModelFit:
+        """A full refit on a resample (frequency weights on the cells, warm from the one-step estimate)."""
+        return self.refitter.refit(self.multiplicities(rng))
+
+    def score_fit(self, rng: np.random.Generator) -> ModelFit:
+        """The one-step (score) estimates of the same resample as :meth:`cluster_fit`."""
+        return self.refitter.one_step(self.multiplicities(rng))
 
     def run_batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Replicates start .. stop-1: arrays (stop - start, n_mun) of REPLICATE_COLUMNS."""
@@ -297,6 +307,8 @@ class Context:
                 t = (self.fit, vp, pp)
             elif self.settings.method == "outcome":
                 t = (self.fit, None, None)
+            elif self.settings.method == "score":
+                t = (self.score_fit(rng), None, None)
             else:
                 t = (self.cluster_fit(rng), None, None)
             tables.append(t)

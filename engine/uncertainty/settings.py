@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("parametric", "cluster", "outcome")
+METHODS = ("parametric", "cluster", "score", "outcome")
+# Replicates per batch when none is given: a multiple of kernels.draws.BLOCK (8) for the draws
+# (a batch of 25 pads to 32 lanes); full refits are slow, so small batches keep Dask workers busy alike.
+DEFAULT_BATCH = {"parametric": 40, "score": 40, "outcome": 40, "cluster": 10}
 QUANTILES = (0.025, 0.05, 0.5, 0.95, 0.975)
 # outcome_sd: sd of the municipality's cost when bijstand is drawn from p (sqrt of sum p (1 - p) (f N)^2)
 REPLICATE_COLUMNS = ("objective_cost", "budget", "share", "effect_pct", "outcome_sd", "simulated_spending")
