@@ -36,20 +36,23 @@ def cluster_refits(tmp_path_factory):
     fit_to_folder(read_population(root / "pop"), root / "fit")
     ctx = Context(Settings(population=str(root / "pop"), coefficients=str(root / "fit"), regime="2019",
                            method="cluster", seed=3))
+    idx = {c.name: np.array([i for i, t in enumerate(c.term_names) if t != "intercept"
+                             and not t.startswith("municipality[") and np.isfinite(c.cov_cluster[i, i])])
+           for c in (ctx.fit.volume, ctx.fit.price)}
     vol, price = [], []
     for r in range(REFITS):
         f = ctx.cluster_fit(ctx.rng(r))
-        vol.append(f.volume.params[ctx.v_draw])
-        price.append(f.price.params[ctx.p_draw])
-    return ctx, np.array(vol), np.array(price)
+        vol.append(f.volume.params[idx["volume"]])
+        price.append(f.price.params[idx["price"]])
+    return ctx, idx, np.array(vol), np.array(price)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("component", ["volume", "price"])
 def test_cluster_bootstrap_se_agree_with_cluster_robust(cluster_refits, component):
-    ctx, vol, price = cluster_refits
+    ctx, terms, vol, price = cluster_refits
     comp = ctx.fit.component(component)
-    idx = ctx.v_draw if component == "volume" else ctx.p_draw
+    idx = terms[component]
     draws = vol if component == "volume" else price
     boot_sd = draws.std(axis=0, ddof=1)
     se = comp.se("cluster")[idx]
