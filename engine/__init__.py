@@ -8,7 +8,7 @@ imported on first use, so ``import engine`` stays light):
 ``read_population``         read and validate a population folder (:mod:`engine.model.population`)
 ``fit_model``               estimate the volume and price components (:mod:`engine.model.fitted`);
 ``fit_to_folder``           the same, and write the files the bootstrap reads
-``predict_costs``           objective cost per municipality and household type (``engine.predict.predict``)
+``predict_costs``           objective cost per municipality and household type (``engine.model.predict.predict``)
 ``distribute``              a regime's budgets, vangnet and redistribution effects (:mod:`engine.app.pipeline`)
 ``Settings``,               Monte Carlo bands on every budget, and the flags of surpluses the
 ``run_bootstrap``,          model does not explain (:mod:`engine.uncertainty.bootstrap`)

@@ -1,4 +1,4 @@
-"""Prediction + aggregation: p, f, N per household summed per municipality x household type (the kernel `kernels.predict.group_sums` as `engine.predict.predict` calls it) vs plain NumPy on the same arrays vs a memory copy of the bytes the kernel reads.
+"""Prediction + aggregation: p, f, N per household summed per municipality x household type (the kernel `kernels.predict.group_sums` as `engine.model.predict.predict` calls it) vs plain NumPy on the same arrays vs a memory copy of the bytes the kernel reads.
 
 Setup (untimed) fits the 2019 model on the dataset (`engine.model.fitted.fit_model`), builds the
 prediction design (`engine.model.predict.prediction_design`: 3 joint uint8 codes of the 8
@@ -177,7 +177,7 @@ def extras_copy(state, _, timing):
 IMPLEMENTATIONS = [
     Impl("buig", setup=setup_buig, run=run_buig, extras=extras_buig,
          note="kernels.predict.group_sums (Numba, prange over 16 fixed row ranges, blocks of 512 rows, vectorised "
-              "exp) as engine.predict.predict calls it; tables and design built in setup"),
+              "exp) as engine.model.predict.predict calls it; tables and design built in setup"),
     Impl("numpy", setup=setup_numpy, run=run_numpy, extras=extras_numpy,
          note=f"plain NumPy (one thread) in chunks of {NUMPY_CHUNK:,} rows: 3 joint-code table look-ups + the "
               "neighbourhood look-up per component, 1/(1+np.exp(-eta)), np.bincount of the 4 sums per "
