@@ -28,7 +28,8 @@ BENCH_DATA = ROOT / "bench-data"
 SCALES = {"small": 300_000, "full": 7_794_075}
 DEFAULT_SEED = 0
 MARKER = "dataset.json"
-_GENERATOR_SOURCES = ("engine/world", "engine/model/schema.py", "engine/model/norms.py", "engine/data/norms", "engine/data/cbs")
+_GENERATOR_SOURCES = ("engine/world", "engine/model/schema.py", "engine/model/catalogue.py", "engine/model/norms.py",
+                      "engine/data/norms", "engine/data/cbs", "engine/data/catalogues")
 
 
 def fingerprint(root: Path = ROOT) -> str:
