@@ -39,3 +39,10 @@ os.environ["NUMBA_CACHE_DIR"] = _cache_dir()
 from numba.core import config as _numba_config  # noqa: E402  (after the environment is set)
 
 _numba_config.reload_config()
+
+
+def cache_is_warm() -> bool:
+    """True when Numba's cache folder of these kernel sources holds compiled kernels (a run then
+    compiles nothing); False on a first run or after any kernel edit."""
+    folder = Path(os.environ["NUMBA_CACHE_DIR"])
+    return folder.is_dir() and any(folder.rglob("*.nbc"))

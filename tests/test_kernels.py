@@ -227,3 +227,16 @@ def test_exp_block_writes_only_the_first_m():
     np.testing.assert_allclose(out[:20], np.exp(x[:20]), rtol=4e-16)
     assert (out[20:] == -1.0).all()
     np.testing.assert_allclose(exp_array(x), np.exp(x), rtol=4e-16)
+
+
+def test_cache_is_warm_only_with_compiled_kernels(tmp_path, monkeypatch):
+    """``buig run`` says it is compiling exactly when the cache folder of these sources has no kernel."""
+    from kernels import cache_is_warm
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba-x"))
+    assert not cache_is_warm()                                   # no folder
+    (tmp_path / "numba-x" / "kernels_1").mkdir(parents=True)
+    (tmp_path / "numba-x" / "kernels_1" / "glm.logit_pass-58.py311.nbi").write_bytes(b"")
+    assert not cache_is_warm()                                   # an index without compiled code
+    (tmp_path / "numba-x" / "kernels_1" / "glm.logit_pass-58.py311.1.nbc").write_bytes(b"")
+    assert cache_is_warm()
