@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from engine.app.console import say_csv_copies
+
 
 def run_budget(args, say) -> int:
     """``buig budget``: the budgets of a regime, the stages and the 2004 letter's table."""
@@ -37,9 +39,7 @@ def run_budget(args, say) -> int:
         say("\n" + format_stages(r) + f"\n-> {Path(args.out) / STAGES_FILE}")
     say("\nredistribution effects against spending in t (the table of the 2004 letter, K2004):\n" + format_seed_table(r.seed))
     say(f"\n-> {Path(args.out) / 'budgets.parquet'}, {Path(args.out) / 'redistribution.csv'}")
-    from engine.app.cli import _say_csv_copies
-
-    _say_csv_copies(args, "budgets.parquet")
+    say_csv_copies(args, "budgets.parquet")
     return 0
 
 
@@ -56,7 +56,5 @@ def run_wdeel(args, say) -> int:
     write_wdeel(r, pop, args.out)
     say(f"W-deel total EUR {r.total:,.2f}; (budget - need) / budget per municipality:\n"
                + format_rows(r.rows) + f"\n{NEED_NOTE}\n-> {Path(args.out) / 'wdeel.csv'}")
-    from engine.app.cli import _say_csv_copies
-
-    _say_csv_copies(args, "wdeel_budgets.parquet")
+    say_csv_copies(args, "wdeel_budgets.parquet")
     return 0

@@ -20,53 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 from engine.model.fit import EstimationError
 from engine.model.schema import PopulationError
+from engine.app.console import Progress, say, say_csv_copies, warn_sparse
 from engine.uncertainty.settings import METHODS
 
 DEFAULT_SEED = 20190101
-
-
-class Progress:
-    """A one-line progress bar on stderr, shown only on a terminal and when not quiet."""
-
-    def __init__(self, label: str, quiet: bool = False):
-        self.label, self.on = label, (not quiet) and sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.on:
-            return
-        width = 30
-        filled = int(width * done / max(total, 1))
-        sys.stderr.write(f"\r{self.label:<12} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done}/{total} {time.perf_counter() - self.t0:6.1f}s")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
-def _say(args, text: str) -> None:
-    if not getattr(args, "quiet", False):
-        print(text, flush=True)
-
-
-def _csv_copies(args, *names: str) -> list[str]:
-    """``--format csv``: a CSV copy next to each of the Parquet files ``names`` in ``args.out``."""
-    if getattr(args, "format", "parquet") != "csv":
-        return []
-    from engine.io.outputs import write_csv_copies
-
-    return [f.name for f in write_csv_copies(args.out, names)]
-
-
-def _say_csv_copies(args, *names: str) -> None:
-    written = _csv_copies(args, *names)
-    if written:
-        _say(args, f"wrote {', '.join(written)} to {args.out}")
 
 
 def cmd_synth(args) -> int:
@@ -77,7 +38,7 @@ def cmd_synth(args) -> int:
     s = generate(args.out, households=args.households, seed=args.seed, planted=args.planted,
                  planted_effect=args.planted_effect, planted_surplus=_min_max(args.planted_surplus),
                  policy_sd=args.policy_sd, progress=Progress("synth", args.quiet), truth_model=args.truth)
-    _say(args, f"synthetic Netherlands: {s.households:,} households in {s.municipalities} municipalities, "
+    say(args, f"synthetic Netherlands: {s.households:,} households in {s.municipalities} municipalities, "
                f"{s.neighbourhoods:,} neighbourhoods; {s.bijstand:,} bijstand and {s.lks:,} LKS households; "
                f"{s.seconds:.1f} s -> {s.out}")
     return 0
@@ -103,7 +64,7 @@ def cmd_validate(args) -> int:
     from engine.model.population import read_population
 
     pop = read_population(args.population, args.catalogue)
-    _say(args, f"{args.population}: valid ({pop.households.num_rows:,} households, "
+    say(args, f"{args.population}: valid ({pop.households.num_rows:,} households, "
                f"{pop.neighbourhoods.num_rows:,} neighbourhoods, {pop.municipalities.num_rows} municipalities"
                f"{', synthetic' if pop.synthetic else ''})")
     return 0
@@ -112,28 +73,13 @@ def cmd_validate(args) -> int:
 def cmd_fit(args) -> int:
     from engine.app.model_commands import run_fit
 
-    return run_fit(args, lambda text: _say(args, text), Progress)
-
-
-def _warn_sparse(args, fit) -> None:
-    """On stderr (unless quiet): the municipalities and levels left out of the shared estimate."""
-    if getattr(args, "quiet", False):
-        return
-    for c in (fit.volume, fit.price):
-        if c.dropped_municipalities:
-            print(f"buig: note: {c.name}: {len(c.dropped_municipalities)} municipalities whose households have no or "
-                  f"only outcomes are left out of the shared estimate (predicted with the common effect): "
-                  f"{', '.join(c.dropped_municipalities)}", file=sys.stderr)
-        if c.separated_terms:
-            print(f"buig: note: {c.name}: levels with no or only outcomes left out of the shared estimate, each "
-                  f"with an estimate of its own and no standard error: {', '.join(c.separated_terms)}",
-                  file=sys.stderr)
+    return run_fit(args, lambda text: say(args, text))
 
 
 def cmd_predict(args) -> int:
     from engine.app.model_commands import run_predict
 
-    return run_predict(args, lambda text: _say(args, text))
+    return run_predict(args, lambda text: say(args, text))
 
 
 def cmd_bootstrap(args) -> int:
@@ -162,19 +108,19 @@ def cmd_bootstrap(args) -> int:
             from engine.model.fitted import fit_to_folder
             from engine.model.population import read_population
 
-            _say(args, f"no --coefficients given: fitting the model into {coefficients}")
+            say(args, f"no --coefficients given: fitting the model into {coefficients}")
             fit = fit_to_folder(read_population(args.population), coefficients, spec=args.spec)
-            _warn_sparse(args, fit)
+            warn_sparse(args, fit)
         res = run_bootstrap(settings, args.out, replicates=args.replicates, batch_size=args.batch_size,
                             workers=args.workers, scheduler=args.scheduler, progress=Progress("bootstrap", args.quiet))
         write_results(res, args.out, level=args.level, fdr=args.fdr)
     flags = flags_table(res, args.level, args.fdr).column("flagged").to_numpy()
     rule = f"at false discovery rate {args.fdr}" if args.fdr is not None else f"at level {args.level} per test"
-    _say(args, f"{res.replicates} {args.method} replicates ({res.computed} computed, "
+    say(args, f"{res.replicates} {args.method} replicates ({res.computed} computed, "
                f"{res.replicates - res.computed} resumed) in {res.seconds:.1f} s; between-municipality sd "
                f"{res.between_sd:.3f}; {int(flags.sum())} municipalities flagged {rule}; wrote "
                f"replicates.parquet, bands.parquet, flags.parquet to {args.out}")
-    _say_csv_copies(args, "replicates.parquet", "bands.parquet", "flags.parquet")
+    say_csv_copies(args, "replicates.parquet", "bands.parquet", "flags.parquet")
     return 0
 
 
@@ -201,13 +147,13 @@ def cmd_cap(args) -> int:
     table, capped = capped_table(f, args.kappa, args.redistribute, vangnet)
     with atomic_dir(args.out) as tmp:
         pq.write_table(table, tmp / "capped_budgets.parquet")
-    _say(args, f"kappa {args.kappa}: {int((capped.clawed_back > 0).sum())} municipalities capped, "
+    say(args, f"kappa {args.kappa}: {int((capped.clawed_back > 0).sum())} municipalities capped, "
                f"EUR {capped.total / 1e6:,.2f} mln clawed back and redistributed ({args.redistribute}) to "
                f"{int((capped.received > 0).sum())} municipalities; total budget changed by "
                f"{np.sum(capped.budget) - np.sum(table.column('budget').to_numpy()):+.2e}"
                + (f" (EUR {capped.unallocated / 1e6:,.2f} mln unallocated: every municipality is capped)"
                   if capped.unallocated else "") + f"; wrote capped_budgets.parquet to {args.out}")
-    _say_csv_copies(args, "capped_budgets.parquet")
+    say_csv_copies(args, "capped_budgets.parquet")
     return 0
 
 
@@ -240,9 +186,9 @@ def cmd_run(args) -> int:
                          "--population (or a scenario whose population.source is a folder)")
     result = run(scenario, args.out, workers=args.workers, scheduler=args.scheduler, xlsx=not args.no_xlsx,
                  formats=("parquet", "csv") if args.format == "csv" else ("parquet",), labels=args.labels,
-                 progress=lambda label: Progress(label, args.quiet), say=lambda text: _say(args, text))
-    _warn_sparse(args, result.fit)
-    _say(args, "\n" + format_summary(result))
+                 progress=lambda label: Progress(label, args.quiet), say=lambda text: say(args, text))
+    warn_sparse(args, result.fit)
+    say(args, "\n" + format_summary(result))
     return 0
 
 
@@ -251,21 +197,21 @@ def cmd_sweep(args) -> int:
 
     sweep = load_sweep(args.sweep, **_scenario_overrides(args))
     result = run_sweep(sweep, args.out, workers=args.workers, scheduler=args.scheduler,
-                       progress=lambda label: Progress(label, args.quiet), say=lambda text: _say(args, text))
-    _say(args, "\n" + format_comparison(result))
+                       progress=lambda label: Progress(label, args.quiet), say=lambda text: say(args, text))
+    say(args, "\n" + format_comparison(result))
     return 0
 
 
 def cmd_budget(args) -> int:
     from engine.app.budget_commands import run_budget
 
-    return run_budget(args, lambda text: _say(args, text))
+    return run_budget(args, lambda text: say(args, text))
 
 
 def cmd_wdeel(args) -> int:
     from engine.app.budget_commands import run_wdeel
 
-    return run_wdeel(args, lambda text: _say(args, text))
+    return run_wdeel(args, lambda text: say(args, text))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from engine.app.console import Progress, csv_copies, say_csv_copies, warn_sparse
 
-def run_fit(args, say, Progress) -> int:
+
+def run_fit(args, say) -> int:
     """``buig fit``: estimate (or take the published weights of) a spec, print the coefficient table."""
     from engine.model.fitted import fit_to_folder, format_coefficients, published_comparison
     from engine.model.population import read_population
@@ -15,9 +17,7 @@ def run_fit(args, say, Progress) -> int:
     t0 = time.perf_counter()
     pop = read_population(args.population, args.catalogue)
     fit = fit_to_folder(pop, args.out, spec=args.spec, export=args.export_design, progress=Progress("fit", args.quiet))
-    from engine.app.cli import _warn_sparse
-
-    _warn_sparse(args, fit)
+    warn_sparse(args, fit)
     if fit.spec.weights is not None:
         say(f"model spec {fit.spec.name}: published weights ({fit.spec.weights.reference}); nothing estimated")
     for c in ((fit.volume, fit.price) if fit.spec.weights is None else ()):
@@ -38,9 +38,7 @@ def run_fit(args, say, Progress) -> int:
                          f"{r['estimate']:>10.7f}  (se {r['se_cluster']:.4f}, z {r['z_difference']:+.2f})"
                         for r in rows))
     say(f"wrote coefficients.parquet, fit.json, covariances.npz to {args.out} ({time.perf_counter() - t0:.1f} s)")
-    from engine.app.cli import _say_csv_copies
-
-    _say_csv_copies(args, "coefficients.parquet")
+    say_csv_copies(args, "coefficients.parquet")
     return 0
 
 
@@ -85,9 +83,7 @@ def run_predict(args, say) -> int:
         write_rekentool_workbook(Path(args.out) / "rekentool.xlsx", rekentool_table(pred), pop.municipalities,
                                  labels=args.labels, synthetic=pop.synthetic)
         wrote += ", rekentool.xlsx"
-    from engine.app.cli import _csv_copies
-
-    wrote += "".join(f", {name}" for name in _csv_copies(args, "municipal_costs.parquet", "rekentool.parquet"))
+    wrote += "".join(f", {name}" for name in csv_copies(args, "municipal_costs.parquet", "rekentool.parquet"))
     say(f"objective cost EUR {pred.objective_cost.sum() / 1e6:,.1f} mln over {hh.n_mun} municipalities; "
         f"predicted {pred.predicted.sum():,.0f} vs actual {pred.actual.sum():,} households; "
                f"prediction {seconds:.2f} s ({hh.n / seconds / 1e6:.0f} million households/s); wrote "
