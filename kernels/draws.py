@@ -38,8 +38,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from kernels.glm import range_bounds
-from kernels.vexp import exp_block
+from kernels.glm import range_bounds, reduce_ranges
+from kernels.vexp import exp_array
 
 BLOCK = 8       # draws are padded to a multiple of this (the vector width of float32 on AVX2)
 CHUNK = 512     # profiles whose term rows are read together (kernel cache locality; fixed: it orders the sums)
@@ -106,11 +106,7 @@ def cells(profile_key, n_keys, nbhd, n_nb, norm, chunk=CHUNK):
 @njit(cache=True, fastmath=False)
 def _exp_neg(x):
     """exp(-x) of a 2-d array, as one exp_block over all its values (a long vectorised loop)."""
-    m = x.size
-    flat = -x.reshape(-1)
-    e = np.empty(m)
-    exp_block(flat, e, np.empty(m), np.empty(m, dtype=np.int64), m)
-    return e.reshape(x.shape)
+    return exp_array(-x.reshape(-1)).reshape(x.shape)
 
 
 @njit(cache=True, fastmath=False)
@@ -191,7 +187,4 @@ def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual
                     acc[v, g, 1, r] += w[r]
                     e[r] = 0.0
                     w[r] = 0.0
-    out = acc[0].copy()
-    for v in range(1, n_virtual):
-        out += acc[v]
-    return out
+    return reduce_ranges(acc)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
-from engine.model.design import JOINT_OFF, component_design, dense_design, joint_codes
+from engine.model.design import DEFAULT_JOINT, JOINT_OFF, component_design, dense_design
 from engine.model.fitted import fit_model, fit_to_folder
 from engine.model.refit import Refitter, collapse, common_effect
 from engine.uncertainty.bootstrap import run_bootstrap
@@ -59,7 +59,7 @@ def test_collapse_sums_weights_and_outcomes_per_cell(cluster_world):
     np.testing.assert_array_equal(got[order], uniq)
     np.testing.assert_allclose(c.weight[order], W)
     np.testing.assert_allclose(c.y[order] * c.weight[order], Y, atol=1e-9)
-    np.testing.assert_array_equal(c.joint, joint_codes(c.codes))
+    np.testing.assert_array_equal(c.joint, DEFAULT_JOINT.codes(c.codes))
     assert c.n < d.n
 
 

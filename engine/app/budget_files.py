@@ -23,7 +23,7 @@ from engine.rules import redistribution as rd
 from engine.io.outputs import atomic_dir, settle
 from engine.model.population import Population
 from engine.rules.regime import Regime
-from engine.rules.budget import Budgets, Stage, allocate, allocate_stage, budget_stage, hand_out
+from engine.rules.budget import Budgets, Stage, allocate, allocate_stage, budget_stage, hand_out, scale_factor
 from engine.rules.vangnet import vangnet_payout
 from engine.model.schema import PopulationError, as_strings, check_finite
 from engine.rules.wdeel import NEED_NOTE, WdeelResult
@@ -146,7 +146,7 @@ def compute_budget(pop: Population, regime: Regime, costs: str | Path | np.ndarr
     else:
         fitted = mm.fit(data, mm.regime_spec(regime.objective_variables))
         cost, granite = _granite_phased(data, fitted, regime.granite_weight), fitted.granite_share
-    factor = data.households.sum() / regime.reference_households if regime.scale == "households" else 1.0
+    factor = scale_factor(regime, data.households.sum())
     components = hand_out(regime.deductions, _keys(pop, data), factor)
     stage = stage or regime.stage
 

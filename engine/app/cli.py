@@ -421,9 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"buig: {exc}", file=sys.stderr)
         return 2
     except (OSError, TimeoutError) as exc:
-        where = getattr(args, "scheduler", None) or os.environ.get("DASK_SCHEDULER_ADDRESS")
-        hint = (f"; is the Dask scheduler at {where} running? (leave --scheduler out for a local cluster)"
-                if where and "scheduler" not in str(exc) else "")
+        hint = (f"; is the Dask scheduler at {address} running? (leave --scheduler out for a local cluster)"
+                if address and "scheduler" not in str(exc) else "")
         print(f"buig: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

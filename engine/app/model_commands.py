@@ -75,12 +75,12 @@ def run_predict(args, say) -> int:
     with atomic_dir(args.out) as tmp:
         pq.write_table(municipal_costs_table(pred, pop.municipalities.column("name").to_pylist()),
                        tmp / "municipal_costs.parquet")
-        pq.write_table(rekentool_table(pred), tmp / "rekentool.parquet")
+        pq.write_table(rekentool := rekentool_table(pred), tmp / "rekentool.parquet")
     wrote = "municipal_costs.parquet, rekentool.parquet"
     if not args.no_xlsx:
         from engine.app.workbook import write_rekentool_workbook
 
-        write_rekentool_workbook(Path(args.out) / "rekentool.xlsx", rekentool_table(pred), pop.municipalities,
+        write_rekentool_workbook(Path(args.out) / "rekentool.xlsx", rekentool, pop.municipalities,
                                  labels=args.labels, synthetic=pop.synthetic)
         wrote += ", rekentool.xlsx"
     wrote += "".join(f", {name}" for name in csv_copies(args, "municipal_costs.parquet", "rekentool.parquet"))

@@ -249,14 +249,14 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     names = pop.municipalities.column("name").to_pylist()
     with atomic_dir(out) as tmp:
         pq.write_table(municipal_costs_table(pred, names), tmp / "municipal_costs.parquet")
-        pq.write_table(rekentool_table(pred), tmp / "rekentool.parquet")
+        pq.write_table(rekentool := rekentool_table(pred), tmp / "rekentool.parquet")
     del hh
     lap("predict")
 
     budget = compute_budget(pop, load_regime(regime_path), costs=out)
     write_budget(budget, out)
     if xlsx:
-        write_rekentool_workbook(out / WORKBOOK, pq.read_table(out / "rekentool.parquet"), pop.municipalities,
+        write_rekentool_workbook(out / WORKBOOK, rekentool, pop.municipalities,
                                  budget_table(budget), labels=labels, synthetic=pop.synthetic)
     else:
         (out / WORKBOOK).unlink(missing_ok=True)

@@ -83,15 +83,6 @@ DEFAULT_JOINT = Joint.of(N_LEVELS)
 JOINT_GROUPS, JOINT_SIZES, JOINT_OFF = DEFAULT_JOINT.groups, DEFAULT_JOINT.sizes, DEFAULT_JOINT.off
 
 
-def joint_codes(codes: np.ndarray, joint: Joint = DEFAULT_JOINT) -> np.ndarray:
-    """(n, groups) uint8 joint codes of (n, F) factor codes."""
-    return joint.codes(codes)
-
-
-def joint_digits(joint: Joint = DEFAULT_JOINT) -> list[np.ndarray]:
-    return joint.digits()
-
-
 @dataclass(frozen=True)
 class Households:
     """Factor-coded households of a population (arrays only).

@@ -232,7 +232,7 @@ def _degenerate(w: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
     return (w > tol) & ((y <= tol) | (y >= w - tol))
 
 
-def _separation_checks(d: ComponentDesign, M, names, sums: tuple | None = None
+def _separation_checks(d: ComponentDesign, M, sums: tuple | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """(dropped municipality mask, active parameter mask, separated level indices, sample weight
     with the rows of separated levels and dropped municipalities at 0, or None if none is).
@@ -371,7 +371,7 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     if not 0 < ybar < 1:
         raise EstimationError(f"{d.spec.name}: the outcome is {'never' if ybar <= 0 else 'always'} "
                               "observed in the estimation sample")
-    dropped, active, separated, weight = _separation_checks(d, ev.M, names, sums)
+    dropped, active, separated, weight = _separation_checks(d, ev.M, sums)
     if weight is not None:
         wt_sum = float(weight.sum())
     if weight is not None or sums is None:

@@ -140,8 +140,7 @@ def predict(hh: Households | Population, fit: ModelFit, pd_: PredictionDesign | 
     type_ = hh.column("household_type")
     group = hh.municipality().astype(np.int64) * n_types + type_
     size = hh.n_mun * n_types
-    outcome = fit.spec.volume.outcome
-    y = hh.outcome("bijstand_or_lks" if outcome == "expenditure" else outcome)   # combined: recipients counted
+    y = hh.outcome("bijstand_or_lks" if fit.spec.combined else fit.spec.volume.outcome)   # combined: recipients
     shape = (hh.n_mun, n_types)
     return Prediction(mun_codes=hh.mun_codes,
                       households=np.bincount(group, minlength=size).reshape(shape),

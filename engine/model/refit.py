@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.linalg as sla
 
-from engine.model.design import JOINT_OFF, JOINT_SIZES, ComponentDesign, Households, component_design
+from engine.model.design import ComponentDesign, Households, component_design
 from engine.model.fit import fit_component, pass_at
 from engine.model.fitted import ModelFit
 from kernels.config import N_VIRTUAL
@@ -48,10 +48,16 @@ def collapse(d: ComponentDesign) -> ComponentDesign:
     """The design with one row per (neighbourhood, joint codes) cell, ordered by neighbourhood
     then codes: weight the sum of the households' weights (1 each without weights), outcome
     their weighted mean (0 in a cell of weight 0)."""
-    key = d.nbhd.astype(np.int64)
-    for k, size in enumerate(JOINT_SIZES):
-        key = key * size + d.joint[:, k]
-    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    sizes = d.layout.joint.sizes
+    if (int(d.nbhd.max(initial=0)) + 1) * np.prod(np.asarray(sizes, dtype=float)) < 2.0 ** 62:
+        key = d.nbhd.astype(np.int64)          # one int64 key per cell: (neighbourhood, codes) in order
+        for k, size in enumerate(sizes):
+            key = key * size + d.joint[:, k]
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    else:                                      # many joint groups (a large catalogue): rows, the same order
+        rows = np.column_stack([d.nbhd.astype(np.int64), d.joint.astype(np.int64)])
+        _, first, inv = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        inv = inv.ravel()
     w = d.weight if d.weight.size else None
     W = np.bincount(inv, weights=w, minlength=first.size).astype(np.float64)
     Y = np.bincount(inv, weights=d.y * w if w is not None else d.y.astype(np.float64), minlength=first.size)
@@ -66,7 +72,7 @@ def common_effect(d: ComponentDesign, params: np.ndarray, start: float = 0.0) ->
     lay = d.layout
     level_coef, nb_eta = lay.tables(np.nan_to_num(params), d.nb_cont, d.nb_mun, fe_value=0.0)
     w = d.weight if d.weight.size else np.ones(d.n)
-    return float(common_shift(d.joint, JOINT_OFF, lay.joint_map() @ level_coef, d.nbhd, nb_eta, w,
+    return float(common_shift(d.joint, np.asarray(lay.joint.off), lay.joint_map() @ level_coef, d.nbhd, nb_eta, w,
                               float(np.dot(w, d.y)), N_VIRTUAL, start))
 
 
@@ -106,7 +112,7 @@ class Refitter:
         G = d.nb_mun.max() + 1
         wy = d.weight * d.y
         per = [[], []]
-        for k, size in enumerate(JOINT_SIZES):
+        for k, size in enumerate(d.layout.joint.sizes):
             key = mun.astype(np.int64) * size + d.joint[:, k]
             for out, w in zip(per, (d.weight, wy)):
                 out.append(np.bincount(key, weights=w, minlength=G * size).reshape(G, size))

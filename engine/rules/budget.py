@@ -43,6 +43,12 @@ class Budgets:
     mau_deduction: np.ndarray | None = None   # Besluit art. 4(6) / 2(8): TBMAU taken from each
 
 
+def scale_factor(regime: Regime, population_households: float) -> float:
+    """The part of the national amounts a population gets: ``population_households /
+    reference_households`` with ``scale = "households"``, else 1."""
+    return population_households / regime.reference_households if regime.scale == "households" else 1.0
+
+
 def total_budget(regime: Regime, population_households: float, spending_t: float) -> float:
     """TB: the macrobudget (or the population's spending in t) minus the deductions.
 
@@ -50,7 +56,7 @@ def total_budget(regime: Regime, population_households: float, spending_t: float
     ``population_households / reference_households`` (a sample gets its proportional part).
     """
     with np.errstate(over="ignore", invalid="ignore"):          # checked just below
-        factor = population_households / regime.reference_households if regime.scale == "households" else 1.0
+        factor = scale_factor(regime, population_households)
         deducted = factor * sum(d.amount for d in regime.deductions)
         macro = spending_t if regime.macrobudget is None else factor * regime.macrobudget
         tb = float(macro - deducted)
@@ -390,13 +396,11 @@ def budget_stage(regime: Regime, stage: str, spending_t2: np.ndarray, households
         tb = float(macrobudget)
     else:
         tb = total_budget(regime, hh.sum(), spent)
-    factor = hh.sum() / regime.reference_households if regime.scale == "households" else 1.0
-    correct = regime.household_growth_correction
+    cost = historical_costs(spending_t2, hh_stage, households_t2, regime.household_growth_correction)
     return Stage(name=stage, regime=regime, households=hh_stage,
                  cost_factor=np.divide(hh_stage, hh, out=np.ones_like(hh), where=hh > 0),
-                 historical_share=historical_shares(spending_t2, hh_stage, households_t2, correct),
-                 historical_cost=historical_costs(spending_t2, hh_stage, households_t2, correct),
-                 tb=tb, mau=factor * regime.mau.amount)
+                 historical_share=_shares(cost, "historical spending (t-2)"), historical_cost=cost,
+                 tb=tb, mau=scale_factor(regime, hh.sum()) * regime.mau.amount)
 
 
 def allocate_stage(st: Stage, objective_cost: np.ndarray, inhabitants: np.ndarray,

@@ -188,11 +188,6 @@ def _trimmed(effect: np.ndarray, v: np.ndarray, tau: float, mu: float, fixed_sd:
     return tau, mu
 
 
-def between_sd_from_fit(fit: ModelFit) -> float:
-    """:func:`between_sd_estimate`'s sd."""
-    return between_sd_estimate(fit).sd
-
-
 def spending_elasticity(hh, fit: ModelFit, pd_, step: float = 1e-3) -> np.ndarray:
     """d log(objective cost) / d u per municipality, u a shift of the log-odds of the volume:
     sum p (1 - p) f N / sum p f N, by a central difference of two predictions with the
@@ -323,8 +318,8 @@ class Context:
             out["budget"][i] = b.budget
             out["share"][i] = b.budget / b.budget.sum()
             out["effect_pct"][i] = effects(b.budget, self.spending, self.inhabitants).pct
-            out["outcome_sd"][i] = np.sqrt(var)
-            out["simulated_spending"][i] = ((cost + np.sqrt(var) * z) *
+            sd = out["outcome_sd"][i] = np.sqrt(var)
+            out["simulated_spending"][i] = ((cost + sd * z) *
                                             np.exp((self.between.mean + self.between_sd * u) * self.elasticity))
         return out
 

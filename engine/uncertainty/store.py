@@ -26,12 +26,16 @@ def _batch_file(out: Path, start: int, stop: int) -> Path:
     return out / "batches" / f"replicates-{start:06d}-{stop:06d}.parquet"
 
 
+def replicate_table(start: int, values: dict[str, np.ndarray], codes: np.ndarray) -> pa.Table:
+    """Replicates ``start`` .. of ``values`` (REPLICATE_COLUMNS -> (replicates, municipalities)) as one
+    row per replicate and municipality: the layout of a batch file and of ``replicates.parquet``."""
+    n = values[REPLICATE_COLUMNS[0]].shape[0]
+    return pa.table({"replicate": np.repeat(np.arange(start, start + n, dtype=np.int64), len(codes)),
+                     "code": np.tile(codes, n).tolist(), **{c: values[c].ravel() for c in REPLICATE_COLUMNS}})
+
+
 def write_batch(out: Path, start: int, stop: int, result: dict[str, np.ndarray], codes: np.ndarray) -> None:
-    n = stop - start
-    table = pa.table({"replicate": np.repeat(np.arange(start, stop, dtype=np.int64), len(codes)),
-                      "code": np.tile(codes, n).tolist(),
-                      **{c: result[c].ravel() for c in REPLICATE_COLUMNS}})
-    write_table(_batch_file(out, start, stop), table)
+    write_table(_batch_file(out, start, stop), replicate_table(start, result, codes))
 
 
 def done_ranges(out: Path) -> list[tuple[int, int]]:

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.io.outputs import atomic_dir, write_json
-from engine.uncertainty.settings import QUANTILES, REPLICATE_COLUMNS, Settings
+from engine.uncertainty.settings import QUANTILES, Settings
+from engine.uncertainty.store import replicate_table
 
 
 @dataclass(frozen=True)
@@ -144,9 +145,7 @@ def flags_table(res: BootstrapResult, level: float = 0.01, fdr: float | None = N
 
 
 def replicates_table(res: BootstrapResult) -> pa.Table:
-    n, g = res.values["budget"].shape
-    return pa.table({"replicate": np.repeat(np.arange(n, dtype=np.int64), g), "code": np.tile(res.codes, n).tolist(),
-                     **{c: res.values[c].ravel() for c in REPLICATE_COLUMNS}})
+    return replicate_table(0, res.values, res.codes)
 
 
 def write_results(res: BootstrapResult, out: str | Path, level: float = 0.01, fdr: float | None = None) -> None:
