@@ -97,3 +97,14 @@ def test_example_sweep_files_load(name):
 
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "scripts" / name)
     assert len(sweep.variants) >= 2
+
+
+def test_sweep_generates_with_every_generator_key_of_its_scenario():
+    """``buig sweep`` and ``buig run`` build the synthetic population from the same options
+    (the sweep once left planted_surplus out)."""
+    from engine.app.scenario import GENERATOR_KEYS, load_scenario
+
+    s = load_scenario(households=1_000, planted_surplus=[0.2, 0.25], policy_sd=0.01)
+    opts = s.generator_options()
+    assert set(opts) == set(GENERATOR_KEYS) and opts["planted_surplus"] == (0.2, 0.25)
+    assert opts["households"] == 1_000 and opts["policy_sd"] == 0.01

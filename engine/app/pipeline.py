@@ -226,9 +226,7 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     _write_scenario(out, scenario)
     if scenario.synthetic:
         tell(f"population: generating the synthetic Netherlands ({scenario.households:,} households) into {pop_dir}")
-        generate(pop_dir, households=scenario.households, seed=scenario.population_seed, planted=scenario.planted,
-                 planted_effect=scenario.planted_effect, planted_surplus=tuple(scenario.planted_surplus),
-                 policy_sd=scenario.policy_sd, progress=bar("synth"))
+        generate(pop_dir, **scenario.generator_options(), progress=bar("synth"))
         lap("population")
         pop = read_population(pop_dir)
         lap("read + validate")

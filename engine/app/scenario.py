@@ -108,6 +108,12 @@ class Scenario:
         """The false discovery rate the flags use (None: the per-test ``flag_level``)."""
         return self.flag_fdr if self.flag_fdr > 0 else None
 
+    def generator_options(self) -> dict:
+        """The keyword arguments of :func:`engine.world.synth.generate` for a synthetic scenario."""
+        return {"households": self.households, "seed": self.population_seed, "planted": self.planted,
+                "planted_effect": self.planted_effect, "planted_surplus": tuple(self.planted_surplus),
+                "policy_sd": self.policy_sd}
+
     def bootstrap_between_sd(self) -> str:
         return "auto" if self.between_sd == "auto" else repr(float(self.between_sd))
 

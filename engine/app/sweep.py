@@ -195,9 +195,7 @@ def _run_sweep(sweep: Sweep, out: Path, workers, scheduler, progress, tell, t0) 
     if base.synthetic:
         pop_dir = out / "population"
         tell(f"population: generating the synthetic Netherlands ({base.households:,} households) into {pop_dir}")
-        generate(pop_dir, households=base.households, seed=base.population_seed, planted=base.planted,
-                 planted_effect=base.planted_effect, policy_sd=base.policy_sd,
-                 progress=progress("synth") if progress else None)
+        generate(pop_dir, **base.generator_options(), progress=progress("synth") if progress else None)
     else:
         pop_dir = Path(base.population)
     pop_dir = pop_dir.resolve()
