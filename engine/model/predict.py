@@ -25,6 +25,7 @@ import pyarrow as pa
 from engine.model.design import Households, Layout, households_from_population, make_layout
 from engine.model.fitted import ModelFit
 from engine.model.population import Population
+from engine.model.published import neighbourhood_region_offset
 from engine.model.schema import CATEGORIES
 from kernels.config import N_VIRTUAL
 from kernels.predict import group_sums, household_values
@@ -97,10 +98,9 @@ def prediction_tables(hh: Households, fit: ModelFit, pd_: PredictionDesign, volu
     pp = fit.price.params if price_params is None else price_params
     v_coef, v_nb = v_lay.tables(np.nan_to_num(vp), hh.nb_cont, hh.nb_mun,
                                 fe_value=fit.volume.fe_common if v_lay.fe_start >= 0 else None)
-    if fit.spec.weights is not None and fit.spec.weights.region:
-        from engine.model.published import region_effects
-
-        v_nb = np.ascontiguousarray(v_nb + region_effects(fit.spec, hh)[hh.nb_mun])
+    region = neighbourhood_region_offset(fit.spec, hh)
+    if region is not None:
+        v_nb = np.ascontiguousarray(v_nb + region)
     p_coef, p_nb = p_lay.tables(np.nan_to_num(pp), hh.nb_cont, hh.nb_mun,
                                 fe_value=fit.price.fe_common if p_lay.fe_start >= 0 else None)
     v_off, v_tab = combo_tables(v_lay, v_coef)

@@ -48,6 +48,14 @@ def fixed_price(terms: tuple[str, ...]) -> ComponentFit:
     return _fit("price", terms, np.array([PRICE_ONE]))
 
 
+def neighbourhood_region_offset(spec: ModelSpec, hh) -> np.ndarray | None:
+    """(n_nb,) the published region effect of each neighbourhood's municipality, to add to the volume
+    neighbourhood terms; None when the spec publishes no region effects."""
+    if spec.weights is None or not spec.weights.region:
+        return None
+    return region_effects(spec, hh)[hh.nb_mun]
+
+
 def region_effects(spec: ModelSpec, hh) -> np.ndarray:
     """(n_mun,) the published region effect of every municipality (by its region column)."""
     w = spec.weights

@@ -22,6 +22,7 @@ import numpy as np
 from engine.model.design import Households, Layout, make_layout
 from engine.model.fitted import ModelFit
 from engine.model.predict import PredictionDesign
+from engine.model.published import neighbourhood_region_offset
 from kernels.config import N_VIRTUAL
 from kernels.draws import cell_sums, cells, factor_terms, term_tables
 
@@ -89,11 +90,7 @@ def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None)
     first, cell_nb, cell_prof, s1, s2 = cells(key, n_keys, pd_.nbhd, hh.n_nb, norm)
     profiles = hh.codes[first].astype(np.int64)
     layouts = (make_layout(fit.spec.volume, hh), make_layout(fit.spec.price, hh))
-    region = None
-    if fit.spec.weights is not None and fit.spec.weights.region:
-        from engine.model.published import region_effects
-
-        region = region_effects(fit.spec, hh)[hh.nb_mun]
+    region = neighbourhood_region_offset(fit.spec, hh)
     levels = tuple(np.ascontiguousarray(lay.lev_off + profiles[:, lay.cols]) for lay in layouts)
     dc = DrawCells(layouts=layouts, levels=levels, cell_nb=cell_nb, cell_prof=cell_prof, s1=s1, s2=s2,
                    nb_cont=hh.nb_cont, nb_mun=hh.nb_mun, n_mun=hh.n_mun, dtype=np.dtype(np.float64), region=region)
