@@ -45,8 +45,12 @@ class Budgets:
 
 def scale_factor(regime: Regime, population_households: float) -> float:
     """The part of the national amounts a population gets: ``population_households /
-    reference_households`` with ``scale = "households"``, else 1."""
-    return population_households / regime.reference_households if regime.scale == "households" else 1.0
+    reference_households`` with ``scale = "households"``, else 1 (inf when it overflows: :func:`total_budget`
+    refuses it by name)."""
+    if regime.scale != "households":
+        return 1.0
+    with np.errstate(over="ignore", divide="ignore"):
+        return float(np.float64(population_households) / regime.reference_households)
 
 
 def total_budget(regime: Regime, population_households: float, spending_t: float) -> float:
@@ -55,8 +59,8 @@ def total_budget(regime: Regime, population_households: float, spending_t: float
     With ``scale = "households"`` the national amounts are multiplied by
     ``population_households / reference_households`` (a sample gets its proportional part).
     """
+    factor = scale_factor(regime, population_households)
     with np.errstate(over="ignore", invalid="ignore"):          # checked just below
-        factor = scale_factor(regime, population_households)
         deducted = factor * sum(d.amount for d in regime.deductions)
         macro = spending_t if regime.macrobudget is None else factor * regime.macrobudget
         tb = float(macro - deducted)
