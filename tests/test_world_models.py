@@ -112,7 +112,11 @@ def test_declared_column_missing_is_still_an_error(realistic_world, tmp_path):
 
 
 def test_default_world_is_unchanged(small_world):
-    assert not (small_world / "catalogue.toml").exists()
     pop = read_population(small_world)
-    assert pop.catalogue.name == "default" and len(load_catalogue("default").factors()) == 8
+    default = load_catalogue("default")
+    # the default characteristics and, beyond them, only the municipal measures of the 2011-2014 model
+    assert pop.catalogue.name == "default_municipal" and len(default.factors()) == 8
+    extra = [e for e in pop.catalogue.entries if e.name not in default]
+    assert [e.name for e in pop.catalogue.entries[:len(default.entries)]] == [e.name for e in default.entries]
+    assert len(extra) == 14 and {e.level for e in extra} == {"municipality"}
     assert pop.truth["truth_model"] == "default"

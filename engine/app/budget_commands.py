@@ -24,7 +24,12 @@ def run_budget(args, say) -> int:
     b = r.budgets
     say(f"regime {regime.name}, {r.stage.name} budget: TB EUR {b.tb:,.2f} over {len(b.budget)} municipalities; "
                f"sum of budgets EUR {b.budget.sum():,.2f} (residual {b.residual:,.2f}); "
-               f"vangnet EUR {r.vangnet.sum():,.2f} to {(r.vangnet > 0).sum()} municipalities")
+               f"vangnet EUR {r.vangnet.sum():,.2f} to {(r.vangnet > 0).sum()} municipalities\n{r.macrobudget_text}")
+    if regime.objective_spec and args.costs is None and regime.objective_model == "given":
+        neg = r.negative_cost
+        say(f"objective cost from the municipal measures and the published weights of {regime.objective_spec}: "
+            f"EUR {r.objective_cost.sum():,.2f}" + (f"; {len(neg)} municipalities below 0 set to 0 (first {neg[0]})"
+                                                      if neg else ""))
     if r.granite is not None:
         g = r.granite
         say(f"granieten voorraad (bijstand households > 4 years at the base date, from duration_class): "

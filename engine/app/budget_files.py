@@ -22,6 +22,9 @@ from engine.model import municipal as mm
 from engine.rules import redistribution as rd
 from engine.io.outputs import atomic_dir, settle
 from engine.model.population import Population
+from engine.model.published import municipal_linear_cost
+from engine.model.spec import load_spec
+from engine.app.stages import macrobudget_text
 from engine.rules.regime import Regime
 from engine.rules.budget import Budgets, Stage, allocate, allocate_stage, budget_stage, hand_out, scale_factor
 from engine.rules.vangnet import vangnet_payout
@@ -102,6 +105,8 @@ class BudgetResult:
     granite: dict | None = None       # granieten voorraad: derived from durations and the column
     stage: Stage | None = None        # the stage computed (provisional or definitive)
     provisional: tuple[Stage, Budgets] | None = None   # definitive stage: the provisional one beside it
+    negative_cost: tuple = ()         # municipal model of published weights: codes whose cost was below 0 (set to 0)
+    macrobudget_text: str = ""        # the stage and the macro budget TB comes from (engine.app.stages.macrobudget_text)
 
 
 def parse_macrobudget(text: str | None) -> float | str | None:
@@ -122,16 +127,25 @@ def compute_budget(pop: Population, regime: Regime, costs: str | Path | np.ndarr
     """Run ``regime`` on ``pop``: objective costs, budgets, vangnet and redistribution effects.
 
     The household model takes its objective costs from ``costs`` (a folder with
-    ``municipal_costs.parquet``, or an array in the order of the population's municipalities); the municipal model (2005) fits its regression on the
-    population and ignores ``costs``. ``macrobudget`` overrides TB of the stage: an amount in EUR, or
+    ``municipal_costs.parquet``, or an array in the order of the population's municipalities); a
+    regime whose ``objective.spec`` is a municipality-level model with published weights (2011-2014:
+    ``ape2011`` ... ``ape2014``) computes them from the population's municipal measures when no
+    ``costs`` are given; the municipal model (2005) fits its regression on the population and ignores ``costs``. ``macrobudget`` overrides TB of the stage: an amount in EUR, or
     ``"spending"`` for the population's spending in t. ``stage``: ``"provisional"`` or
     ``"definitive"`` (default: the regime's ``budget.stage``); the definitive stage
     (:func:`engine.rules.budget.budget_stage`) also computes the provisional one for
     :func:`engine.app.stages.stage_rows`.
     """
     data = mm.municipal_data(pop)
-    granite = None
-    if regime.objective_model in ("household", "given"):
+    granite, negative = None, ()
+    if regime.objective_model == "given" and costs is None and _municipal_spec(regime) is not None:
+        cost = municipal_linear_cost(_municipal_spec(regime), pop.municipalities, pop.catalogue)
+        check_finite("objective cost", cost, data.codes)
+        # a linear model can go below 0 where the measures are extreme; the law has no rule for it
+        # (the real measures give none): set to 0, as the 2005 model does, and named in the summary
+        negative = tuple(data.codes[cost < 0])
+        cost = np.maximum(cost, 0.0)
+    elif regime.objective_model in ("household", "given"):
         if costs is None:
             spec = f" (spec {regime.objective_spec})" if regime.objective_spec else ""
             raise ValueError(f"regime {regime.name} takes its objective costs from a file{spec}: give --costs DIR "
@@ -169,7 +183,16 @@ def compute_budget(pop: Population, regime: Regime, costs: str | Path | np.ndarr
                         vangnet=vangnet_payout(data.spending_t, b.budget, regime.vangnet), effects=eff,
                         seed=seed, rows=rows, granite_share=granite, components=components,
                         granite=mm.granite_comparison(pop) if regime.objective_model == "municipal" else None,
-                        stage=st, provisional=provisional)
+                        stage=st, provisional=provisional, negative_cost=negative,
+                        macrobudget_text=macrobudget_text(st, macrobudget))
+
+
+def _municipal_spec(regime: Regime):
+    """The regime's ``objective.spec`` when it is a municipality-level model (2011-2014), else None."""
+    if not regime.objective_spec:
+        return None
+    spec = load_spec(regime.objective_spec)
+    return spec if spec.kind == "municipal" else None
 
 
 def _keys(pop: Population, data: mm.MunicipalData) -> dict[str, np.ndarray]:
@@ -249,7 +272,7 @@ def budget_table(r: BudgetResult) -> pa.Table:
         "redistribution_effect_eur_per_inhabitant": r.effects.eur_per_inhabitant, "vangnet_payout": r.vangnet,
     }
     meta = {"regime": r.regime.name, "regime_file": str(r.regime.path), "tb": repr(b.tb),
-            "stage": r.stage.name if r.stage is not None else "provisional",
+            "stage": r.stage.name if r.stage is not None else "provisional", "macrobudget": r.macrobudget_text,
             "residual": repr(b.residual), "cap_ceiling": repr(b.ceiling),
             "redistribution_effect": "(budget - spending_t scaled to sum budget) / that, in %"}
     return pa.table(cols).replace_schema_metadata(meta)

@@ -37,7 +37,8 @@ LAW_COLUMNS = {
 }
 ENTRY_KEYS = ("level", "kind", "labels", "unit", "doc", "source", "min", "max", "synth")
 # parameters of the generator (engine.world.characteristics), per entry's `synth` table
-SYNTH_KEYS = ("share", "latent", "when", "by", "given", "exclusive", "mean", "sd", "scale_of", "regions_per_province")
+SYNTH_KEYS = ("share", "latent", "when", "by", "given", "exclusive", "mean", "sd", "scale_of", "regions_per_province",
+             "share_of_households", "percent_of")
 INDICATOR_LABELS = ("0", "1")
 
 

@@ -5,7 +5,9 @@ default: the catalogue (every characteristic with a ``synth`` table is generated
 characteristic is named here), the area values (neighbourhood and municipality / region
 characteristics, drawn once per world), and the truth of the volume model:
 
-- ``default``: today's world (no extra characteristics; nothing here is used);
+- ``default``: the default eight characteristics and the 14 municipal measures of the 2011-2014
+  model (the municipality entries of the catalogue ``realistic``), so the regimes 2011-2014 run on
+  it; the households are those of the default world alone;
 - ``realistic``: the catalogue ``realistic`` (43 household indicators, 8 neighbourhood and
   region characteristics, COROP, the 2011-2014 municipal measures); the volume truth is the
   default one plus the terms of ``engine/data/truths/realistic.toml``; calibrated to the real
@@ -21,7 +23,11 @@ level of a factor, ``when`` the households it applies to, ``exclusive`` an indic
 excludes. Areas: continuous values mean + sd (latent z + sqrt(1 - latent^2) e) with z the
 standardised deprivation of the area, indicators as households; ``scale_of`` multiplies by a
 municipalities column; a code with ``regions_per_province`` numbers the regions of each
-province (municipalities grouped by their synthetic labour-market region).
+province (municipalities grouped by their synthetic labour-market region). Municipality measures
+with ``share_of_households`` are the share (in %) of the municipality's generated households
+meeting its conditions (or that share x the ``scale_of`` column: a count), computed after the
+households (:meth:`WorldModel.fill_measures`); ``percent_of`` is a municipalities column of the
+world x 100 (jobs_availability, job_growth, household_growth).
 """
 
 from __future__ import annotations
@@ -129,14 +135,38 @@ class WorldModel:
             p = _logistic(a + float(s.get("latent", 0.0)) * u)
             if "by" not in s and s["share"] >= 1.0:
                 p = np.ones(n)
-            mask = np.ones(n, dtype=bool)
-            for factor, labels in s.get("when", {}).items():
-                levels = self.catalogue.get(factor).levels
-                mask &= np.isin(codes[factor], [levels.index(lab) for lab in labels])
+            mask = self._mask(s.get("when", {}), codes, n)
             if "exclusive" in s:
                 mask &= out[s["exclusive"]] == 0
             out[e.name] = (mask & (rng.random(n) < p)).astype(np.int8)
         return out
+
+    def _mask(self, conditions: dict, codes: dict, n: int) -> np.ndarray:
+        """The households meeting every condition: factor = labels (or ``urbanity`` = CBS classes)."""
+        mask = np.ones(n, dtype=bool)
+        for factor, labels in conditions.items():
+            wanted = labels if factor == "urbanity" else [self.catalogue.get(factor).levels.index(lab) for lab in labels]
+            mask &= np.isin(codes[factor], wanted)
+        return mask
+
+    @property
+    def household_measures(self) -> tuple[Characteristic, ...]:
+        """The municipality measures computed from the households (``synth.share_of_households``)."""
+        return tuple(e for e in self.catalogue.entries if e.level == "municipality" and e.synth is not None
+                     and "share_of_households" in e.synth)
+
+    def measure_counts(self, codes: dict, urbanity: np.ndarray) -> dict:
+        """Per household measure, how many of one municipality's households meet its conditions."""
+        both = {**codes, "urbanity": urbanity}
+        return {e.name: int(self._mask(e.synth["share_of_households"], both, urbanity.size).sum())
+                for e in self.household_measures}
+
+    def fill_measures(self, stats: list, n_mun_hh: np.ndarray) -> None:
+        """The household measures of every municipality from the counts in ``stats`` (one per municipality):
+        100 x the share of its households, or the share x the ``scale_of`` column (households)."""
+        for e in self.household_measures:
+            share = np.array([st["measures"][e.name] for st in stats], dtype=np.float64) / np.maximum(n_mun_hh, 1)
+            self.mun_values[e.name] = share * n_mun_hh if e.synth.get("scale_of") == "households" else 100.0 * share
 
     def _value(self, key: str, codes: dict, out: dict) -> np.ndarray:
         if "[" in key:
@@ -174,8 +204,6 @@ def world_model(name: str, geo, wp, n_mun_hh: np.ndarray, seed: int) -> WorldMod
     draws of the default world are untouched)."""
     if name not in TRUTHS:
         raise ValueError(f"--truth must be one of {', '.join(TRUTHS)}, not {name!r}")
-    if name == "default":
-        return WorldModel(name, load_catalogue("default"))
     cat = load_catalogue("realistic")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     w = np.maximum(geo.wk_households, 1).astype(np.float64)
@@ -193,11 +221,19 @@ def world_model(name: str, geo, wp, n_mun_hh: np.ndarray, seed: int) -> WorldMod
     m_dep = np.average(wp.dep_wijk, weights=w)
     m_nw = np.average(nonwest, weights=w)
     var = 0.64 * np.average((wp.dep_wijk - m_dep) ** 2, weights=w) + 0.16 * m_nw * (1 - m_nw) + 1.0
+    if name == "default":     # the default eight and the 2011-2014 municipal measures only
+        measures = tuple(e for e in cat.entries if e.level == "municipality" and e.synth is not None)
+        cat = Catalogue("default_municipal", load_catalogue("default").entries + measures)
     world = WorldModel(name, cat, u_mean=0.8 * m_dep + 0.4 * m_nw, u_sd=math.sqrt(var))
     for e in cat.entries:
-        if e.level == "household" or e.synth is None:
-            continue
-        if e.kind == "code":
+        if e.level == "household" or e.synth is None or "share_of_households" in e.synth:
+            continue                  # household measures: WorldModel.fill_measures, after the households
+        if "percent_of" in e.synth:
+            if e.synth["percent_of"] not in ("jobs_availability", "job_growth", "household_growth"):
+                raise ValueError(f"catalogue entry {e.name}: synth.percent_of must be jobs_availability, job_growth "
+                                 f"or household_growth, not {e.synth['percent_of']!r}")
+            world.mun_values[e.name] = 100.0 * np.asarray(getattr(wp, e.synth["percent_of"]), dtype=np.float64)
+        elif e.kind == "code":
             world.mun_values[e.name] = _regions(e, geo)
         elif e.level == "neighbourhood":
             world.nb_values[e.name] = _area(e, z_nb, rng)
@@ -208,6 +244,8 @@ def world_model(name: str, geo, wp, n_mun_hh: np.ndarray, seed: int) -> WorldMod
             if "scale_of" in e.synth:        # a count: a share of a municipalities column
                 v = np.round(v * {"households": n_mun_hh}[e.synth["scale_of"]])
             world.mun_values[e.name] = v
+    if name == "default":
+        return world
     if name == "realistic":
         world.terms = {k: float(v) for k, v in read_toml(resolve("truth", "realistic"), "truth")["volume"].items()}
         # centred on their national means (household indicators: the catalogue share), so the

@@ -25,8 +25,10 @@ draws from child g, so the output is bit-identical for the same seed):
    budget, see ``engine/data/norms/2019.toml``); duration classes, the granieten voorraad, spending
    in t and in t-2 (each municipality's own expected cost in t times the real change of its CBS
    recipients from 2015 to 2017: its policy persists), and W-deel need follow.
-5. ``truth_model`` ``realistic`` or ``scp2015`` adds every further characteristic of the catalogue
-   ``realistic`` and its truth (:mod:`engine.world.characteristics`).
+5. The 14 municipal measures of the 2011-2014 model (shares of the generated households where the
+   measure is one, the rest drawn from their own seed; :mod:`engine.world.characteristics`), in
+   every world; ``truth_model`` ``realistic`` or ``scp2015`` adds every further characteristic of
+   the catalogue ``realistic`` and its truth. Every world writes its catalogue as ``catalogue.toml``.
 """
 
 from __future__ import annotations
@@ -342,6 +344,7 @@ def generate_municipality(g: int, geo: Geography, wp: WorldParams, n_wijk: np.nd
         "spending": float(paid.sum()), "paid_bijstand": float(paid[bij].sum()),
         "long": int((duration[bij] >= 4).sum()), "need": float(p_traj[bij].sum() * 4000.0),
         "expected_cost": float((p * f_true * norm).sum()),
+        "measures": world.measure_counts(codes, geo.wk_urbanity[wk]),
     }
     return MunicipalityResult(table=table, eta0=eta0, price=f_true * norm, alpha=alpha, share_non_working=snw_new,
                               stats=stats)
@@ -428,6 +431,7 @@ def generate(out: str | Path, households: int = REAL_HOUSEHOLDS, seed: int = 0, 
                 stats.append(res.stats)
                 if progress:
                     progress(g + 1, n_mun)
+        wp.world.fill_measures(stats, n_mun_hh)
         write_tables(tmp, geo, wp, n_mun_hh, stats, scale, seed)
         write_truth(tmp, geo, wp, n_mun_hh, stats, eta0, price, alpha, seed, households, planted_effect,
                     _solve_alpha(eta0, sum(s["expected"] for s in stats)))

@@ -29,7 +29,7 @@ def _logistic(x):
 
 
 def write_tables(tmp: Path, geo: Geography, wp: WorldParams, n_mun_hh, stats, scale: float, seed: int) -> None:
-    """neighbourhoods.parquet, municipalities.parquet (and catalogue.toml for a non-default truth)."""
+    """neighbourhoods.parquet, municipalities.parquet and catalogue.toml (the world's characteristics)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     nb = {
         "code": geo.wk_code.tolist(), "name": geo.wk_name.tolist(), "municipality": geo.mun_code[geo.wk_mun].tolist(),
@@ -38,9 +38,8 @@ def write_tables(tmp: Path, geo: Geography, wp: WorldParams, n_mun_hh, stats, sc
     }
     cat = wp.world.catalogue
     pq.write_table(pa.table(nb, schema=schema("neighbourhoods", cat)), tmp / "neighbourhoods.parquet")
-    if not wp.world.default:
-        (tmp / "catalogue.toml").write_text(dump_toml(cat.to_dict(), f"catalogue {cat.name} of this synthetic "
-                                                      "population (written by buig synth)"), encoding="utf-8")
+    (tmp / "catalogue.toml").write_text(dump_toml(cat.to_dict(), f"catalogue {cat.name} of this synthetic "
+                                                  "population (written by buig synth)"), encoding="utf-8")
     n_bij = np.array([s["bijstand"] for s in stats])
     spending = np.array([s["spending"] for s in stats])
     # Spending in t-2: the municipality's expected cost in t (its own households, prices and policy,
