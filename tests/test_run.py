@@ -104,6 +104,13 @@ def test_flags_are_consistent_with_the_bands_and_the_cap(run_dir):
     np.testing.assert_allclose(c["clawed_back"], expect, rtol=1e-12, atol=1e-6)
 
 
+def test_report_shows_the_budget_stage_and_macro_budget(run_dir):
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    tb = pq.read_table(run_dir / "budgets.parquet").column("budget").to_numpy().sum()
+    assert (f"provisional budget 2019: the provisional macro budget EUR 6,219.7 mln, x {HOUSEHOLDS / 7_794_075:.6f} "
+            f"for this population&#x27;s households; TB EUR {tb / 1e6:,.1f} mln") in html
+
+
 def test_redistribution_csv_and_run_json(run_dir):
     with (run_dir / "redistribution.csv").open() as fh:
         rows = list(csv.DictReader(fh))

@@ -107,3 +107,23 @@ def test_budget_cli_definitive_writes_the_differences(small_world, costs, tmp_pa
     assert main(["budget", "--population", str(small_world), "--costs", str(costs), "--regime", "2019",
                  "--out", str(out), "--quiet"]) == 0
     assert not (out / "stages.csv").exists()
+
+
+def test_budget_says_its_stage_and_macro_budget(small_world, costs, tmp_path, capsys):  # noqa: F811
+    scale = 30_000 / 7_794_075               # the small world's households against the Netherlands'
+    for stage, amount in (("provisional", PROVISIONAL_2019), ("definitive", DEFINITIVE_2019)):
+        out = tmp_path / stage
+        assert main(["budget", "--population", str(small_world), "--costs", str(costs), "--regime", "2019",
+                     "--stage", stage, "--out", str(out)]) == 0
+        text = capsys.readouterr().out
+        which = "the published definitive" if stage == "definitive" else "the provisional"
+        line = (f"{stage} budget 2019: {which} macro budget EUR {amount / 1e6:,.1f} mln, x {scale:.6f} for this "
+                f"population's households; TB EUR {amount * scale / 1e6:,.1f} mln")
+        assert line in text.splitlines()
+        assert pq.read_table(out / "budgets.parquet").schema.metadata[b"macrobudget"].decode() == line
+    out = tmp_path / "spending"
+    assert main(["budget", "--population", str(small_world), "--costs", str(costs), "--regime", "2019",
+                 "--macrobudget", "spending", "--out", str(out)]) == 0
+    spent = pq.read_table(small_world / "municipalities.parquet").column("spending_t").to_numpy().sum()
+    assert (f"provisional budget 2019: macro budget = the population's spending in t; TB EUR {spent / 1e6:,.1f} mln"
+            in capsys.readouterr().out.splitlines())

@@ -351,7 +351,7 @@ def statistics(r: RunResult) -> dict:
     after = summarise(effects(c.budget, d.spending_t, d.inhabitants).pct)
     vangnet_capped = vangnet_payout(d.spending_t, c.budget, r.budget.regime.vangnet)
     in_deficit = d.spending_t > b.budget
-    return {"tb": b.tb, "spending_eur": spending, "gap_pct": 100 * (b.tb - spending) / b.tb,
+    return {"stage": r.budget.stage.name, "tb": b.tb, "spending_eur": spending, "gap_pct": 100 * (b.tb - spending) / b.tb,
             "objective_cost_eur": float(r.budget.objective_cost.sum()),
             "objective_vs_spending_pct": 100 * (float(r.budget.objective_cost.sum()) / spending - 1),
             "municipalities": int(len(b.budget)), "deficit_municipalities": int(in_deficit.sum()),
@@ -411,6 +411,7 @@ def format_summary(r: RunResult) -> str:
             lines.append(f"{'-' * 27}")
         lines.append(f"{name:<18}{sec:>9.1f}")
     lines.append("")
+    lines.append(r.budget.macrobudget_text)
     lines += money_lines(st)
     lines.append(f"redistribution effect against spending: mean |effect| {st['mean_abs_effect_pct']:.1f}%, "
                  f"{st['within_10_pct']:.0f}% of municipalities within +-10%, {st['within_15_pct']:.0f}% within +-15%")

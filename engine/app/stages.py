@@ -69,3 +69,22 @@ def format_stages(r, top: int = 5) -> str:
         lines.append(f"{str(r.data.names[i])[:27]:<28}{growth[i]:>10.2f}{bp[i]:>16,.0f}{b[i]:>16,.0f}"
                      f"{a['difference_pct'][i]:>9.2f}{rel[i]:>10.2f}")
     return "\n".join(lines)
+
+
+def macrobudget_text(st, macrobudget=None) -> str:
+    """One line: which budget stage a result distributes and which macro budget its TB comes from
+    (``st``: the :class:`engine.rules.budget.Stage`; ``macrobudget``: the override, EUR or
+    ``"spending"``, as :func:`engine.app.budget_files.compute_budget` got it)."""
+    from engine.rules.budget import scale_factor
+
+    reg = st.regime
+    head = f"{st.name} budget {reg.year}"
+    if macrobudget == "spending" or (macrobudget is None and reg.macrobudget is None):
+        return f"{head}: macro budget = the population's spending in t; TB EUR {st.tb / 1e6:,.1f} mln"
+    if macrobudget is not None:
+        return f"{head}: macro budget given, TB EUR {st.tb / 1e6:,.1f} mln"
+    which = "the published definitive" if st.name == "definitive" else "the provisional"
+    factor = scale_factor(reg, float(np.sum(st.households / st.cost_factor)))
+    scaled = "" if factor == 1.0 else f", x {factor:.6f} for this population's households"
+    return f"{head}: {which} macro budget EUR {reg.macrobudget / 1e6:,.1f} mln{scaled}; TB EUR {st.tb / 1e6:,.1f} mln"
+

@@ -31,6 +31,7 @@ class RunData:
     inhabitants: np.ndarray
     budgets: dict                # column -> array
     tb: float
+    macrobudget_text: str        # the budget stage and where TB comes from (budgets.parquet metadata)
     bands: dict
     flags: dict
     flag_level: float
@@ -95,6 +96,7 @@ def load_run(out: str | Path) -> RunData:
                    synthetic=truth_file.exists(), planted=planted, households=households, codes=codes,
                    names=mun["name"], province=mun["province"], inhabitants=mun["inhabitants"].astype(np.float64),
                    budgets=_columns(b, codes, "budgets.parquet"), tb=float(bmeta.get("tb", "nan")),
+                   macrobudget_text=bmeta.get("macrobudget", ""),
                    bands=_columns(pq.read_table(out / "bands.parquet"), codes, "bands.parquet"),
                    flags=_columns(flags_t, codes, "flags.parquet"), flag_level=float(fmeta.get("level", "nan")),
                    flag_rule=fmeta.get("flag_rule", f"p_explained < {fmeta.get('level', '?')} (per test)"),

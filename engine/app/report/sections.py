@@ -31,6 +31,7 @@ def section_headline(d: RunData) -> str:
     bs = s.get("bootstrap", {})
     flagged = np.asarray(f["flagged"], dtype=bool)
     figures = [
+        ("Budget stage and macro budget", esc(d.macrobudget_text) or "&ndash;"),
         ("Macro budget to distribute (TB)", f"EUR {eur(d.tb)}"),
         ("Sum of the budgets", f"EUR {eur(b['budget'].sum())}"),
         ("Actual spending in t (sum)", f"EUR {eur(b['actual_spending'].sum())}"),
