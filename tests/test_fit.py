@@ -37,7 +37,7 @@ def subset_population(pop, n_largest: int):
     h = pop.households.filter(pa.array(np.isin(pop.household_municipality, keep)))
     h = h.set_column(1, "municipality", h.column("municipality").cast(pa.string()))
     h = h.set_column(2, "neighbourhood", h.column("neighbourhood").cast(pa.string()))
-    return from_tables(h, nb, mun)
+    return from_tables(h, nb, mun, catalogue=pop.catalogue)
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ def _check(pop, table: str, new_table: pa.Table, column: str | None, row: int | 
     t = _tables(pop)
     t[table] = new_table
     with pytest.raises(PopulationError) as err:
-        from_tables(t["households"], t["neighbourhoods"], t["municipalities"])
+        from_tables(t["households"], t["neighbourhoods"], t["municipalities"], catalogue=pop.catalogue)
     e = err.value
     assert (e.table, e.column, e.row) == (table, column, row), str(e)
     assert words in str(e)
@@ -138,7 +138,7 @@ def test_municipality_without_households(small_population):
     keep = pc.not_equal(h.column("municipality").combine_chunks().cast(pa.string()), first)
     t = _tables(small_population)
     with pytest.raises(PopulationError) as err:
-        from_tables(h.filter(keep), t["neighbourhoods"], t["municipalities"])
+        from_tables(h.filter(keep), t["neighbourhoods"], t["municipalities"], catalogue=small_population.catalogue)
     assert (err.value.table, err.value.column, err.value.row) == ("municipalities", "code", 0)
     assert "has no households" in str(err.value)
 

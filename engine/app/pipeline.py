@@ -351,7 +351,7 @@ def statistics(r: RunResult) -> dict:
     after = summarise(effects(c.budget, d.spending_t, d.inhabitants).pct)
     vangnet_capped = vangnet_payout(d.spending_t, c.budget, r.budget.regime.vangnet)
     in_deficit = d.spending_t > b.budget
-    return {"stage": r.budget.stage.name, "tb": b.tb, "spending_eur": spending, "gap_pct": 100 * (b.tb - spending) / b.tb,
+    return {"tb": b.tb, "spending_eur": spending, "gap_pct": 100 * (b.tb - spending) / b.tb,
             "objective_cost_eur": float(r.budget.objective_cost.sum()),
             "objective_vs_spending_pct": 100 * (float(r.budget.objective_cost.sum()) / spending - 1),
             "municipalities": int(len(b.budget)), "deficit_municipalities": int(in_deficit.sum()),
