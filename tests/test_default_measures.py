@@ -85,3 +85,19 @@ def test_regime_of_the_municipal_model_runs_on_the_default_population(small_worl
     regime = tomllib.loads((PUBLISHED.parent / "regimes" / f"{year}.toml").read_text(encoding="utf-8"))["budget"]
     tb = regime["macrobudget"] * mun.column("households").to_numpy().sum() / regime["reference_households"]
     assert b.column("budget").to_numpy().sum() == pytest.approx(tb, rel=1e-9)
+
+
+def test_budget_notes_money_that_does_not_add_up(small_world, tmp_path, capsys):
+    # the default world spends at 2019 prices and volumes; the 2011 macro budget is a quarter lower
+    assert main(["budget", "--regime", "2011", "--population", str(small_world), "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    mun = pq.read_table(small_world / "municipalities.parquet")
+    regime = tomllib.loads((PUBLISHED.parent / "regimes" / "2011.toml").read_text(encoding="utf-8"))["budget"]
+    tb = regime["macrobudget"] * mun.column("households").to_numpy().sum() / regime["reference_households"]
+    gap = 100 * (tb - mun.column("spending_t").to_numpy().sum()) / tb
+    assert gap < -4.7                   # beyond the published range of 2016-2022
+    assert f"note: TB and spending differ by {abs(gap):.0f}% of TB" in out
+    assert "objective cost from the municipal measures and the published weights of ape2011" in out
+    assert main(["budget", "--regime", "2011", "--population", str(small_world), "--macrobudget", "spending",
+                 "--out", str(tmp_path / "s")]) == 0
+    assert "note: TB and spending" not in capsys.readouterr().out

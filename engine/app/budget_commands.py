@@ -12,6 +12,7 @@ from engine.app.console import say_csv_copies
 def run_budget(args, say) -> int:
     """``buig budget``: the budgets of a regime, the stages and the 2004 letter's table."""
     from engine.app.budget_files import compute_budget, parse_macrobudget, write_budget
+    from engine.app.pipeline import money_note
     from engine.model.population import read_population
     from engine.rules.redistribution import format_seed_table
     from engine.rules.regime import load_regime
@@ -25,6 +26,10 @@ def run_budget(args, say) -> int:
     say(f"regime {regime.name}, {r.stage.name} budget: TB EUR {b.tb:,.2f} over {len(b.budget)} municipalities; "
                f"sum of budgets EUR {b.budget.sum():,.2f} (residual {b.residual:,.2f}); "
                f"vangnet EUR {r.vangnet.sum():,.2f} to {(r.vangnet > 0).sum()} municipalities\n{r.macrobudget_text}")
+    note = money_note(100 * (b.tb - r.data.spending_t.sum()) / b.tb, "--macrobudget spending distributes the "
+                      "population's own spending")
+    if note:
+        say(note)
     if regime.objective_spec and args.costs is None and regime.objective_model == "given":
         neg = r.negative_cost
         say(f"objective cost from the municipal measures and the published weights of {regime.objective_spec}: "

@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_outputs(p)
     p.add_argument("--population", required=True, help="population folder")
     p.add_argument("--costs", help="folder with municipal_costs.parquet from buig predict "
-                                   "(required for the household model, e.g. regime 2019)")
+                                   "(required for the household model, e.g. regime 2019; "
+                                   "the regimes 2011-2014 compute it from the municipal measures when not given)")
     p.add_argument("--regime", default="2019", help="2019, 2005 or the path of a regime TOML file (default: %(default)s)")
     p.add_argument("--macrobudget", help="override TB: an amount in EUR, or 'spending' for the "
                                          "population's spending in t (default: from the regime file)")

@@ -387,11 +387,20 @@ def money_lines(st: dict) -> list[str]:
              f"(published: {f.vangnet_low}-{f.vangnet_high} requests a year, 2016-2018)",
              f"objective cost EUR {st['objective_cost_eur'] / 1e6:,.1f} mln, {st['objective_vs_spending_pct']:+.1f}% "
              "against spending"]
-    if not f.gap_low <= gap / 100 <= f.gap_high:
-        lines.append(f"note: TB and spending differ by {abs(gap):.0f}% of TB, outside the published range: this "
-                     "population's money does not add up to the macro budget (a scenario can set "
-                     "[regime] macrobudget = \"spending\")")
-    return lines
+    note = money_note(gap, "a scenario can set [regime] macrobudget = \"spending\"")
+    return lines + ([note] if note else [])
+
+
+def money_note(gap_pct: float, remedy: str) -> str | None:
+    """A note when TB and spending (``gap_pct``: (TB - spending) / TB in %) differ by more than the
+    published national outcomes of 2016-2022 do (``engine/data/published``), else None."""
+    from engine.world.published import facts
+
+    f = facts()
+    if f.gap_low <= gap_pct / 100 <= f.gap_high:
+        return None
+    return (f"note: TB and spending differ by {abs(gap_pct):.0f}% of TB, outside the published range: this "
+            f"population's money does not add up to the macro budget ({remedy})")
 
 
 def format_summary(r: RunResult) -> str:
