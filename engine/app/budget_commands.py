@@ -33,8 +33,9 @@ def run_budget(args, say) -> int:
     if regime.objective_spec and args.costs is None and regime.objective_model == "given":
         neg = r.negative_cost
         say(f"objective cost from the municipal measures and the published weights of {regime.objective_spec}: "
-            f"EUR {r.objective_cost.sum():,.2f}" + (f"; {len(neg)} municipalities below 0 set to 0 (first {neg[0]})"
-                                                      if neg else ""))
+            f"EUR {r.objective_cost.sum():,.2f}" + (f"; {len(neg)} municipalities below 0 set to 0 (first {neg[0]}), "
+                                                      f"{_in_model(r, neg)} of them in the model (above "
+                                                      f"{regime.historical_up_to:,.0f} inhabitants)" if neg else ""))
     if r.granite is not None:
         g = r.granite
         say(f"granieten voorraad (bijstand households > 4 years at the base date, from duration_class): "
@@ -51,6 +52,11 @@ def run_budget(args, say) -> int:
     say(f"\n-> {Path(args.out) / 'budgets.parquet'}, {Path(args.out) / 'redistribution.csv'}")
     say_csv_copies(args, "budgets.parquet")
     return 0
+
+
+def _in_model(r, codes) -> int:
+    """How many of ``codes`` the objective model weighs (m > 0): below that the cost is not used."""
+    return int(sum(w > 0 for c, w in zip(r.data.codes, r.budgets.objective_weight) if c in set(codes)))
 
 
 def run_wdeel(args, say) -> int:
