@@ -1,4 +1,4 @@
-"""Prediction + aggregation with the realistic model (8 household factors and 44 household indicators packed into 8 joint uint8 codes, 7 neighbourhood columns) on a `--truth realistic` world: the kernel `kernels.predict.group_sums` vs plain NumPy vs a memory copy, households per second.
+"""Prediction + aggregation with the realistic model (8 household factors and 42 household indicators read through 8 joint uint8 codes, 9 neighbourhood columns) on a `--truth realistic` world: the kernel `kernels.predict.group_sums` vs plain NumPy vs a memory copy, households per second.
 
 As ``predict`` (its functions do the work), with the realistic spec fitted in setup
 (``engine.model.fitted.fit_model(hh, "realistic")``): one pass over all households returning
