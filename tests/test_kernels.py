@@ -133,6 +133,29 @@ def test_logit_pass(world, mode, order):
         close(got, want[name])
 
 
+def test_logit_pass_bits_do_not_depend_on_the_number_of_threads(world):
+    """Fixed row ranges, reduced in order: one thread and two give the same bits."""
+    import numba
+
+    w = world
+    X, names = _component(w, "volume")
+    y = naive.outcome(w["t"], SPEC["volume"]["outcome"])[w["rows"]]
+    level, nb_eta = _tables(w, names, _theta(names, np.random.default_rng(4)))
+    ptr, idx, S, _ = _slots(w, names)
+    args = (w["codes"], w["lev_off"], level, ptr, idx, S, w["nbhd"], nb_eta, w["nb_mun"].shape[0], w["nb_cont"],
+            w["nb_mun"], w["n_mun"], y, np.zeros(0), 0, True, N_VIRTUAL)
+    before = numba.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            outs.append(logit_pass(*args))
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+
+
 def test_logit_pass_unit_weights_and_no_clusters(world):
     w = world
     X, names = _component(w, "volume", fixed_effects=False)
