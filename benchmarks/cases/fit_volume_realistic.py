@@ -25,7 +25,7 @@ SPEC = "realistic"
 # Processor", family 6 model 167, AVX2 + AVX-512) shared with other sessions: glum / buig 7.08 (one round each,
 # load ~7: buig 22.5 s, glum 160 s), 17.8 (buig 6.5 s at load ~1, glum 116 s at load ~5: not the same window)
 # and 9.34 pooled over two interleaved rounds at load 5-7 (rounds 12.5 and 7.5: buig 12.0 and 20.9 s, glum 150
-# and 157 s). The issue's target, 10, is met in some rounds only. Floor 6.0 = 0.64 x the interleaved 9.34.
+# and 157 s). The target of 10 is met in some rounds only. Floor 6.0 = 0.64 x the interleaved 9.34.
 FLOORS = [Floor(peer="glum", min_ratio=6.0, scales=("full",))]
 
 # pyfixest's feglm holds dense copies of the design (81 columns here): its peak RSS was 2.64 GB at
