@@ -1,13 +1,15 @@
 """The benchmark datasets: one synthetic population per scale, cached in ``bench-data/``.
 
 ``bench-data/<scale>-seed<seed>/`` holds what ``engine.world.synth.generate`` writes plus
-``dataset.json`` (households, seed, and a fingerprint of the generator's source and
-input data). A folder is reused when that marker matches; it is (re)generated when it is
+``dataset.json`` (households, seed, truth, and a fingerprint of the generator's source and
+input data); a case that declares ``TRUTH = "realistic"`` reads ``bench-data/<scale>-realistic-seed<seed>/``
+(``--truth realistic``: the realistic catalogue's 42 household indicators and 6 neighbourhood
+characteristics more). A folder is reused when that marker matches; it is (re)generated when it is
 missing or was made by a different generator. Generation runs in a subprocess so the
 runner stays small (see ``benchmarks/child.py`` on ``ru_maxrss``), into a temporary
 folder that is renamed into place when complete.
 
-    python -m benchmarks.data --scale small [--seed 0]     prepare one dataset by hand
+    python -m benchmarks.data --scale small [--seed 0] [--truth realistic]     prepare one dataset by hand
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATA = ROOT / "bench-data"
 SCALES = {"small": 300_000, "full": 7_794_075}
 DEFAULT_SEED = 0
+TRUTHS = ("default", "realistic")
 MARKER = "dataset.json"
 _GENERATOR_SOURCES = ("engine/world", "engine/model/schema.py", "engine/model/catalogue.py", "engine/model/norms.py",
                       "engine/data/norms", "engine/data/cbs", "engine/data/catalogues")
@@ -44,28 +47,30 @@ def fingerprint(root: Path = ROOT) -> str:
     return h.hexdigest()[:16]
 
 
-def dataset_dir(scale: str, seed: int, base: Path = BENCH_DATA) -> Path:
-    return base / f"{scale}-seed{seed}"
+def dataset_dir(scale: str, seed: int, base: Path = BENCH_DATA, truth: str = "default") -> Path:
+    return base / (f"{scale}-seed{seed}" if truth == "default" else f"{scale}-{truth}-seed{seed}")
 
 
-def _marker_ok(folder: Path, households: int, seed: int, fp: str) -> bool:
+def _marker_ok(folder: Path, households: int, seed: int, fp: str, truth: str) -> bool:
     try:
         m = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return m.get("households") == households and m.get("seed") == seed and m.get("generator") == fp
+    return (m.get("households") == households and m.get("seed") == seed and m.get("generator") == fp
+            and m.get("truth", "default") == truth)
 
 
-def ensure(scale: str, seed: int = DEFAULT_SEED, base: Path = BENCH_DATA, log=print) -> dict:
-    """The dataset for ``scale``: reuse it if the marker matches, else generate it.
+def ensure(scale: str, seed: int = DEFAULT_SEED, base: Path = BENCH_DATA, log=print, truth: str = "default") -> dict:
+    """The dataset for ``scale`` (and truth model ``truth``, one of :data:`TRUTHS`): reuse it if
+    the marker matches, else generate it.
 
     Returns the marker (households, seed, generator, seconds, bytes) plus ``path`` and
     ``generated_now``.
     """
     households = SCALES[scale]
-    folder = dataset_dir(scale, seed, base)
+    folder = dataset_dir(scale, seed, base, truth)
     fp = fingerprint()
-    if _marker_ok(folder, households, seed, fp):
+    if _marker_ok(folder, households, seed, fp, truth):
         marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
         return {**marker, "path": str(folder), "generated_now": False}
     why = "missing" if not folder.exists() else "made by a different generator or incomplete"
@@ -74,7 +79,7 @@ def ensure(scale: str, seed: int = DEFAULT_SEED, base: Path = BENCH_DATA, log=pr
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=base))
     try:
         subprocess.run([sys.executable, "-m", "benchmarks.data", "--generate-into", str(tmp),
-                        "--households", str(households), "--seed", str(seed), "--generator", fp],
+                        "--households", str(households), "--seed", str(seed), "--generator", fp, "--truth", truth],
                        check=True, cwd=ROOT, env=child_env())
         if folder.exists():
             stale = folder.with_name(f".stale-{folder.name}-{os.getpid()}")
@@ -98,14 +103,14 @@ def child_env(extra_path=()) -> dict:
     return env
 
 
-def _generate_into(folder: Path, households: int, seed: int, generator: str) -> None:
+def _generate_into(folder: Path, households: int, seed: int, generator: str, truth: str = "default") -> None:
     from engine.world.synth import generate
 
     t0 = time.perf_counter()
-    generate(folder, households=households, seed=seed)
+    generate(folder, households=households, seed=seed, truth_model=truth)
     seconds = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
-    marker = {"households": households, "seed": seed, "generator": generator,
+    marker = {"households": households, "seed": seed, "truth": truth, "generator": generator,
               "seconds": seconds, "bytes": size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (folder / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
 
@@ -114,14 +119,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.data", description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", choices=sorted(SCALES), default="small")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    ap.add_argument("--truth", choices=TRUTHS, default="default", help="truth model of the synthetic world")
     ap.add_argument("--generate-into", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--households", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--generator", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.generate_into:
-        _generate_into(args.generate_into, args.households, args.seed, args.generator)
+        _generate_into(args.generate_into, args.households, args.seed, args.generator, args.truth)
         return 0
-    info = ensure(args.scale, args.seed, log=lambda m: print(m, file=sys.stderr))
+    info = ensure(args.scale, args.seed, log=lambda m: print(m, file=sys.stderr), truth=args.truth)
     print(json.dumps(info, indent=1))
     return 0
 

@@ -3,7 +3,8 @@
 A case module exposes ``IMPLEMENTATIONS`` (a list of :class:`Impl`, one of them named
 ``"buig"``) and optionally ``DESCRIPTION``, ``FLOORS`` (a list of :class:`Floor` or of
 dicts ``{"peer": ..., "min_ratio": ...}``), ``REPEAT`` (timed calls, default 5),
-``DATASET`` (whether the case reads the prepared dataset, default True) and ``TIMEOUT``
+``DATASET`` (whether the case reads the prepared dataset, default True), ``TRUTH`` (the
+truth model of that dataset, ``"default"`` or ``"realistic"``: benchmarks/data.py) and ``TIMEOUT``
 (seconds per measurement, default 1800). See ``benchmarks/README.md``.
 
 This module must stay importable without NumPy or pyarrow: the runner process imports it

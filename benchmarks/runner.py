@@ -258,13 +258,15 @@ def run(names: list[str], *, scale: str = "small", seed: int = data.DEFAULT_SEED
     t_start = time.perf_counter()
     selected = [case_registry.load(n) for n in names]
     households = data.SCALES[scale]
-    dataset = None
-    if any(c.dataset for c in selected):
-        dataset = data.ensure(scale, seed, base=data_base, log=log)
+    datasets = {}                     # truth model -> marker of its dataset
+    for c in selected:
+        if c.dataset and c.truth not in datasets:
+            datasets[c.truth] = data.ensure(scale, seed, base=data_base, log=log, truth=c.truth)
+    dataset = datasets.get("default") or next(iter(datasets.values()), None)
     results = {
         "schema": 1, "command": sys.argv, "scale": scale, "households": households, "seed": seed,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "machine": machine_info(ROOT), "dataset": dataset, "cases": [],
+        "machine": machine_info(ROOT), "dataset": dataset, "datasets": datasets, "cases": [],
     }
     violations, unverified, failed = [], [], False
     workdir = Path(tempfile.mkdtemp(prefix="buig-bench-"))
@@ -272,7 +274,7 @@ def run(names: list[str], *, scale: str = "small", seed: int = data.DEFAULT_SEED
         for case in selected:
             reps = repeat or (case.repeat if scale == "small" else min(case.repeat, FULL_SCALE_MAX_REPEAT))
             cr = CaseRun(case, scale=scale, households=households, seed=seed, repeat=reps,
-                         dataset=Path(dataset["path"]) if (dataset and case.dataset) else None,
+                         dataset=Path(datasets[case.truth]["path"]) if case.dataset else None,
                          workdir=workdir / case.name, extra_path=extra_path, sample_interval=sample_interval, log=log)
             record = cr.run(rounds, retry_rounds)
             failed = failed or any(not m.get("ok") for m in record["measurements"])

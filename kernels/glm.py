@@ -8,8 +8,9 @@ effect) depends only on the neighbourhood, so the linear predictor is
     eta_i = nb_eta[nbhd_i] + sum_k j_coef[j_off_k + joint[i, k]]
 
 and the Hessian X'WX is assembled (engine.model.fit) from sufficient statistics of one pass:
-sums of w per neighbourhood, per (municipality, joint code), per (continuous column,
-joint code) and per pair of joint codes; a sparse 0/1 map takes joint codes to levels.
+sums of w per neighbourhood, per (municipality, slot), per (continuous column, slot) and
+per pair of slots, a slot being a parameter of a factor level; a sparse 0/1 map takes
+joint codes to their slots.
 
 Rows are split into ``n_virtual`` (kernels.config.N_VIRTUAL) fixed contiguous ranges, each with its own
 accumulators, reduced in range order after the parallel loop: no shared scatter-adds
@@ -56,48 +57,72 @@ def range_bounds(n, n_virtual):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def logit_pass(joint, j_off, j_size, j_coef, nbhd, nb_eta, n_nb, nb_cont, nb_mun, n_mun, y, wt, mode, clusters,
-               pair_off, n_pair, n_virtual):
+def logit_pass(joint, j_off, j_coef, slot_ptr, slot_idx, n_slot, nbhd, nb_eta, n_nb, nb_cont, nb_mun, n_mun, y, wt,
+               mode, clusters, n_virtual):
     """One pass over the rows at the current coefficients, on joint codes (m, J).
 
     mode 0: w = wt * p (1 - p)        (Hessian of the (quasi) log-likelihood)
     mode 1: w = (wt * (y - p))^2      (meat of the HC sandwich)
     Always r = wt * (y - p) for the score, and the log-likelihood. ``wt`` of length 0
-    means unit weights. With ``clusters`` the score is also summed per (municipality, code).
+    means unit weights. With ``clusters`` the score is also summed per (municipality, slot).
 
-    Returns ll, g_j (Lj,), g_nb (n_nb,), a_nb (n_nb,), a_mj (n_mun, Lj) sums of w per
-    municipality and joint code, a_xj (n_cont, Lj) sums of w x per continuous column and
-    joint code, a_pair (n_pair,) sums of w per pair of joint codes of different groups,
-    s_mj (n_mun or 1, Lj).
+    The factor-level sums are taken per parameter slot: joint code ``j = j_off[k] + c`` carries
+    the slots ``slot_idx[slot_ptr[j]:slot_ptr[j + 1]]`` (the non-reference levels of its factors,
+    each a slot in 0..n_slot-1; a row has each slot at most once). Per row the linear predictor
+    is the sum of look-ups by joint code, and w is added to every pair of the row's slots (a few
+    dozen additions into an (S, S) table that stays in cache; pair histograms of joint codes would
+    be far larger than the Hessian block they make up when dozens of indicators fill many joint
+    codes). Sums per (municipality, slot) and (continuous column, slot) are gathered per run of
+    rows of one neighbourhood (rows sorted by neighbourhood make these runs long; any order gives
+    the same sums up to rounding).
+
+    Returns ll, g_s (S,), g_nb (n_nb,), a_nb (n_nb,), a_ms (n_mun, S), a_xs (C, S), a_ss (S, S) sums of
+    w per pair of slots (symmetric; the diagonal the sums of w per slot), s_ms (n_mun or 1, S).
     """
     n = nbhd.shape[0]
     J = joint.shape[1]
-    L = j_coef.shape[0]
+    S = n_slot
     C = nb_cont.shape[1]
     V = n_virtual
     ll_v = np.zeros(V)
-    g_v = np.zeros((V, L))
     g_nb_v = np.zeros((V, n_nb))
     a_nb_v = np.zeros((V, n_nb))
-    a_mj_v = np.zeros((V, n_mun, L))
-    a_xj_v = np.zeros((V, C, L))
-    a_pair_v = np.zeros((V, max(n_pair, 1)))
-    s_mj_v = np.zeros((V, n_mun if clusters else 1, L))
+    a_ms_v = np.zeros((V, n_mun, S))
+    g_ms_v = np.zeros((V, n_mun, S))
+    a_xs_v = np.zeros((V, C, S))
+    a_ss_v = np.zeros((V, S, S))
     bounds = range_bounds(n, V)
     has_wt = wt.shape[0] > 0
     for v in prange(V):
-        idx = np.empty(J, dtype=np.int64)
-        lvl = np.empty(J, dtype=np.int64)
+        act = np.empty(S, dtype=np.int64)
+        acc_w = np.zeros(S)
+        acc_r = np.zeros(S)
+        a_ss = a_ss_v[v]
         ll = 0.0
-        for i in range(bounds[v], bounds[v + 1]):
-            nb = nbhd[i]
-            g = nb_mun[nb]
+        cur = -1
+        for i in range(bounds[v], bounds[v + 1] + 1):
+            nb = nbhd[i] if i < bounds[v + 1] else -1
+            if nb != cur:
+                if cur >= 0:                      # flush the run of neighbourhood cur
+                    g = nb_mun[cur]
+                    for s in range(S):
+                        a_ms_v[v, g, s] += acc_w[s]
+                        g_ms_v[v, g, s] += acc_r[s]
+                        for c in range(C):
+                            a_xs_v[v, c, s] += acc_w[s] * nb_cont[cur, c]
+                        acc_w[s] = 0.0
+                        acc_r[s] = 0.0
+                cur = nb
+            if nb < 0:
+                break
             eta = nb_eta[nb]
+            na = 0
             for k in range(J):
-                c = np.int64(joint[i, k])
-                lvl[k] = c
-                idx[k] = j_off[k] + c
-                eta += j_coef[idx[k]]
+                jc = j_off[k] + np.int64(joint[i, k])
+                eta += j_coef[jc]
+                for t in range(slot_ptr[jc], slot_ptr[jc + 1]):
+                    act[na] = slot_idx[t]
+                    na += 1
             p, logp, log1mp = log_sigmoid_pair(eta)
             wi = wt[i] if has_wt else 1.0
             yi = y[i]
@@ -109,23 +134,26 @@ def logit_pass(joint, j_off, j_size, j_coef, nbhd, nb_eta, n_nb, nb_cont, nb_mun
             ll += wi * loglik_term(yi, logp, log1mp)
             a_nb_v[v, nb] += w
             g_nb_v[v, nb] += r
-            for k in range(J):
-                a_mj_v[v, g, idx[k]] += w
-                g_v[v, idx[k]] += r
-                for c in range(C):
-                    a_xj_v[v, c, idx[k]] += w * nb_cont[nb, c]
-                if clusters:
-                    s_mj_v[v, g, idx[k]] += r
-            for a in range(J):
-                for b in range(a + 1, J):
-                    a_pair_v[v, pair_off[a * J + b] + lvl[a] * j_size[b] + lvl[b]] += w
+            for a in range(na):
+                sa = act[a]
+                acc_w[sa] += w
+                acc_r[sa] += r
+                for b in range(a + 1, na):
+                    a_ss[sa, act[b]] += w
         ll_v[v] = ll
-    # reduce the virtual ranges in a fixed order
     ll = 0.0
     for v in range(V):
         ll += ll_v[v]
-    return (ll, reduce_ranges(g_v), reduce_ranges(g_nb_v), reduce_ranges(a_nb_v), reduce_ranges(a_mj_v),
-            reduce_ranges(a_xj_v), reduce_ranges(a_pair_v), reduce_ranges(s_mj_v))
+    a_ms = reduce_ranges(a_ms_v)
+    g_ms = reduce_ranges(g_ms_v)
+    a_ss = reduce_ranges(a_ss_v)
+    full = a_ss + a_ss.T                          # pairs were added in either orientation
+    diag = a_ms.sum(axis=0)
+    for s in range(S):
+        full[s, s] = diag[s]
+    s_ms = g_ms if clusters else np.zeros((1, S))
+    return (ll, g_ms.sum(axis=0), reduce_ranges(g_nb_v), reduce_ranges(a_nb_v), a_ms, reduce_ranges(a_xs_v), full,
+            s_ms)
 
 
 @njit(cache=True)

@@ -11,7 +11,8 @@ design cannot pass both sides of a test. Everything is built the slow, obvious w
 - :func:`gross_norms`: the norm of every household from a norm TOML file, by the rules of
   Participatiewet art. 20-22a written out (see engine/data/SOURCES.md);
 - :func:`logit_pass` and :func:`newton`: the (quasi) log-likelihood of the logit and the
-  fractional logit, its score, Hessian and HC meat, and a Newton solver;
+  fractional logit, its score, Hessian and HC meat, and a Newton solver; :func:`slot_sums`: the
+  factor sums of one pass (per level, municipality, neighbourhood column and pair of levels);
 - :func:`draw_sums`: expected cost and its variance per municipality by a loop over draws;
 - :func:`group_sums`: sums per group by ``np.bincount``.
 
@@ -183,6 +184,17 @@ def logit_pass(X: np.ndarray, y: np.ndarray, theta: np.ndarray, w: np.ndarray | 
     ll = np.sum(w * (y * np.log(p) + (1 - y) * np.log1p(-p)))
     r = w * (y - p)
     return ll, X.T @ r, X.T @ (X * (w * p * (1 - p))[:, None]), X.T @ (X * (r ** 2)[:, None])
+
+
+def slot_sums(D: np.ndarray, mun: np.ndarray, n_mun: int, x: np.ndarray, weight: np.ndarray, r: np.ndarray) -> dict:
+    """The factor sums of one logit pass, from the dense 0/1 columns ``D`` (n, S) of the factor
+    levels that carry a parameter: score ``g`` = D'r, ``a_pair`` = D' diag(weight) D, per
+    municipality ``a_m`` = M'(D weight) and ``s_m`` = M'(D r) (M the municipality dummies of
+    ``mun``), and ``a_x`` (C, S) = D'(weight x_c) for the household's neighbourhood columns ``x`` (n, C)."""
+    M = (mun[:, None] == np.arange(n_mun)).astype(float)
+    Dw = D * weight[:, None]
+    return {"g": D.T @ r, "a_pair": D.T @ Dw, "a_m": M.T @ Dw, "s_m": M.T @ (D * r[:, None]),
+            "a_x": np.stack([Dw.T @ x[:, c] for c in range(x.shape[1])])}
 
 
 def newton(X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, tol: float = 1e-10,

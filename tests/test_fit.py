@@ -13,7 +13,7 @@ import statsmodels.api as sm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.model.design import JOINT_OFF, JOINT_SIZES, component_design, dense_design, households_from_population
+from engine.model.design import JOINT_OFF, component_design, dense_design, households_from_population
 from engine.model.fit import EstimationError, _Evaluator, fit_component
 from engine.model.fitted import fit_model, fit_to_folder, read_fit
 from engine.model.norms import load_norms
@@ -95,23 +95,32 @@ def test_raw_kernel_histograms_match_bincount(big12):
     lay = d.layout
     theta = np.zeros(lay.n_params)
     level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
-    out = logit_pass(d.joint, JOINT_OFF, np.asarray(JOINT_SIZES), ev.M @ level_coef, d.nbhd, nb_eta, hh.n_nb,
-                     d.nb_cont, d.nb_mun, ev.n_mun, d.y, np.zeros(0), 0, True, ev.pair_off, ev.n_pair, N_VIRTUAL)
-    g_j, a_nb, a_mj, a_xj, a_pair, s_mj = out[1], out[3], out[4], out[5], out[6], out[7]
+    S = ev.Q.shape[0]
+    out = logit_pass(d.joint, JOINT_OFF, ev.M @ level_coef, ev.slot_ptr, ev.slot_idx, S, d.nbhd, nb_eta, hh.n_nb,
+                     d.nb_cont, d.nb_mun, ev.n_mun, d.y, np.zeros(0), 0, True, N_VIRTUAL)
+    g_s, a_nb, a_ms, a_xs, a_ss, s_ms = out[1], out[3], out[4], out[5], out[6], out[7]
     q = 0.25                                                # p = 1/2 everywhere
     mun = d.nb_mun[d.nbhd]
     np.testing.assert_allclose(a_nb, q * np.bincount(d.nbhd, minlength=hh.n_nb))
-    j0, j1 = d.joint[:, 0].astype(int), d.joint[:, 1].astype(int) + JOINT_OFF[1]
-    np.testing.assert_allclose(a_mj[:, j1[0]], q * np.bincount(mun, weights=j1 == j1[0], minlength=ev.n_mun))
-    np.testing.assert_allclose(a_xj[0, :JOINT_SIZES[0]],
-                               q * np.bincount(j0, weights=d.nb_cont[d.nbhd, 0], minlength=JOINT_SIZES[0]))
-    pair01 = q * np.bincount(j0 * JOINT_SIZES[1] + d.joint[:, 1], minlength=JOINT_SIZES[0] * JOINT_SIZES[1])
-    np.testing.assert_allclose(a_pair[:JOINT_SIZES[0] * JOINT_SIZES[1]], pair01)
+    # slot -> (factor column, code): the slots are the parameters of the non-reference levels
+    slot_par = ev.Q.indices
+    level_of = {int(lay.level_param[l]): l for l in range(lay.n_levels_total) if lay.level_param[l] >= 0}
+
+    def has(s):
+        l = level_of[int(slot_par[s])]
+        k = int(np.searchsorted(lay.lev_off, l, side="right")) - 1
+        return d.codes[:, lay.cols[k]] == l - lay.lev_off[k]
+
+    a, b = 0, S - 1                                         # household_type's first level, wealth's last
+    ha, hb = has(a), has(b)
+    np.testing.assert_allclose(a_ss[a, a], q * ha.sum())
+    np.testing.assert_allclose(a_ss[a, b], q * (ha & hb).sum())
+    np.testing.assert_allclose(a_ss[b, a], q * (ha & hb).sum())
+    np.testing.assert_allclose(a_ms[:, b], q * np.bincount(mun, weights=hb, minlength=ev.n_mun))
+    np.testing.assert_allclose(a_xs[0, a], q * d.nb_cont[d.nbhd[ha], 0].sum())
     r = d.y - 0.5
-    np.testing.assert_allclose(g_j[:JOINT_SIZES[0]], np.bincount(j0, weights=r, minlength=JOINT_SIZES[0]),
-                               atol=1e-9)
-    np.testing.assert_allclose(s_mj[:, j1[0]], np.bincount(mun, weights=r * (j1 == j1[0]), minlength=ev.n_mun),
-                               atol=1e-9)
+    np.testing.assert_allclose(g_s[a], r[ha].sum(), atol=1e-9)
+    np.testing.assert_allclose(s_ms[:, b], np.bincount(mun, weights=r * hb, minlength=ev.n_mun), atol=1e-9)
 
 
 def _statsmodels_fit(X, y, groups, glm: bool):

@@ -86,19 +86,26 @@ def test_linear_predictor(world):
     np.testing.assert_allclose(eta, X @ theta, rtol=1e-12, atol=1e-12)
 
 
-def _pair_offsets(sizes):
-    J = len(sizes)
-    off, n = np.zeros(J * J, dtype=np.int64), 0
-    for a in range(J):
-        for b in range(a + 1, J):
-            off[a * J + b] = n
-            n += sizes[a] * sizes[b]
-    return off, n
+def _slots(w, names):
+    """Slot CSR of the raw factor codes (each factor its own joint code): level lev_off[k] + c carries
+    the slot of its term in ``names`` (none for a reference level); slots numbered in term order.
+    Returns (slot_ptr, slot_idx, n_slot, the term column of each slot)."""
+    h = w["t"]["households"]
+    index = {n: i for i, n in enumerate(names)}
+    cols = [index.get(f"{f}[{lab}]", -1) for f in FACTORS for lab in naive.labels(h, f)]
+    term_cols = sorted(c for c in cols if c >= 0)
+    slot_of = {c: s for s, c in enumerate(term_cols)}
+    ptr = np.zeros(len(cols) + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum([c >= 0 for c in cols])
+    idx = np.asarray([slot_of[c] for c in cols if c >= 0], dtype=np.int64)
+    return ptr, idx, len(term_cols), np.asarray(term_cols)
 
 
 @pytest.mark.parametrize("mode", [0, 1])
-def test_logit_pass(world, mode):
-    """The kernel on the raw factor codes (each factor its own joint code) against dense sums."""
+@pytest.mark.parametrize("order", ["population", "shuffled"])
+def test_logit_pass(world, mode, order):
+    """The kernel on the raw factor codes (each factor its own joint code) against dense sums
+    (tests/naive.py), rows in population order (sorted by neighbourhood) and shuffled."""
     w = world
     X, names = _component(w, "volume")
     y = naive.outcome(w["t"], SPEC["volume"]["outcome"])[w["rows"]]
@@ -106,32 +113,47 @@ def test_logit_pass(world, mode):
     theta = _theta(names, rng)
     wt = rng.uniform(0.5, 2.0, len(y))
     level, nb_eta = _tables(w, names, theta)
-    pair_off, n_pair = _pair_offsets(w["n_levels"])
-    ll, g_j, g_nb, a_nb, a_mj, a_xj, a_pair, s_mj = logit_pass(
-        w["codes"], w["lev_off"], w["n_levels"], level, w["nbhd"], nb_eta, w["nb_mun"].shape[0], w["nb_cont"],
-        w["nb_mun"], w["n_mun"], y, wt, mode, True, pair_off, n_pair, N_VIRTUAL)
+    ptr, idx, S, term_cols = _slots(w, names)
+    perm = np.arange(len(y)) if order == "population" else rng.permutation(len(y))
+    codes, nbhd = np.ascontiguousarray(w["codes"][perm]), np.ascontiguousarray(w["nbhd"][perm])
+    ll, g_s, g_nb, a_nb, a_ms, a_xs, a_ss, s_ms = logit_pass(
+        codes, w["lev_off"], level, ptr, idx, S, nbhd, nb_eta, w["nb_mun"].shape[0], w["nb_cont"],
+        w["nb_mun"], w["n_mun"], y[perm], wt[perm], mode, True, N_VIRTUAL)
     want_ll, _, _, _ = naive.logit_pass(X, y, theta, wt)
     p = naive.logistic(X @ theta)
     r = wt * (y - p)
     weight = wt * p * (1 - p) if mode == 0 else r ** 2
-    D = naive.levels_one_hot(w["t"], FACTORS, w["rows"])
-    M = (w["mun"][:, None] == np.arange(w["n_mun"])).astype(float)
+    want = naive.slot_sums(X[:, term_cols], w["mun"], w["n_mun"], w["nb_cont"][w["nbhd"]], weight, r)
     n_nb = w["nb_mun"].shape[0]
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-9)  # noqa: E731
     np.testing.assert_allclose(ll, want_ll, rtol=1e-12)
-    close(g_j, D.T @ r)
     close(g_nb, np.bincount(w["nbhd"], weights=r, minlength=n_nb))
     close(a_nb, np.bincount(w["nbhd"], weights=weight, minlength=n_nb))
-    close(a_mj, M.T @ (D * weight[:, None]))
-    close(a_xj, np.stack([D.T @ (weight * w["nb_cont"][w["nbhd"], c]) for c in range(len(CONT))]))
-    close(s_mj, M.T @ (D * r[:, None]))
-    J = len(FACTORS)
-    for a in range(J):
-        for b in range(a + 1, J):
-            Da = D[:, w["lev_off"][a]:w["lev_off"][a] + w["n_levels"][a]]
-            Db = D[:, w["lev_off"][b]:w["lev_off"][b] + w["n_levels"][b]]
-            lo = pair_off[a * J + b]
-            close(a_pair[lo:lo + Da.shape[1] * Db.shape[1]], ((Da * weight[:, None]).T @ Db).ravel())
+    for name, got in (("g", g_s), ("a_m", a_ms), ("a_x", a_xs), ("a_pair", a_ss), ("s_m", s_ms)):
+        close(got, want[name])
+
+
+def test_logit_pass_bits_do_not_depend_on_the_number_of_threads(world):
+    """Fixed row ranges, reduced in order: one thread and two give the same bits."""
+    import numba
+
+    w = world
+    X, names = _component(w, "volume")
+    y = naive.outcome(w["t"], SPEC["volume"]["outcome"])[w["rows"]]
+    level, nb_eta = _tables(w, names, _theta(names, np.random.default_rng(4)))
+    ptr, idx, S, _ = _slots(w, names)
+    args = (w["codes"], w["lev_off"], level, ptr, idx, S, w["nbhd"], nb_eta, w["nb_mun"].shape[0], w["nb_cont"],
+            w["nb_mun"], w["n_mun"], y, np.zeros(0), 0, True, N_VIRTUAL)
+    before = numba.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            outs.append(logit_pass(*args))
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
 
 
 def test_logit_pass_unit_weights_and_no_clusters(world):
@@ -140,13 +162,14 @@ def test_logit_pass_unit_weights_and_no_clusters(world):
     y = naive.outcome(w["t"], SPEC["volume"]["outcome"])[w["rows"]]
     theta = _theta(names, np.random.default_rng(3))
     level, nb_eta = _tables(w, names, theta)
-    pair_off, n_pair = _pair_offsets(w["n_levels"])
-    out = logit_pass(w["codes"], w["lev_off"], w["n_levels"], level, w["nbhd"], nb_eta, w["nb_mun"].shape[0],
-                     w["nb_cont"], w["nb_mun"], w["n_mun"], y, np.zeros(0), 0, False, pair_off, n_pair, N_VIRTUAL)
+    ptr, idx, S, term_cols = _slots(w, names)
+    out = logit_pass(w["codes"], w["lev_off"], level, ptr, idx, S, w["nbhd"], nb_eta, w["nb_mun"].shape[0],
+                     w["nb_cont"], w["nb_mun"], w["n_mun"], y, np.zeros(0), 0, False, N_VIRTUAL)
     ll, _, H, _ = naive.logit_pass(X, y, theta)
     np.testing.assert_allclose(out[0], ll, rtol=1e-12)
     np.testing.assert_allclose(out[3].sum(), H[0, 0], rtol=1e-12)      # sum of w = Hessian of the intercept
-    assert out[7].shape == (1, int(w["n_levels"].sum())) and not out[7].any()
+    np.testing.assert_allclose(out[6], H[np.ix_(term_cols, term_cols)], rtol=1e-10)   # the factor block
+    assert out[7].shape == (1, S) and not out[7].any()
 
 
 def _both(w, rng):

@@ -32,6 +32,7 @@ class Case:
     repeat: int
     dataset: bool
     timeout: float
+    truth: str = "default"
 
     def impl(self, name: str) -> Impl:
         for impl in self.implementations:
@@ -63,4 +64,5 @@ def load(module: str) -> Case:
                 implementations=impls, floors=floors,
                 repeat=int(getattr(mod, "REPEAT", DEFAULT_REPEAT)),
                 dataset=bool(getattr(mod, "DATASET", True)),
-                timeout=float(getattr(mod, "TIMEOUT", DEFAULT_TIMEOUT)))
+                timeout=float(getattr(mod, "TIMEOUT", DEFAULT_TIMEOUT)),
+                truth=str(getattr(mod, "TRUTH", "default")))

@@ -99,25 +99,35 @@ def estimation_sample(hh, spec):
     return ok[mun], kept, names
 
 
+def household_terms(hh, spec):
+    """(factor, reference label, labels) of the spec's household terms in buig's parameter
+    order: its factors, then its household indicators (reference level "0")."""
+    terms = list(spec.factors) + [(c, "0") for c in spec.indicators if c in hh.indicators]
+    return [(f, ref, tuple(hh.factor_levels[hh.factors.index(f)])) for f, ref in terms]
+
+
+def area_terms(hh, spec):
+    """The spec's neighbourhood columns in buig's parameter order: area indicators, then continuous."""
+    return [c for c in spec.indicators if c not in hh.indicators] + list(spec.continuous)
+
+
 def slot_design(hh, spec, keep, kept):
     """Column index and value of each household's nonzero slots (no intercept column).
 
-    Every row has one slot per factor (value 0 at the reference level), one per continuous
-    column and one for the municipality (value 0 for the reference municipality):
-    returns (idx int32 (m, S), val float64 (m, S), number of columns).
+    Every row has one slot per household factor or indicator (value 0 at the reference
+    level), one per neighbourhood column and one for the municipality (value 0 for the
+    reference municipality): returns (idx int32 (m, S), val float64 (m, S), number of columns).
     """
     import numpy as np
 
-    from engine.model.schema import CATEGORIES
-
     rows = np.flatnonzero(keep)
     m = rows.size
-    F, C = len(spec.factors), len(spec.continuous)
+    terms, area = household_terms(hh, spec), area_terms(hh, spec)
+    F, C = len(terms), len(area)
     idx = np.zeros((m, F + C + 1), dtype=np.int32)
     val = np.zeros((m, F + C + 1))
     off = 0
-    for k, (factor, ref) in enumerate(spec.factors):
-        labels = CATEGORIES[factor]
+    for k, (factor, ref, labels) in enumerate(terms):
         r = labels.index(ref)
         # label position -> column (reference -> slot value 0)
         col = np.array([off + (j if j < r else j - 1) for j in range(len(labels))], dtype=np.int32)
@@ -127,7 +137,7 @@ def slot_design(hh, spec, keep, kept):
         val[:, k] = code != r
         off += len(labels) - 1
     cont = hh.nb_cont[hh.nbhd[rows]]
-    for j, c in enumerate(spec.continuous):
+    for j, c in enumerate(area):
         idx[:, F + j] = off + j
         val[:, F + j] = cont[:, hh.cont_names.index(c)]
     off += C
@@ -169,22 +179,27 @@ def dense_design(hh, spec, keep, kept):
 
 def tabmat_design(hh, spec, keep, kept):
     """tabmat SplitMatrix: one CategoricalMatrix per factor (reference level first, dropped),
-    a dense block of the continuous columns, and the municipality categorical (first dropped)."""
+    a dense block of the household indicators (0/1) and neighbourhood columns, and the
+    municipality categorical (first dropped)."""
     import numpy as np
     import tabmat
 
-    from engine.model.schema import CATEGORIES
-
     rows = np.flatnonzero(keep)
     mats = []
-    for factor, ref in spec.factors:
-        labels = list(CATEGORIES[factor])
+    dense, dense_names = [], []
+    for factor, ref, labels in household_terms(hh, spec):
+        if factor in hh.indicators:
+            dense.append(hh.column(factor)[rows].astype(np.float64))
+            dense_names.append(factor)
+            continue
         order = [ref] + [lab for lab in labels if lab != ref]
         remap = np.array([order.index(lab) for lab in labels], dtype=np.int32)
         mats.append(tabmat.CategoricalMatrix(remap[hh.column(factor)[rows]], categories=np.array(order, dtype=object),
                                              drop_first=True, column_name=factor))
-    cont = hh.nb_cont[hh.nbhd[rows]][:, [hh.cont_names.index(c) for c in spec.continuous]]
-    mats.append(tabmat.DenseMatrix(np.ascontiguousarray(cont), column_names=list(spec.continuous)))
+    area = area_terms(hh, spec)
+    cont = hh.nb_cont[hh.nbhd[rows]][:, [hh.cont_names.index(c) for c in area]]
+    mats.append(tabmat.DenseMatrix(np.ascontiguousarray(np.column_stack(dense + [cont])),
+                                   column_names=dense_names + area))
     pos = np.full(hh.n_mun, -1, dtype=np.int32)
     pos[kept] = np.arange(kept.size, dtype=np.int32)
     mats.append(tabmat.CategoricalMatrix(pos[hh.municipality()[rows]],
@@ -223,11 +238,11 @@ def threads() -> int:
 
 # --- buig ----------------------------------------------------------------------------------
 
-def setup_buig(ctx):
+def setup_buig(ctx, spec_name="2019"):
     from engine.model.design import component_design
     from engine.model.spec import load_spec
 
-    spec = load_spec("2019")
+    spec = load_spec(spec_name)
     hh = load_households(ctx)
     return {"ctx": ctx, "design": component_design(hh, spec.volume), "mun_codes": hh.mun_codes}
 
@@ -259,12 +274,12 @@ def extras_buig(state, fit, timing):
 
 # --- glum ------------------------------------------------------------------------------------
 
-def setup_glum(ctx, rows=None):
+def setup_glum(ctx, rows=None, spec_name="2019"):
     import numpy as np
 
     from engine.model.spec import load_spec
 
-    spec = load_spec("2019").volume
+    spec = load_spec(spec_name).volume
     hh = load_households(ctx)
     if rows is not None:
         hh = take_rows(hh, rows)
@@ -322,22 +337,23 @@ def extras_sklearn(state, m, timing):
 PYFIXEST_TOL = 1e-10
 
 
-def setup_pyfixest(ctx):
+def setup_pyfixest(ctx, spec_name="2019"):
     import pandas as pd
 
-    from engine.model.schema import CATEGORIES
-    from engine.model.spec import CONTINUOUS, load_spec
+    from engine.model.spec import load_spec
 
-    spec = load_spec("2019").volume
+    spec = load_spec(spec_name).volume
     hh = load_households(ctx)
     keep, _, names = estimation_sample(hh, spec)
-    df = pd.DataFrame({f: pd.Categorical.from_codes(hh.column(f)[keep], CATEGORIES[f]).reorder_categories(
-        [ref] + [c for c in CATEGORIES[f] if c != ref]) for f, ref in spec.factors})
-    for c in spec.continuous:
-        df[c] = hh.nb_cont[hh.nbhd[keep], CONTINUOUS.index(c)]
+    df = pd.DataFrame({f: hh.column(f)[keep].astype("float64") if f in hh.indicators else
+                       pd.Categorical.from_codes(hh.column(f)[keep], labels).reorder_categories(
+                           [ref] + [c for c in labels if c != ref]) for f, ref, labels in household_terms(hh, spec)})
+    area = area_terms(hh, spec)
+    for c in area:
+        df[c] = hh.nb_cont[hh.nbhd[keep], hh.cont_names.index(c)]
     df["municipality"] = hh.municipality()[keep]
     df["y"] = hh.outcome(spec.outcome)[keep].astype("float64")
-    formula = "y ~ " + " + ".join([f for f, _ in spec.factors] + list(spec.continuous)) + " | municipality"
+    formula = "y ~ " + " + ".join(list(df.columns[:-2])) + " | municipality"
     return {"ctx": ctx, "df": df, "formula": formula, "names": [t for t in names if not t.startswith("municipality[")]}
 
 

@@ -17,7 +17,7 @@ from benchmarks.protocol import Floor, Impl
 REPEAT = 5
 TARGET_PER_S = 100e6           # households per second, full scale, 2 cores
 NUMPY_CHUNK = 1 << 16          # rows per NumPy chunk (keeps the temporaries in cache)
-TABLES = ("v_off", "v_coef", "v_nb", "p_off", "p_coef", "p_nb", "norm_flat")
+TABLES = ("v_off", "v_coef", "v_nb", "p_off", "p_coef", "p_nb", "norm_flat", "v_cols", "p_cols")
 
 # Measured 2026-12-01 at small scale on a 2-vCPU KVM guest (/proc/cpuinfo: "Intel(R) Xeon(R) Processor",
 # AVX2 + AVX-512 flags) shared with other jobs (load 0.8-16): pooled ratio of the gate's interleaved rounds
@@ -31,7 +31,7 @@ FLOORS = [
 ]
 
 
-def _prediction_design(ctx):
+def _prediction_design(ctx, spec_name="2019"):
     from engine.model.design import households_from_population
     from engine.model.norms import load_norms
     from engine.model.population import read_population
@@ -39,7 +39,7 @@ def _prediction_design(ctx):
     from engine.model.spec import load_spec
 
     hh = households_from_population(read_population(ctx.dataset))
-    return hh, prediction_design(hh, load_norms(load_spec("2019").norms))
+    return hh, prediction_design(hh, load_norms(load_spec(spec_name).norms))
 
 
 def _bytes_per_household(pd_) -> float:
@@ -66,7 +66,8 @@ def _sums_diff(ctx, sums) -> dict:
 
 # --- buig ------------------------------------------------------------------------------------
 
-def setup_buig(ctx):
+def setup_buig(ctx, spec_name="2019", save=True):
+    """The kernel's arguments for the fitted ``spec_name``; ``save``: leave the tables for the peers."""
     import numpy as np
 
     from engine.model.fitted import fit_model
@@ -74,14 +75,13 @@ def setup_buig(ctx):
     from kernels.config import N_VIRTUAL
     from kernels.predict import group_sums
 
-    hh, pd_ = _prediction_design(ctx)
-    fit = fit_model(hh, "2019")
+    hh, pd_ = _prediction_design(ctx, spec_name)
+    fit = fit_model(hh, spec_name)
     t = prediction_tables(hh, fit, pd_)
-    for name in TABLES:
+    for name in TABLES if save else ():
         ctx.save(name, getattr(t, name))
-    cols = np.arange(pd_.combo.shape[1], dtype=np.int64)
     n_types = len(TYPES)
-    args = (pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(cols), pd_.nb_mun, pd_.type_of_code,
+    args = (pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(), pd_.nb_mun, pd_.type_of_code,
             n_types, hh.n_mun * n_types, N_VIRTUAL)
     return {"ctx": ctx, "pd": pd_, "kernel": group_sums, "args": args}
 
@@ -103,10 +103,10 @@ def extras_buig(state, sums, timing):
 
 # --- NumPy -----------------------------------------------------------------------------------
 
-def setup_numpy(ctx):
+def setup_numpy(ctx, spec_name="2019"):
     from engine.model.predict import TYPES
 
-    _, pd_ = _prediction_design(ctx)
+    _, pd_ = _prediction_design(ctx, spec_name)
     tables = {name: ctx.load(name) for name in TABLES}
     if any(v is None for v in tables.values()):
         raise RuntimeError("the buig measurement did not leave its prediction tables")
@@ -115,7 +115,7 @@ def setup_numpy(ctx):
 
 def run_numpy(state):
     """Chunked NumPy: per chunk, eta = nb_table[nbhd] + sum of table[offset_g + code_g] over
-    the joint codes (3 look-ups instead of 8), logistic with np.exp, the norm by look-up,
+    the joint codes the component reads (3 look-ups instead of 8 factors), logistic with np.exp, the norm by look-up,
     then np.bincount of the four sums over municipality x household type."""
     import numpy as np
 
@@ -131,10 +131,10 @@ def run_numpy(state):
         nb = pd_.nbhd[lo:hi]
         ev = v_nb[nb]
         ep = p_nb[nb]
-        for g in range(combo.shape[1]):
-            c = combo[:, g]
-            ev += v_coef[v_off[g] + c]
-            ep += p_coef[p_off[g] + c]
+        for g in state["v_cols"]:
+            ev += v_coef[v_off[g] + combo[:, g]]
+        for g in state["p_cols"]:
+            ep += p_coef[p_off[g] + combo[:, g]]
         p = 1.0 / (1.0 + np.exp(-ev))
         pf = p / (1.0 + np.exp(-ep))
         norm = norm_flat[pd_.norm_index[lo:hi]]
@@ -153,10 +153,10 @@ def extras_numpy(state, sums, timing):
 
 # --- memory copy (floor) -----------------------------------------------------------------------
 
-def setup_copy(ctx):
+def setup_copy(ctx, spec_name="2019"):
     import numpy as np
 
-    _, pd_ = _prediction_design(ctx)
+    _, pd_ = _prediction_design(ctx, spec_name)
     src = (pd_.combo, pd_.nbhd, pd_.norm_index)
     dst = tuple(np.ones_like(a) for a in src)  # written once here: no page faults in the timed call
     return {"pd": pd_, "src": src, "dst": dst}

@@ -44,8 +44,7 @@ class Joint:
     """Joint codes: the household factors packed into a few uint8 codes (mixed radix, first
     factor most significant). For the default catalogue: household type x age x migration
     (210), education x housing x health (36), other benefit x wealth (25): a linear predictor
-    needs 3 look-ups instead of 8, and the factor-pair histograms of the Hessian 3 additions
-    per household instead of 28. 40 indicators pack 8 to a code."""
+    needs 3 look-ups instead of 8. 40 indicators pack 8 to a code."""
 
     n_levels: tuple[int, ...]
     groups: tuple[tuple[int, ...], ...]

@@ -55,11 +55,9 @@ class PassStats:
     ll: float
     g: np.ndarray          # score (K,)
     H: np.ndarray          # Hessian or HC meat (K, K)
-    w_lev: np.ndarray      # sum of w per factor level (L,)
-    g_lev: np.ndarray      # score per factor level (L,)
     g_nb: np.ndarray
     a_nb: np.ndarray
-    s_mj: np.ndarray       # score per (municipality, joint code), with clusters
+    s_ms: np.ndarray       # score per (municipality, slot), with clusters
 
 
 @dataclass(frozen=True)
@@ -103,8 +101,9 @@ class _Evaluator:
     """Evaluates passes of one design; holds the sparse maps built once.
 
     Parameters are reached from joint codes through P = joint_map @ level_map (0/1,
-    (Lj, K)), and from neighbourhoods through D = nb_design ((n_nb, K)); the cross terms
-    use B, which takes (municipality, joint code) and (continuous column, joint code)
+    (Lj, K)), whose nonzero columns are the slots of the pass (kernels.glm.logit_pass), placed
+    among the parameters by Q ((S, K)), and from neighbourhoods through D = nb_design ((n_nb,
+    K)); the cross terms use B, which takes (municipality, slot) and (continuous column, slot)
     sums to the rows of the intercept, continuous and fixed-effect parameters.
     """
 
@@ -127,53 +126,34 @@ class _Evaluator:
         self.Bc = sp.csr_matrix((np.ones(len(lay.cont_cols)), (lay.cont_param, lay.cont_cols)),
                                 shape=(K, d.nb_cont.shape[1]))
         self.sizes, self.off = d.layout.joint.sizes, d.layout.joint.off
-        J = len(self.sizes)
-        self.pair_off = np.zeros(J * J, dtype=np.int64)
-        n_pair = 0
-        for a in range(J):
-            for b in range(a + 1, J):
-                self.pair_off[a * J + b] = n_pair
-                n_pair += self.sizes[a] * self.sizes[b]
-        self.n_pair = n_pair
-
-    def _joint_hessian(self, a_pair: np.ndarray, diag: np.ndarray) -> np.ndarray:
-        """(Lj, Lj) Hessian over joint codes: the diagonal, and the pair histograms off it."""
-        H = np.diag(diag)
-        JOINT_SIZES, JOINT_OFF = self.sizes, self.off
-        J = len(JOINT_SIZES)
-        for a in range(J):
-            for b in range(a + 1, J):
-                o = self.pair_off[a * J + b]
-                block = a_pair[o:o + JOINT_SIZES[a] * JOINT_SIZES[b]].reshape(JOINT_SIZES[a], JOINT_SIZES[b])
-                sa = slice(JOINT_OFF[a], JOINT_OFF[a] + JOINT_SIZES[a])
-                sb = slice(JOINT_OFF[b], JOINT_OFF[b] + JOINT_SIZES[b])
-                H[sa, sb] = block
-                H[sb, sa] = block.T
-        return H
+        # slots: the parameters of factor levels; P restricted to them takes joint codes to slots (CSR)
+        slot_par = np.unique(self.P.indices)
+        Ps = self.P[:, slot_par].tocsr()
+        Ps.sort_indices()
+        self.slot_ptr, self.slot_idx = Ps.indptr.astype(np.int64), Ps.indices.astype(np.int64)
+        self.Q = sp.csr_matrix((np.ones(slot_par.size), (np.arange(slot_par.size), slot_par)),
+                               shape=(slot_par.size, K))                 # (S, K)
 
     def run(self, theta: np.ndarray, mode: int = 0, clusters: bool = False, weight=None) -> PassStats:
         d, lay = self.d, self.d.layout
         level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
         j_coef = self.M @ level_coef
         wt = d.weight if weight is None else weight
-        ll, g_j, g_nb, a_nb, a_mj, a_xj, a_pair, s_mj = logit_pass(
-            d.joint, self.off, np.asarray(self.sizes, dtype=np.int64), j_coef, d.nbhd, nb_eta, self.n_nb,
-            d.nb_cont, d.nb_mun, self.n_mun, d.y, wt, mode, clusters, self.pair_off, self.n_pair, N_VIRTUAL)
-        D, P = self.D, self.P
-        g = D.T @ g_nb + P.T @ g_j
+        ll, g_s, g_nb, a_nb, a_ms, a_xs, a_ss, s_ms = logit_pass(
+            d.joint, self.off, j_coef, self.slot_ptr, self.slot_idx, self.Q.shape[0], d.nbhd, nb_eta, self.n_nb,
+            d.nb_cont, d.nb_mun, self.n_mun, d.y, wt, mode, clusters, N_VIRTUAL)
+        D, Q = self.D, self.Q
+        g = D.T @ g_nb + Q.T @ g_s
         Hnn = (D.T @ sp.diags(a_nb) @ D).toarray()
-        B = np.asarray(self.Bm @ a_mj) + np.asarray(self.Bc @ a_xj)   # (K, Lj)
-        cross = np.asarray((P.T @ B.T).T)                              # (K, K)
-        diag = a_mj.sum(axis=0)
-        Hjj = self._joint_hessian(a_pair, diag)
-        H = Hnn + cross + cross.T + np.asarray(P.T @ (P.T @ Hjj).T)
-        return PassStats(ll=ll, g=np.asarray(g), H=H, w_lev=self.M.T @ diag, g_lev=self.M.T @ g_j, g_nb=g_nb,
-                         a_nb=a_nb, s_mj=s_mj)
+        B = np.asarray(self.Bm @ a_ms) + np.asarray(self.Bc @ a_xs)   # (K, S)
+        cross = np.asarray((Q.T @ B.T).T)                              # (K, K)
+        H = Hnn + cross + cross.T + np.asarray(Q.T @ (Q.T @ a_ss).T)
+        return PassStats(ll=ll, g=np.asarray(g), H=H, g_nb=g_nb, a_nb=a_nb, s_ms=s_ms)
 
     def cluster_scores(self, st: PassStats) -> np.ndarray:
         """(G, K) score sums per municipality (clusters nest neighbourhoods)."""
         Cm = sp.csr_matrix((st.g_nb, (self.d.nb_mun, np.arange(self.n_nb))), shape=(self.n_mun, self.n_nb))
-        return np.asarray((Cm @ self.D).toarray()) + np.asarray((self.P.T @ st.s_mj.T).T)
+        return np.asarray((Cm @ self.D).toarray()) + np.asarray((self.Q.T @ st.s_ms.T).T)
 
 
 def pass_at(d: ComponentDesign, theta: np.ndarray, clusters: bool = False) -> tuple[PassStats, np.ndarray | None]:
@@ -233,9 +213,10 @@ def _degenerate(w: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
 
 
 def _separation_checks(d: ComponentDesign, M, sums: tuple | None = None
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, tuple]:
     """(dropped municipality mask, active parameter mask, separated level indices, sample weight
-    with the rows of separated levels and dropped municipalities at 0, or None if none is).
+    with the rows of separated levels and dropped municipalities at 0, or None if none is, and the
+    sample sums (:func:`_sample_sums`) with that weight)).
 
     Rows of a separated level are left out, then the sums are taken again (another level or
     municipality may have become degenerate), until nothing changes. A factor level with no
@@ -278,7 +259,7 @@ def _separation_checks(d: ComponentDesign, M, sums: tuple | None = None
             if kept.size == 0:
                 raise EstimationError(f"{d.spec.name}: no municipality has variation in the outcome")
             active[lay.fe_start + kept[0] - 1] = False
-    return dropped, active, np.flatnonzero(separated), weight
+    return dropped, active, np.flatnonzero(separated), weight, (w_lev, y_lev, w_m, y_m)
 
 
 def _separated_estimates(d: ComponentDesign, params: np.ndarray, levels: np.ndarray, c: float) -> None:
@@ -371,11 +352,9 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     if not 0 < ybar < 1:
         raise EstimationError(f"{d.spec.name}: the outcome is {'never' if ybar <= 0 else 'always'} "
                               "observed in the estimation sample")
-    dropped, active, separated, weight = _separation_checks(d, ev.M, sums)
+    dropped, active, separated, weight, sums = _separation_checks(d, ev.M, sums)
     if weight is not None:
         wt_sum = float(weight.sum())
-    if weight is not None or sums is None:
-        sums = _sample_sums(d, ev.M, weight)
     act = np.flatnonzero(active)
     theta = np.zeros(K)
     theta[0] = np.log(ybar / (1 - ybar))

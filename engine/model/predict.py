@@ -69,6 +69,14 @@ def combo_tables(lay: Layout, level_coef: np.ndarray) -> tuple[np.ndarray, np.nd
     return lay.joint.off, lay.joint_map() @ level_coef
 
 
+def used_joint_codes(lay: Layout) -> np.ndarray:
+    """The joint codes (columns of PredictionDesign.combo) that hold a factor of the component:
+    the others add 0 to its linear predictor and are not looked up (the price component of the
+    realistic spec reads 3 of 8)."""
+    mine = {int(c) for c in lay.cols}
+    return np.asarray([j for j, g in enumerate(lay.joint.groups) if mine & set(g)], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class Tables:
     """Look-up tables of one coefficient set, ready for the prediction kernels."""
@@ -80,9 +88,14 @@ class Tables:
     p_coef: np.ndarray
     p_nb: np.ndarray
     norm_flat: np.ndarray
+    v_cols: np.ndarray           # joint codes each component reads (used_joint_codes)
+    p_cols: np.ndarray
 
-    def args(self, cols: np.ndarray):
-        return (cols, self.v_off, self.v_coef, self.v_nb, cols, self.p_off, self.p_coef, self.p_nb)
+    def args(self):
+        """The component arguments of the prediction kernels: per component the joint codes it
+        reads, their offsets, the table and the neighbourhood terms."""
+        return (self.v_cols, self.v_off[self.v_cols], self.v_coef, self.v_nb,
+                self.p_cols, self.p_off[self.p_cols], self.p_coef, self.p_nb)
 
 
 def prediction_tables(hh: Households, fit: ModelFit, pd_: PredictionDesign, volume_params: np.ndarray | None = None,
@@ -105,7 +118,8 @@ def prediction_tables(hh: Households, fit: ModelFit, pd_: PredictionDesign, volu
                                 fe_value=fit.price.fe_common if p_lay.fe_start >= 0 else None)
     v_off, v_tab = combo_tables(v_lay, v_coef)
     p_off, p_tab = combo_tables(p_lay, p_coef)
-    return Tables(v_off, v_tab, v_nb, p_off, p_tab, p_nb, fit.norms.table().ravel())
+    return Tables(v_off, v_tab, v_nb, p_off, p_tab, p_nb, fit.norms.table().ravel(), used_joint_codes(v_lay),
+                  used_joint_codes(p_lay))
 
 
 @dataclass(frozen=True)
@@ -134,8 +148,7 @@ def predict(hh: Households | Population, fit: ModelFit, pd_: PredictionDesign | 
     pd_ = pd_ or prediction_design(hh, fit.norms)
     t = tables or prediction_tables(hh, fit, pd_)
     n_types = len(TYPES)
-    cols = np.arange(pd_.combo.shape[1], dtype=np.int64)
-    sums = group_sums(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(cols), pd_.nb_mun, pd_.type_of_code,
+    sums = group_sums(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(), pd_.nb_mun, pd_.type_of_code,
                       n_types, hh.n_mun * n_types, N_VIRTUAL)
     type_ = hh.column("household_type")
     group = hh.municipality().astype(np.int64) * n_types + type_
@@ -153,8 +166,7 @@ def household_predictions(hh: Households, fit: ModelFit) -> dict[str, np.ndarray
     """p, f, N and E per household (float64 arrays of length n)."""
     pd_ = prediction_design(hh, fit.norms)
     t = prediction_tables(hh, fit, pd_)
-    cols = np.arange(pd_.combo.shape[1], dtype=np.int64)
-    v = household_values(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(cols))
+    v = household_values(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args())
     return {"p": v[0], "f": v[1], "N": v[2], "E": v[0] * v[1] * v[2]}
 
 
