@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from engine.io.outputs import atomic_dir, write_json
 from engine.uncertainty.settings import QUANTILES, Settings
-from engine.uncertainty.store import replicate_table
+from engine.uncertainty.store import DICTIONARY_COLUMNS, replicate_table
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,8 @@ def write_results(res: BootstrapResult, out: str | Path, level: float = 0.01, fd
     with atomic_dir(out) as tmp:
         for name, table in (("replicates", replicates_table(res)), ("bands", bands_table(res)),
                             ("flags", flags_table(res, level, fdr))):
-            pq.write_table(table, tmp / f"{name}.parquet")
+            pq.write_table(table, tmp / f"{name}.parquet",
+                           use_dictionary=DICTIONARY_COLUMNS if name == "replicates" else True)
         write_json(tmp / "bootstrap.json", {**record, "replicates": res.replicates, "flag_level": level,
                                              "flag_fdr": fdr, "between_sd": res.between_sd,
                                              "between_mean": res.between_mean,
