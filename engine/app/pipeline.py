@@ -75,6 +75,7 @@ class RunResult:
     flagged: np.ndarray
     stages: dict                # stage -> seconds
     report: Path | None
+    bands: object = None        # bands.parquet as written (engine.uncertainty.summaries.bands_table)
 
 
 OUTPUTS = ("scenario.toml", "regime.toml", "coefficients.parquet", "fit.json", "covariances.npz",
@@ -159,7 +160,7 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
          say: Callable[[str], None] | None = None) -> RunResult:
     from engine.uncertainty.bootstrap import run_bootstrap
     from engine.uncertainty.settings import Settings
-    from engine.uncertainty.summaries import flags_table, write_results
+    from engine.uncertainty.summaries import write_results
     from engine.app.budget_files import budget_table, compute_budget, write_budget
     from engine.app.workbook import FILE as WORKBOOK, write_rekentool_workbook
     from engine.rules.cap import capped_table
@@ -267,10 +268,10 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
                         between_sd=scenario.bootstrap_between_sd())
     boot = run_bootstrap(settings, out, replicates=scenario.replicates, batch_size=scenario.batch_size,
                          workers=workers, scheduler=scheduler, progress=bar("bootstrap"))
-    write_results(boot, out, level=scenario.flag_level, fdr=scenario.fdr())
+    written = write_results(boot, out, level=scenario.flag_level, fdr=scenario.fdr())
     lap("bootstrap")
 
-    flags = flags_table(boot, scenario.flag_level, scenario.fdr())
+    flags = written["flags"]
     table, capped = capped_table(flags, scenario.kappa, scenario.redistribute, budget.regime.vangnet)
     with atomic_dir(out) as tmp:
         pq.write_table(table, tmp / "capped_budgets.parquet")
@@ -297,7 +298,7 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     return RunResult(out=out, scenario=scenario, population_dir=pop_dir, synthetic=synthetic, households=households,
                      fit=fit, prediction=pred, budget=budget, bootstrap=boot, capped=capped,
                      flagged=flags.column("flagged").to_numpy(zero_copy_only=False), stages=stages,
-                     report=report_path)
+                     report=report_path, bands=written["bands"])
 
 
 def check_scheduler(address: str | None) -> None:
@@ -342,7 +343,7 @@ def statistics(r: RunResult) -> dict:
     from engine.rules.vangnet import vangnet_payout
 
     eff = summarise(r.budget.effects.pct)
-    bands = bands_table(r.bootstrap)
+    bands = r.bands if r.bands is not None else bands_table(r.bootstrap)
     point = bands.column("point_budget").to_numpy()
     pos = point > 0                            # a municipality without budget has no relative width
     width = (bands.column("budget_q97_5").to_numpy()[pos] - bands.column("budget_q2_5").to_numpy()[pos]) / point[pos]
