@@ -233,9 +233,10 @@ def _degenerate(w: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
 
 
 def _separation_checks(d: ComponentDesign, M, sums: tuple | None = None
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, tuple]:
     """(dropped municipality mask, active parameter mask, separated level indices, sample weight
-    with the rows of separated levels and dropped municipalities at 0, or None if none is).
+    with the rows of separated levels and dropped municipalities at 0, or None if none is, and
+    the sample sums at that weight).
 
     Rows of a separated level are left out, then the sums are taken again (another level or
     municipality may have become degenerate), until nothing changes. A factor level with no
@@ -278,7 +279,7 @@ def _separation_checks(d: ComponentDesign, M, sums: tuple | None = None
             if kept.size == 0:
                 raise EstimationError(f"{d.spec.name}: no municipality has variation in the outcome")
             active[lay.fe_start + kept[0] - 1] = False
-    return dropped, active, np.flatnonzero(separated), weight
+    return dropped, active, np.flatnonzero(separated), weight, (w_lev, y_lev, w_m, y_m)
 
 
 def _separated_estimates(d: ComponentDesign, params: np.ndarray, levels: np.ndarray, c: float) -> None:
@@ -371,11 +372,9 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     if not 0 < ybar < 1:
         raise EstimationError(f"{d.spec.name}: the outcome is {'never' if ybar <= 0 else 'always'} "
                               "observed in the estimation sample")
-    dropped, active, separated, weight = _separation_checks(d, ev.M, sums)
+    dropped, active, separated, weight, sums = _separation_checks(d, ev.M, sums)
     if weight is not None:
         wt_sum = float(weight.sum())
-    if weight is not None or sums is None:
-        sums = _sample_sums(d, ev.M, weight)
     act = np.flatnonzero(active)
     theta = np.zeros(K)
     theta[0] = np.log(ybar / (1 - ybar))
