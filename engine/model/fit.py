@@ -43,7 +43,7 @@ from threadpoolctl import threadpool_limits
 
 from engine.model.design import ComponentDesign
 from kernels.config import N_VIRTUAL
-from kernels.glm import linear_predictor, logit_pass
+from kernels.glm import common_shift, logit_pass
 
 
 class EstimationError(ValueError):
@@ -294,21 +294,12 @@ def _separated_estimates(d: ComponentDesign, params: np.ndarray, levels: np.ndar
         rows = _level_rows(d, l) & (base > 0)
         params[par] = 0.0
         level_coef, nb_eta = lay.tables(np.nan_to_num(params), d.nb_cont, d.nb_mun, fe_value=c)
-        eta = linear_predictor(np.ascontiguousarray(d.codes[rows]), lay.cols, lay.lev_off, level_coef,
-                               np.ascontiguousarray(d.nbhd[rows]), nb_eta)
         w = base[rows]
         total = float(w.sum())
         half = 0.5 * total / max(int(rows.sum()), 1)
         target = half if float(np.dot(w, d.y[rows])) <= 0.5 * total else total - half
-        b = 0.0
-        for _ in range(100):
-            p = 1.0 / (1.0 + np.exp(-(eta + b)))
-            f = float(np.dot(w, p)) - target
-            step = f / max(float(np.dot(w, p * (1 - p))), 1e-300)
-            b -= float(np.clip(step, -5.0, 5.0))
-            if abs(f) < 1e-10 * total:
-                break
-        params[par] = b
+        params[par] = _shift(d, level_coef, nb_eta, w, target, rows=rows, tol=1e-10 * total / max(target, 1.0),
+                             max_iter=100, max_step=5.0)
 
 
 def _dropped_params(lay, dropped: np.ndarray) -> np.ndarray:
@@ -318,25 +309,26 @@ def _dropped_params(lay, dropped: np.ndarray) -> np.ndarray:
     return lay.fe_start + np.flatnonzero(dropped[1:])
 
 
-def common_effect(d: ComponentDesign, params: np.ndarray) -> float:
-    """The one effect c that replaces every municipality's fixed effect in prediction:
-    sum_h w_h logistic(eta0_h + c) = sum_h w_h y_h over all households of the design,
-    eta0 the linear predictor without fixed effects (Newton on c, monotone)."""
+def _shift(d: ComponentDesign, level_coef: np.ndarray, nb_eta: np.ndarray, w: np.ndarray, target: float,
+           rows: np.ndarray | None = None, start: float = 0.0, **solver) -> float:
+    """The shift c of the linear predictors (tables ``level_coef``, ``nb_eta``) of the design's rows
+    (or those of the mask ``rows``) with sum w logistic(eta + c) = target: Newton in one kernel
+    (:func:`kernels.glm.common_shift`; ``solver``: its tol, max_iter and max_step)."""
     lay = d.layout
-    theta = np.nan_to_num(params)
-    level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun, fe_value=0.0)
-    eta0 = linear_predictor(d.codes, lay.cols, lay.lev_off, level_coef, d.nbhd, nb_eta)
-    w = d.weight if d.weight.size else None
-    target = float(np.dot(w, d.y)) if w is not None else float(d.y.sum())
-    c = 0.0
-    for _ in range(50):
-        p = 1.0 / (1.0 + np.exp(-(eta0 + c)))
-        f = (np.dot(w, p) if w is not None else p.sum()) - target
-        dp = p * (1 - p)
-        c -= f / max(float(np.dot(w, dp) if w is not None else dp.sum()), 1e-300)
-        if abs(f) < 1e-10 * max(target, 1.0):
-            break
-    return float(c)
+    joint, nbhd = (d.joint, d.nbhd) if rows is None else (d.joint[rows], d.nbhd[rows])
+    return float(common_shift(np.ascontiguousarray(joint), np.asarray(lay.joint.off), lay.joint_map() @ level_coef,
+                              np.ascontiguousarray(nbhd), nb_eta, np.ascontiguousarray(w, dtype=np.float64),
+                              float(target), N_VIRTUAL, start, **solver))
+
+
+def common_effect(d: ComponentDesign, params: np.ndarray, start: float = 0.0) -> float:
+    """The one effect c that replaces every municipality's fixed effect in prediction:
+    sum_h w_h logistic(eta0_h + c) = sum_h w_h y_h over all households (or cells) of the design,
+    eta0 the linear predictor without fixed effects (Newton on c from ``start``, monotone)."""
+    lay = d.layout
+    level_coef, nb_eta = lay.tables(np.nan_to_num(params), d.nb_cont, d.nb_mun, fe_value=0.0)
+    w = d.weight if d.weight.size else np.ones(d.n)
+    return _shift(d, level_coef, nb_eta, w, float(np.dot(w, d.y)), start=start)
 
 
 def fit_component(*args, **kwargs) -> ComponentFit:
