@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,8 +33,7 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from engine.app.scenario import (Scenario, load_scenario, regime_file, regime_toml, validate_scenario,
-                                 write_regime)
+from engine.app.scenario import Scenario, load_scenario, scenario_regime, validate_scenario, write_regime
 from engine.app.labels import check_language
 from engine.io.outputs import atomic_dir, folder_lock, remove_stale, write_csv_copies, write_json, write_text
 from engine.model.schema import check_finite
@@ -105,16 +105,12 @@ def _check_folder(out: Path, s: Scenario) -> None:
                          f"use a new --out folder, or delete {out} to replace that run")
 
 
-def _check_total_budget(s: Scenario, pop) -> None:
-    """The regime's TB (overrides applied) is positive and finite for this population, before
-    anything is written (for a synthetic one of ``households`` households, when TB does not
-    depend on its spending)."""
-    import tomllib
-
+def _check_total_budget(s: Scenario, regime, pop) -> None:
+    """The TB of ``regime`` (the scenario's, overrides applied) is positive and finite for this
+    population, before anything is written (for a synthetic one of ``households`` households,
+    when TB does not depend on its spending)."""
     from engine.rules.budget import total_budget
-    from engine.rules.regime import parse_regime
 
-    regime = parse_regime(tomllib.loads(regime_toml(s)), regime_file(s))
     if pop is not None:
         total_budget(regime, float(pop.municipalities.column("households").to_numpy().sum()),
                      float(pop.municipalities.column("spending_t").to_numpy().sum()))
@@ -168,7 +164,6 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     from engine.model.fitted import fit_model, read_fit, save_fit
     from engine.model.population import read_population
     from engine.model.predict import municipal_costs_table, predict, rekentool_table
-    from engine.rules.regime import load_regime
     from engine.model.spec import load_spec
     from engine.world.synth import generate
 
@@ -202,7 +197,8 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     if not scenario.synthetic:
         pop = read_population(pop_dir)
         lap("read + validate")
-    _check_total_budget(scenario, None if scenario.synthetic else pop)
+    regime_text, regime = scenario_regime(scenario)       # parsed once for the run
+    _check_total_budget(scenario, regime, None if scenario.synthetic else pop)
     fit = None                                # estimated (or read) before anything is written when it can be
     if coefficients is not None:
         fit = read_fit(coefficients)
@@ -223,7 +219,8 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     # run.json is the completion record: gone before the first output is replaced, written after the
     # last, so that while it exists every output in OUT belongs to the run it describes.
     (out / "run.json").unlink(missing_ok=True)
-    regime_path = write_regime(scenario, out)
+    regime_path = write_regime(scenario, out, regime_text)
+    regime = dataclasses.replace(regime, path=regime_path)   # as read back from the file written
     _write_scenario(out, scenario)
     if scenario.synthetic:
         tell(f"population: generating the synthetic Netherlands ({scenario.households:,} households) into {pop_dir}")
@@ -252,7 +249,7 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     del hh
     lap("predict")
 
-    budget = compute_budget(pop, load_regime(regime_path), costs=out)
+    budget = compute_budget(pop, regime, costs=out)
     write_budget(budget, out)
     if xlsx:
         write_rekentool_workbook(out / WORKBOOK, rekentool, pop.municipalities,
