@@ -127,6 +127,8 @@ class _Evaluator:
         self.Bc = sp.csr_matrix((np.ones(len(lay.cont_cols)), (lay.cont_param, lay.cont_cols)),
                                 shape=(K, d.nb_cont.shape[1]))
         self.sizes, self.off = d.layout.joint.sizes, d.layout.joint.off
+        # float64 for both components (0/1 and fractions): one compiled logit_pass, not one per dtype
+        self.y = np.asarray(d.y, dtype=np.float64)
         J = len(self.sizes)
         self.pair_off = np.zeros(J * J, dtype=np.int64)
         n_pair = 0
@@ -158,7 +160,7 @@ class _Evaluator:
         wt = d.weight if weight is None else weight
         ll, g_j, g_nb, a_nb, a_mj, a_xj, a_pair, s_mj = logit_pass(
             d.joint, self.off, np.asarray(self.sizes, dtype=np.int64), j_coef, d.nbhd, nb_eta, self.n_nb,
-            d.nb_cont, d.nb_mun, self.n_mun, d.y, wt, mode, clusters, self.pair_off, self.n_pair, N_VIRTUAL)
+            d.nb_cont, d.nb_mun, self.n_mun, self.y, wt, mode, clusters, self.pair_off, self.n_pair, N_VIRTUAL)
         D, P = self.D, self.P
         g = D.T @ g_nb + P.T @ g_j
         Hnn = (D.T @ sp.diags(a_nb) @ D).toarray()
