@@ -160,3 +160,10 @@ def test_engine_cells_agree_with_the_household_kernel(small_population):
     assert auto.cell_nb.size < hh.n
     np.testing.assert_allclose(auto.sums(coefs), ref, rtol=1e-6)
     np.testing.assert_allclose(draw_cells(hh, fit, pd_, dtype=np.float64).sums(coefs), ref, rtol=1e-11)
+    # the batch's tables, computed for all draws at once, are each draw's own tables bit for bit
+    coefs.append((fit, None, None))
+    for comp in range(2):
+        level, nb = auto.batch_tables(coefs, comp)
+        one = [auto.level_tables(*c)[comp] for c in coefs]
+        assert np.array_equal(level, np.stack([t[0] for t in one], axis=1))
+        assert np.array_equal(nb, np.stack([t[1] for t in one], axis=1))
