@@ -24,7 +24,7 @@ from engine.model.fitted import ModelFit
 from engine.model.predict import PredictionDesign
 from engine.model.published import neighbourhood_region_offset
 from kernels.config import N_VIRTUAL
-from kernels.draws import cell_sums, cells, factor_terms, term_tables
+from kernels.draws import cell_sums, cells, factor_terms, prefix_order, term_tables
 
 FLOAT32_LIMIT = 20.0
 BOUNDS = {np.dtype(t): (np.exp(-c), np.exp(c)) for t, c in ((np.float32, 43.0), (np.float64, 350.0))}
@@ -45,6 +45,7 @@ class DrawCells:
     n_mun: int
     dtype: np.dtype
     region: np.ndarray | None = None       # (n_nb,) published region effect of the volume, or None
+    orders: tuple = ()                     # per component kernels.draws.prefix_order of its levels
 
     def level_tables(self, fit: ModelFit, vp: np.ndarray | None = None,
                      pp: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -83,7 +84,7 @@ class DrawCells:
         a, b = term_tables(self.levels[0].shape[0], self.nb_mun.shape[0], R, self.dtype)
         for comp in range(2):
             level, nb = self.batch_tables(coefficients, comp)
-            factor_terms(self.levels[comp], level, nb, a, b, comp, *BOUNDS[self.dtype])
+            factor_terms(self.levels[comp], level, nb, a, b, comp, *BOUNDS[self.dtype], *self.orders[comp])
         out = cell_sums(self.cell_nb, self.cell_prof, self.s1, self.s2, a, b, self.nb_mun, self.n_mun, N_VIRTUAL)
         return np.ascontiguousarray(out[:, :, :R])
 
@@ -107,7 +108,8 @@ def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None)
     region = neighbourhood_region_offset(fit.spec, hh)
     levels = tuple(np.ascontiguousarray(lay.lev_off + profiles[:, lay.cols]) for lay in layouts)
     dc = DrawCells(layouts=layouts, levels=levels, cell_nb=cell_nb, cell_prof=cell_prof, s1=s1, s2=s2,
-                   nb_cont=hh.nb_cont, nb_mun=hh.nb_mun, n_mun=hh.n_mun, dtype=np.dtype(np.float64), region=region)
+                   nb_cont=hh.nb_cont, nb_mun=hh.nb_mun, n_mun=hh.n_mun, dtype=np.dtype(np.float64), region=region,
+                   orders=tuple(prefix_order(lev) for lev in levels))
     if dtype is None:
         parts = [np.abs(t).max(initial=0.0) for lev, (coef, nb) in zip(levels, dc.level_tables(fit))
                  for t in (coef[lev].sum(axis=1), nb)]
