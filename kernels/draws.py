@@ -109,8 +109,23 @@ def _exp_neg(x):
     return exp_array(-x.reshape(-1)).reshape(x.shape)
 
 
+def prefix_order(prof_lev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The profiles in lexicographic order of their level rows and, per position in that order,
+    how many leading factors it shares with the previous profile (0 for the first): the
+    arguments ``order`` and ``shared`` of :func:`factor_terms`."""
+    n, F = prof_lev.shape
+    order = np.lexsort(prof_lev.T[::-1]) if F else np.arange(n)
+    rows = prof_lev[order]
+    same = np.ones((n, F), dtype=bool)
+    if n > 1:
+        same[1:] = rows[1:] == rows[:-1]
+    same[:1] = False
+    shared = np.cumprod(same, axis=1).sum(axis=1) if F else np.zeros(n, dtype=np.int64)
+    return order.astype(np.int64), shared.astype(np.int64)
+
+
 @njit(cache=True, fastmath=False)
-def factor_terms(prof_lev, level_coef, nb_eta, a_prof, b_nb, comp, lo, hi):
+def factor_terms(prof_lev, level_coef, nb_eta, a_prof, b_nb, comp, lo, hi, order, shared):
     """Fill component ``comp`` of the term tables for R draws.
 
     ``prof_lev`` (n_prof, F) int64: the level of each of the component's factors per profile
@@ -118,20 +133,22 @@ def factor_terms(prof_lev, level_coef, nb_eta, a_prof, b_nb, comp, lo, hi):
     draw-minor. a_prof[p, comp, r] = exp(-sum_k level_coef[prof_lev[p, k], r]), computed
     as the product over the factors (in factor order) of exp(-level_coef): L exponentials
     per draw instead of one per profile; b_nb[j, comp, r] = exp(-nb_eta[j, r]). Both are
-    clamped to [lo, hi] (module docstring), in float64, then stored in the tables' dtype."""
+    clamped to [lo, hi] (module docstring), in float64, then stored in the tables' dtype.
+    Profiles are visited in ``order`` (:func:`prefix_order`): a profile whose first ``shared``
+    factors are those of the one before reuses those partial products, which are the very
+    same products (1 x e_0 x e_1 ..., in factor order), so the bits do not depend on it."""
     n_prof, F = prof_lev.shape
     R = level_coef.shape[1]
     e = _exp_neg(level_coef)
-    x = np.empty(R)
-    for p in range(n_prof):
-        for r in range(R):
-            x[r] = 1.0            # 1 x e: the same bits; a component without factors has only the 1
-        for k in range(F):
+    pre = np.ones((F + 1, R))     # pre[k]: product of the first k factors (pre[0] = 1)
+    for i in range(n_prof):
+        p = order[i]
+        for k in range(shared[i], F):
             lev = prof_lev[p, k]
             for r in range(R):
-                x[r] *= e[lev, r]
+                pre[k + 1, r] = pre[k, r] * e[lev, r]
         for r in range(R):
-            v = x[r]
+            v = pre[F, r]
             a_prof[p, comp, r] = hi if v > hi else (lo if v < lo else v)   # NaN passes through
     e = _exp_neg(nb_eta)
     for j in range(nb_eta.shape[0]):

@@ -180,10 +180,11 @@ def linear_predictor(codes, cols, lev_off, level_coef, nbhd, nb_eta):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def common_shift(joint, j_off, j_coef, nbhd, nb_eta, wt, target, n_virtual, c0=0.0, tol=1e-10, max_iter=50):
+def common_shift(joint, j_off, j_coef, nbhd, nb_eta, wt, target, n_virtual, c0=0.0, tol=1e-10, max_iter=50,
+                 max_step=1.0):
     """The shift c with sum_i wt_i logistic(eta_i + c) = target, eta_i = nb_eta[nbhd_i] +
-    sum_k j_coef[j_off_k + joint[i, k]] (Newton on c from c0, steps clipped to [-1, 1]; stops when the
-    remaining difference is below ``tol`` x max(target, 1)); sums over the fixed row ranges."""
+    sum_k j_coef[j_off_k + joint[i, k]] (Newton on c from c0, steps clipped to [-max_step, max_step]; stops
+    when the remaining difference is below ``tol`` x max(target, 1)); sums over the fixed row ranges."""
     n = nbhd.shape[0]
     J = joint.shape[1]
     V = n_virtual
@@ -213,7 +214,7 @@ def common_shift(joint, j_off, j_coef, nbhd, nb_eta, wt, target, n_virtual, c0=0
         for v in range(V):
             f += f_v[v]
             dd += d_v[v]
-        c -= min(max(f / max(dd, 1e-300), -1.0), 1.0)     # Newton steps of at most 1: no overshoot from afar
+        c -= min(max(f / max(dd, 1e-300), -max_step), max_step)   # bounded Newton steps: no overshoot from afar
         if abs(f) < tol * max(target, 1.0):
             break
     return c

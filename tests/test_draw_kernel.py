@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels.bootstrap import draw_sums
-from kernels.draws import cell_sums, cells, factor_terms, term_tables
+from kernels.draws import cell_sums, cells, factor_terms, prefix_order, term_tables
 
 N_VIRTUAL = 16
 BOUNDS = {np.float32: (np.exp(-43.0), np.exp(43.0)), np.float64: (np.exp(-350.0), np.exp(350.0))}
@@ -76,8 +76,9 @@ def new_sums(w, prep, dtype, draws=None) -> np.ndarray:
     draws = np.arange(w["v_coef"].shape[1]) if draws is None else np.asarray(draws)
     col = lambda name: np.ascontiguousarray(w[name][:, draws])  # noqa: E731
     a, b = term_tables(prof_lev.shape[0], w["n_nb"], len(draws), dtype)
-    factor_terms(prof_lev, col("v_coef"), col("v_nb"), a, b, 0, *BOUNDS[dtype])
-    factor_terms(prof_lev, col("p_coef"), col("p_nb"), a, b, 1, *BOUNDS[dtype])
+    order = prefix_order(prof_lev)
+    factor_terms(prof_lev, col("v_coef"), col("v_nb"), a, b, 0, *BOUNDS[dtype], *order)
+    factor_terms(prof_lev, col("p_coef"), col("p_nb"), a, b, 1, *BOUNDS[dtype], *order)
     return cell_sums(cell_nb, cell_prof, s1, s2, a, b, w["nb_mun"], w["n_mun"], N_VIRTUAL)[:, :, :len(draws)]
 
 
@@ -160,3 +161,29 @@ def test_engine_cells_agree_with_the_household_kernel(small_population):
     assert auto.cell_nb.size < hh.n
     np.testing.assert_allclose(auto.sums(coefs), ref, rtol=1e-6)
     np.testing.assert_allclose(draw_cells(hh, fit, pd_, dtype=np.float64).sums(coefs), ref, rtol=1e-11)
+    # the batch's tables, computed for all draws at once, are each draw's own tables bit for bit
+    coefs.append((fit, None, None))
+    for comp in range(2):
+        level, nb = auto.batch_tables(coefs, comp)
+        one = [auto.level_tables(*c)[comp] for c in coefs]
+        assert np.array_equal(level, np.stack([t[0] for t in one], axis=1))
+        assert np.array_equal(nb, np.stack([t[1] for t in one], axis=1))
+
+
+@settings(max_examples=25)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 400), draws=st.integers(1, 19))
+def test_shared_prefixes_give_the_same_bits(seed, n, draws):
+    """factor_terms in prefix order (partial products reused) against every profile's product
+    taken afresh in factor order (identity order, nothing shared): the same bits."""
+    w = _world(seed, n, draws)
+    prof_lev = prepare(w)[0]
+    n_prof = prof_lev.shape[0]
+    got, want = (term_tables(n_prof, w["n_nb"], draws, np.float64) for _ in range(2))
+    factor_terms(prof_lev, w["v_coef"], w["v_nb"], *got, 0, *BOUNDS[np.float64], *prefix_order(prof_lev))
+    factor_terms(prof_lev, w["v_coef"], w["v_nb"], *want, 0, *BOUNDS[np.float64],
+                 np.arange(n_prof, dtype=np.int64), np.zeros(n_prof, dtype=np.int64))
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    x = np.ones(draws)                      # and a plain product in factor order, outside the kernel
+    for k in range(prof_lev.shape[1]):
+        x = x * np.exp(-w["v_coef"][prof_lev[0, k]])
+    np.testing.assert_allclose(got[0][0, 0, :draws], x, rtol=1e-12)

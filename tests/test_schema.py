@@ -107,6 +107,28 @@ def test_unknown_codes(small_population):
            "does not exist")
 
 
+def test_unknown_code_in_a_file_of_many_row_groups(small_population):
+    """Codes read as one dictionary per row group (as the batched reader reads them): the first
+    unknown code is named with its row counted from the table's start, as for one dictionary."""
+    from engine.model.schema import code_positions
+
+    h = small_population.households
+    codes = np.asarray(small_population.municipalities.column("code").to_pylist(), dtype=object)
+    col = h.column("municipality").combine_chunks().cast(pa.string())
+    chunks = [col.slice(a, 1000).dictionary_encode() for a in range(0, len(col), 1000)]
+    many = pa.chunked_array(chunks)
+    one = col.dictionary_encode()
+    assert np.array_equal(code_positions("households", "municipality", many, codes, "municipalities"),
+                          code_positions("households", "municipality", one, codes, "municipalities"))
+    row = 2500                                 # a row in the third chunk
+    known = codes[codes != col[row].as_py()]
+    with pytest.raises(PopulationError) as err:
+        code_positions("households", "municipality", many, known, "municipalities")
+    first = int(np.flatnonzero(col.to_numpy(zero_copy_only=False) == col[row].as_py())[0])
+    assert (err.value.row, err.value.column) == (first, "municipality")
+    assert f"{col[row].as_py()!r} does not exist in municipalities" in str(err.value)
+
+
 def test_neighbourhood_in_other_municipality(small_population):
     h = small_population.households
     other = h.column("neighbourhood").combine_chunks().cast(pa.string())[h.num_rows - 1].as_py()

@@ -85,7 +85,7 @@ def cmd_predict(args) -> int:
 def cmd_bootstrap(args) -> int:
     from engine.uncertainty.bootstrap import run_bootstrap
     from engine.uncertainty.settings import Settings
-    from engine.uncertainty.summaries import flags_table, write_results
+    from engine.uncertainty.summaries import write_results
 
     from engine.app.scenario import check_sizes
     from engine.io.outputs import folder_lock
@@ -113,8 +113,8 @@ def cmd_bootstrap(args) -> int:
             warn_sparse(args, fit)
         res = run_bootstrap(settings, args.out, replicates=args.replicates, batch_size=args.batch_size,
                             workers=args.workers, scheduler=args.scheduler, progress=Progress("bootstrap", args.quiet))
-        write_results(res, args.out, level=args.level, fdr=args.fdr)
-    flags = flags_table(res, args.level, args.fdr).column("flagged").to_numpy()
+        written = write_results(res, args.out, level=args.level, fdr=args.fdr)
+    flags = written["flags"].column("flagged").to_numpy()
     rule = f"at false discovery rate {args.fdr}" if args.fdr is not None else f"at level {args.level} per test"
     say(args, f"{res.replicates} {args.method} replicates ({res.computed} computed, "
                f"{res.replicates - res.computed} resumed) in {res.seconds:.1f} s; between-municipality sd "

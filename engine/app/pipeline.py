@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,8 +33,7 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from engine.app.scenario import (Scenario, load_scenario, regime_file, regime_toml, validate_scenario,
-                                 write_regime)
+from engine.app.scenario import Scenario, load_scenario, scenario_regime, validate_scenario, write_regime
 from engine.app.labels import check_language
 from engine.io.outputs import atomic_dir, folder_lock, remove_stale, write_csv_copies, write_json, write_text
 from engine.model.schema import check_finite
@@ -75,6 +75,7 @@ class RunResult:
     flagged: np.ndarray
     stages: dict                # stage -> seconds
     report: Path | None
+    bands: object = None        # bands.parquet as written (engine.uncertainty.summaries.bands_table)
 
 
 OUTPUTS = ("scenario.toml", "regime.toml", "coefficients.parquet", "fit.json", "covariances.npz",
@@ -104,16 +105,12 @@ def _check_folder(out: Path, s: Scenario) -> None:
                          f"use a new --out folder, or delete {out} to replace that run")
 
 
-def _check_total_budget(s: Scenario, pop) -> None:
-    """The regime's TB (overrides applied) is positive and finite for this population, before
-    anything is written (for a synthetic one of ``households`` households, when TB does not
-    depend on its spending)."""
-    import tomllib
-
+def _check_total_budget(s: Scenario, regime, pop) -> None:
+    """The TB of ``regime`` (the scenario's, overrides applied) is positive and finite for this
+    population, before anything is written (for a synthetic one of ``households`` households,
+    when TB does not depend on its spending)."""
     from engine.rules.budget import total_budget
-    from engine.rules.regime import parse_regime
 
-    regime = parse_regime(tomllib.loads(regime_toml(s)), regime_file(s))
     if pop is not None:
         total_budget(regime, float(pop.municipalities.column("households").to_numpy().sum()),
                      float(pop.municipalities.column("spending_t").to_numpy().sum()))
@@ -159,7 +156,7 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
          say: Callable[[str], None] | None = None) -> RunResult:
     from engine.uncertainty.bootstrap import run_bootstrap
     from engine.uncertainty.settings import Settings
-    from engine.uncertainty.summaries import flags_table, write_results
+    from engine.uncertainty.summaries import write_results
     from engine.app.budget_files import budget_table, compute_budget, write_budget
     from engine.app.workbook import FILE as WORKBOOK, write_rekentool_workbook
     from engine.rules.cap import capped_table
@@ -167,7 +164,6 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     from engine.model.fitted import fit_model, read_fit, save_fit
     from engine.model.population import read_population
     from engine.model.predict import municipal_costs_table, predict, rekentool_table
-    from engine.rules.regime import load_regime
     from engine.model.spec import load_spec
     from engine.world.synth import generate
 
@@ -201,7 +197,8 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     if not scenario.synthetic:
         pop = read_population(pop_dir)
         lap("read + validate")
-    _check_total_budget(scenario, None if scenario.synthetic else pop)
+    regime_text, regime = scenario_regime(scenario)       # parsed once for the run
+    _check_total_budget(scenario, regime, None if scenario.synthetic else pop)
     fit = None                                # estimated (or read) before anything is written when it can be
     if coefficients is not None:
         fit = read_fit(coefficients)
@@ -222,7 +219,8 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     # run.json is the completion record: gone before the first output is replaced, written after the
     # last, so that while it exists every output in OUT belongs to the run it describes.
     (out / "run.json").unlink(missing_ok=True)
-    regime_path = write_regime(scenario, out)
+    regime_path = write_regime(scenario, out, regime_text)
+    regime = dataclasses.replace(regime, path=regime_path)   # as read back from the file written
     _write_scenario(out, scenario)
     if scenario.synthetic:
         tell(f"population: generating the synthetic Netherlands ({scenario.households:,} households) into {pop_dir}")
@@ -251,7 +249,7 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     del hh
     lap("predict")
 
-    budget = compute_budget(pop, load_regime(regime_path), costs=out)
+    budget = compute_budget(pop, regime, costs=out)
     write_budget(budget, out)
     if xlsx:
         write_rekentool_workbook(out / WORKBOOK, rekentool, pop.municipalities,
@@ -267,10 +265,10 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
                         between_sd=scenario.bootstrap_between_sd())
     boot = run_bootstrap(settings, out, replicates=scenario.replicates, batch_size=scenario.batch_size,
                          workers=workers, scheduler=scheduler, progress=bar("bootstrap"))
-    write_results(boot, out, level=scenario.flag_level, fdr=scenario.fdr())
+    written = write_results(boot, out, level=scenario.flag_level, fdr=scenario.fdr())
     lap("bootstrap")
 
-    flags = flags_table(boot, scenario.flag_level, scenario.fdr())
+    flags = written["flags"]
     table, capped = capped_table(flags, scenario.kappa, scenario.redistribute, budget.regime.vangnet)
     with atomic_dir(out) as tmp:
         pq.write_table(table, tmp / "capped_budgets.parquet")
@@ -297,7 +295,7 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     return RunResult(out=out, scenario=scenario, population_dir=pop_dir, synthetic=synthetic, households=households,
                      fit=fit, prediction=pred, budget=budget, bootstrap=boot, capped=capped,
                      flagged=flags.column("flagged").to_numpy(zero_copy_only=False), stages=stages,
-                     report=report_path)
+                     report=report_path, bands=written["bands"])
 
 
 def check_scheduler(address: str | None) -> None:
@@ -342,7 +340,7 @@ def statistics(r: RunResult) -> dict:
     from engine.rules.vangnet import vangnet_payout
 
     eff = summarise(r.budget.effects.pct)
-    bands = bands_table(r.bootstrap)
+    bands = r.bands if r.bands is not None else bands_table(r.bootstrap)
     point = bands.column("point_budget").to_numpy()
     pos = point > 0                            # a municipality without budget has no relative width
     width = (bands.column("budget_q97_5").to_numpy()[pos] - bands.column("budget_q2_5").to_numpy()[pos]) / point[pos]

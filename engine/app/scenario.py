@@ -357,6 +357,11 @@ def merged_regime(s: Scenario) -> dict:
 def regime_toml(s: Scenario) -> str:
     """The text of ``OUT/regime.toml``: the scenario's regime file with its overrides applied,
     validated in memory (errors name the regime file and the key; nothing is written)."""
+    return scenario_regime(s)[0]
+
+
+def scenario_regime(s: Scenario):
+    """(:func:`regime_toml`, the :class:`engine.rules.regime.Regime` it holds), parsed once."""
     from engine.rules.regime import parse_regime
 
     path = regime_file(s)
@@ -374,15 +379,16 @@ def regime_toml(s: Scenario) -> str:
               + (f" and its macrobudget = {s.macrobudget!r}" if s.macrobudget != "regime" else "")
               + (f", budget stage {s.stage}" if s.stage != "regime" else "") + ".")
     try:
-        return dump_toml(data, header)
+        return dump_toml(data, header), regime
     except TypeError as exc:                       # e.g. a TOML date in an override
         raise ValueError(f"regime.overrides: {exc}") from None
 
 
-def write_regime(s: Scenario, out: Path) -> Path:
-    """``out/regime.toml``: the regime used (overrides applied), validated before it is written."""
+def write_regime(s: Scenario, out: Path, text: str | None = None) -> Path:
+    """``out/regime.toml``: the regime used (overrides applied), validated before it is written
+    (``text``: :func:`regime_toml` of ``s`` when the caller has it)."""
     path = out / "regime.toml"
-    write_text(path, regime_toml(s))
+    write_text(path, regime_toml(s) if text is None else text)
     return path
 
 

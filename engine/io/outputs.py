@@ -252,12 +252,13 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
-def write_table(path: str | Path, table) -> None:
-    """Write a pyarrow table as Parquet to ``path`` atomically (temporary name, then rename)."""
+def write_table(path: str | Path, table, **options) -> None:
+    """Write a pyarrow table as Parquet to ``path`` atomically (temporary name, then rename);
+    ``options`` go to ``pyarrow.parquet.write_table`` (such as ``use_dictionary``)."""
     import pyarrow.parquet as pq
 
     with atomic_file(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, **options)
 
 
 def write_csv_copies(folder: str | Path, names) -> list[Path]:

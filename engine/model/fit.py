@@ -43,7 +43,7 @@ from threadpoolctl import threadpool_limits
 
 from engine.model.design import ComponentDesign
 from kernels.config import N_VIRTUAL
-from kernels.glm import linear_predictor, logit_pass
+from kernels.glm import common_shift, logit_pass
 
 
 class EstimationError(ValueError):
@@ -133,6 +133,8 @@ class _Evaluator:
         self.slot_ptr, self.slot_idx = Ps.indptr.astype(np.int64), Ps.indices.astype(np.int64)
         self.Q = sp.csr_matrix((np.ones(slot_par.size), (np.arange(slot_par.size), slot_par)),
                                shape=(slot_par.size, K))                 # (S, K)
+        # float64 for both components (0/1 and fractions): one compiled logit_pass, not one per dtype
+        self.y = np.asarray(d.y, dtype=np.float64)
 
     def run(self, theta: np.ndarray, mode: int = 0, clusters: bool = False, weight=None) -> PassStats:
         d, lay = self.d, self.d.layout
@@ -141,7 +143,7 @@ class _Evaluator:
         wt = d.weight if weight is None else weight
         ll, g_s, g_nb, a_nb, a_ms, a_xs, a_ss, s_ms = logit_pass(
             d.joint, self.off, j_coef, self.slot_ptr, self.slot_idx, self.Q.shape[0], d.nbhd, nb_eta, self.n_nb,
-            d.nb_cont, d.nb_mun, self.n_mun, d.y, wt, mode, clusters, N_VIRTUAL)
+            d.nb_cont, d.nb_mun, self.n_mun, self.y, wt, mode, clusters, N_VIRTUAL)
         D, Q = self.D, self.Q
         g = D.T @ g_nb + Q.T @ g_s
         Hnn = (D.T @ sp.diags(a_nb) @ D).toarray()
@@ -274,21 +276,12 @@ def _separated_estimates(d: ComponentDesign, params: np.ndarray, levels: np.ndar
         rows = _level_rows(d, l) & (base > 0)
         params[par] = 0.0
         level_coef, nb_eta = lay.tables(np.nan_to_num(params), d.nb_cont, d.nb_mun, fe_value=c)
-        eta = linear_predictor(np.ascontiguousarray(d.codes[rows]), lay.cols, lay.lev_off, level_coef,
-                               np.ascontiguousarray(d.nbhd[rows]), nb_eta)
         w = base[rows]
         total = float(w.sum())
         half = 0.5 * total / max(int(rows.sum()), 1)
         target = half if float(np.dot(w, d.y[rows])) <= 0.5 * total else total - half
-        b = 0.0
-        for _ in range(100):
-            p = 1.0 / (1.0 + np.exp(-(eta + b)))
-            f = float(np.dot(w, p)) - target
-            step = f / max(float(np.dot(w, p * (1 - p))), 1e-300)
-            b -= float(np.clip(step, -5.0, 5.0))
-            if abs(f) < 1e-10 * total:
-                break
-        params[par] = b
+        params[par] = _shift(d, level_coef, nb_eta, w, target, rows=rows, tol=1e-10 * total / max(target, 1.0),
+                             max_iter=100, max_step=5.0)
 
 
 def _dropped_params(lay, dropped: np.ndarray) -> np.ndarray:
@@ -298,25 +291,26 @@ def _dropped_params(lay, dropped: np.ndarray) -> np.ndarray:
     return lay.fe_start + np.flatnonzero(dropped[1:])
 
 
-def common_effect(d: ComponentDesign, params: np.ndarray) -> float:
-    """The one effect c that replaces every municipality's fixed effect in prediction:
-    sum_h w_h logistic(eta0_h + c) = sum_h w_h y_h over all households of the design,
-    eta0 the linear predictor without fixed effects (Newton on c, monotone)."""
+def _shift(d: ComponentDesign, level_coef: np.ndarray, nb_eta: np.ndarray, w: np.ndarray, target: float,
+           rows: np.ndarray | None = None, start: float = 0.0, **solver) -> float:
+    """The shift c of the linear predictors (tables ``level_coef``, ``nb_eta``) of the design's rows
+    (or those of the mask ``rows``) with sum w logistic(eta + c) = target: Newton in one kernel
+    (:func:`kernels.glm.common_shift`; ``solver``: its tol, max_iter and max_step)."""
     lay = d.layout
-    theta = np.nan_to_num(params)
-    level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun, fe_value=0.0)
-    eta0 = linear_predictor(d.codes, lay.cols, lay.lev_off, level_coef, d.nbhd, nb_eta)
-    w = d.weight if d.weight.size else None
-    target = float(np.dot(w, d.y)) if w is not None else float(d.y.sum())
-    c = 0.0
-    for _ in range(50):
-        p = 1.0 / (1.0 + np.exp(-(eta0 + c)))
-        f = (np.dot(w, p) if w is not None else p.sum()) - target
-        dp = p * (1 - p)
-        c -= f / max(float(np.dot(w, dp) if w is not None else dp.sum()), 1e-300)
-        if abs(f) < 1e-10 * max(target, 1.0):
-            break
-    return float(c)
+    joint, nbhd = (d.joint, d.nbhd) if rows is None else (d.joint[rows], d.nbhd[rows])
+    return float(common_shift(np.ascontiguousarray(joint), np.asarray(lay.joint.off), lay.joint_map() @ level_coef,
+                              np.ascontiguousarray(nbhd), nb_eta, np.ascontiguousarray(w, dtype=np.float64),
+                              float(target), N_VIRTUAL, start, **solver))
+
+
+def common_effect(d: ComponentDesign, params: np.ndarray, start: float = 0.0) -> float:
+    """The one effect c that replaces every municipality's fixed effect in prediction:
+    sum_h w_h logistic(eta0_h + c) = sum_h w_h y_h over all households (or cells) of the design,
+    eta0 the linear predictor without fixed effects (Newton on c from ``start``, monotone)."""
+    lay = d.layout
+    level_coef, nb_eta = lay.tables(np.nan_to_num(params), d.nb_cont, d.nb_mun, fe_value=0.0)
+    w = d.weight if d.weight.size else np.ones(d.n)
+    return _shift(d, level_coef, nb_eta, w, float(np.dot(w, d.y)), start=start)
 
 
 def fit_component(*args, **kwargs) -> ComponentFit:

@@ -72,12 +72,11 @@ def _from_strings(table_name: str, col: Column, arr, start: int) -> np.ndarray:
 
 
 def _from_codes(table_name: str, col: Column, arr, labels: list[str] | None, start: int) -> np.ndarray:
-    first = arr.is_null()
-    nulls = np.asarray(first.to_numpy(zero_copy_only=False), dtype=bool)
-    if nulls.any():
+    if arr.null_count:
+        nulls = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         raise PopulationError(table_name, col.name, start + _first_row(nulls), "missing value")
+    # the file's integer type as it is (no int64 copy): comparisons and look-ups give the same codes
     codes = np.asarray(arr.to_numpy(zero_copy_only=False) if isinstance(arr, pa.Array) else arr.to_numpy())
-    codes = codes.astype(np.int64)
     if labels is None:           # no metadata: the catalogue's codes
         bad = (codes < 0) | (codes >= len(col.labels))
         if bad.any():
@@ -96,6 +95,8 @@ def _from_codes(table_name: str, col: Column, arr, labels: list[str] | None, sta
         raise PopulationError(table_name, col.name, start + r,
                               f"code {codes[r]} has no label in the column's metadata; its labels are: "
                               f"{mapping_text(tuple(labels))}")
+    if np.array_equal(lut, np.arange(len(labels))):     # the catalogue's own order (as written by synth)
+        return codes.astype(np.int8)
     mapped = lut[codes]
     if (mapped < 0).any():
         r = _first_row(mapped < 0)

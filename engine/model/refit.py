@@ -38,10 +38,8 @@ import numpy as np
 import scipy.linalg as sla
 
 from engine.model.design import ComponentDesign, Households, component_design
-from engine.model.fit import fit_component, pass_at
+from engine.model.fit import common_effect, fit_component, pass_at
 from engine.model.fitted import ModelFit
-from kernels.config import N_VIRTUAL
-from kernels.glm import common_shift
 
 
 def collapse(d: ComponentDesign) -> ComponentDesign:
@@ -64,16 +62,6 @@ def collapse(d: ComponentDesign) -> ComponentDesign:
     y = np.divide(Y, W, out=np.zeros_like(Y), where=W > 0)
     return replace(d, codes=np.ascontiguousarray(d.codes[first]), joint=np.ascontiguousarray(d.joint[first]),
                    nbhd=np.ascontiguousarray(d.nbhd[first]), y=y, weight=W)
-
-
-def common_effect(d: ComponentDesign, params: np.ndarray, start: float = 0.0) -> float:
-    """:func:`engine.model.fit.common_effect` on the joint codes, in one kernel (the same
-    equation: the national number of predicted households, fixed effects replaced, equals the observed)."""
-    lay = d.layout
-    level_coef, nb_eta = lay.tables(np.nan_to_num(params), d.nb_cont, d.nb_mun, fe_value=0.0)
-    w = d.weight if d.weight.size else np.ones(d.n)
-    return float(common_shift(d.joint, np.asarray(lay.joint.off), lay.joint_map() @ level_coef, d.nbhd, nb_eta, w,
-                              float(np.dot(w, d.y)), N_VIRTUAL, start))
 
 
 @dataclass(frozen=True)

@@ -223,6 +223,18 @@ def code_positions(table_name: str, column: str, values, reference: np.ndarray,
     """
     ref = pa.array(reference, pa.string())
     chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    if len(chunks) > 1 and all(pa.types.is_dictionary(c.type) for c in chunks):
+        # a file of many row groups: every chunk's dictionary looked up in one call, not a few calls per chunk
+        sizes = np.asarray([len(c.dictionary) for c in chunks], dtype=np.int64)
+        lookup = pc.index_in(pa.concat_arrays([c.dictionary.cast(pa.string()) for c in chunks]), value_set=ref)
+        lookup = lookup.fill_null(-1).to_numpy(zero_copy_only=False)
+        offset = np.repeat(np.cumsum(sizes) - sizes, [len(c) for c in chunks])
+        pos = lookup[pa.chunked_array([c.indices for c in chunks]).to_numpy().astype(np.int64) + offset]
+        first = _first(pos < 0)
+        if first is not None:
+            raise PopulationError(table_name, column, first,
+                                  f"code {as_strings(values)[first].as_py()!r} does not exist in {reference_table}")
+        return pos.astype(np.int32)
     out = np.empty(len(values), dtype=np.int32)
     start = 0
     for chunk in chunks:

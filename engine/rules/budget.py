@@ -278,9 +278,30 @@ def _besluit_2015(m: np.ndarray, small: np.ndarray, cost: np.ndarray, h: np.ndar
     return u
 
 
+@dataclass(frozen=True)
+class Basis:
+    """What :func:`allocate` derives from the regime, the historical shares and the inhabitants
+    alone (:func:`allocation_basis`): the same for every objective cost, so a bootstrap computes
+    it once for all its replicates."""
+
+    historical_share: np.ndarray
+    weight: np.ndarray           # m_g (phi): objective_weight
+    small: np.ndarray            # at most historical_up_to inhabitants (besluit_2015)
+    groups: np.ndarray           # cap_groups
+
+
+def allocation_basis(regime: Regime, historical_share: np.ndarray, inhabitants: np.ndarray) -> Basis:
+    """The :class:`Basis` of ``allocate(regime, ..., historical_share, inhabitants, ...)``."""
+    return Basis(historical_share=np.asarray(historical_share, dtype=np.float64),
+                 weight=objective_weight(inhabitants, regime),
+                 small=np.asarray(inhabitants, dtype=np.float64) <= regime.historical_up_to,
+                 groups=cap_groups(regime, inhabitants))
+
+
 def allocate(regime: Regime, objective_cost: np.ndarray, historical_share: np.ndarray,
              inhabitants: np.ndarray, tb: float, cap: CapRule | None | str = "regime",
-             historical_cost: np.ndarray | None = None, mau: float | None = None) -> Budgets:
+             historical_cost: np.ndarray | None = None, mau: float | None = None,
+             basis: Basis | None = None) -> Budgets:
     """Budgets of one regime: the regime's formula, the ex-ante cap, the MAU deduction.
 
     ``regime.formula``:
@@ -297,10 +318,12 @@ def allocate(regime: Regime, objective_cost: np.ndarray, historical_share: np.nd
     (:func:`mau_deduction`), so the budgets sum to TB. The ex-ante cap (``cap``: the
     regime's own by default, a :class:`CapRule`, or ``None``) compares each municipality in
     the objective model with its historical budget within its group (:func:`cap_groups`).
+    ``basis``: :func:`allocation_basis` of the same regime, historical shares and inhabitants,
+    computed before (else here).
     """
     s = objective_shares(objective_cost)
-    h = np.asarray(historical_share, dtype=np.float64)
-    w = objective_weight(inhabitants, regime)
+    basis = basis or allocation_basis(regime, historical_share, inhabitants)
+    h, w = basis.historical_share, basis.weight
     tbmau = regime.mau.amount if mau is None else float(mau)
     if regime.formula == "shares":
         tbmau = 0.0
@@ -314,12 +337,11 @@ def allocate(regime: Regime, objective_cost: np.ndarray, historical_share: np.nd
             raise ValueError("historical costs K: expected finite amounts >= 0, one per municipality")
         budget = _besluit_2007(w, np.asarray(objective_cost, dtype=np.float64), k, tb + tbmau)
     else:
-        small = np.asarray(inhabitants, dtype=np.float64) <= regime.historical_up_to
-        budget = _besluit_2015(w, small, np.asarray(objective_cost, dtype=np.float64), h, tb + tbmau,
+        budget = _besluit_2015(w, basis.small, np.asarray(objective_cost, dtype=np.float64), h, tb + tbmau,
                                regime.transition_historical)
     rule = regime.cap if isinstance(cap, str) else cap
     capped, ceiling = ((budget, math.nan) if rule is None
-                       else capped_in_groups(budget, h, cap_groups(regime, inhabitants), rule))
+                       else capped_in_groups(budget, h, basis.groups, rule))
     mau_b = mau_deduction(regime, inhabitants, capped, tbmau)
     uncapped = budget - (mau_deduction(regime, inhabitants, budget, tbmau) if rule is not None else mau_b)
     final = capped - mau_b
@@ -408,7 +430,8 @@ def budget_stage(regime: Regime, stage: str, spending_t2: np.ndarray, households
 
 
 def allocate_stage(st: Stage, objective_cost: np.ndarray, inhabitants: np.ndarray,
-                   cap: CapRule | None | str = "regime") -> Budgets:
-    """:func:`allocate` of a stage: its macro budget, historical costs and objective costs."""
+                   cap: CapRule | None | str = "regime", basis: Basis | None = None) -> Budgets:
+    """:func:`allocate` of a stage: its macro budget, historical costs and objective costs
+    (``basis``: ``allocation_basis(st.regime, st.historical_share, inhabitants)``, or None)."""
     return allocate(st.regime, np.asarray(objective_cost, dtype=np.float64) * st.cost_factor, st.historical_share,
-                    inhabitants, st.tb, cap=cap, historical_cost=st.historical_cost, mau=st.mau)
+                    inhabitants, st.tb, cap=cap, historical_cost=st.historical_cost, mau=st.mau, basis=basis)

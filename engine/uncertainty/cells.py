@@ -24,7 +24,7 @@ from engine.model.fitted import ModelFit
 from engine.model.predict import PredictionDesign
 from engine.model.published import neighbourhood_region_offset
 from kernels.config import N_VIRTUAL
-from kernels.draws import cell_sums, cells, factor_terms, term_tables
+from kernels.draws import cell_sums, cells, factor_terms, prefix_order, term_tables
 
 FLOAT32_LIMIT = 20.0
 BOUNDS = {np.dtype(t): (np.exp(-c), np.exp(c)) for t, c in ((np.float32, 43.0), (np.float64, 350.0))}
@@ -45,6 +45,7 @@ class DrawCells:
     n_mun: int
     dtype: np.dtype
     region: np.ndarray | None = None       # (n_nb,) published region effect of the volume, or None
+    orders: tuple = ()                     # per component kernels.draws.prefix_order of its levels
 
     def level_tables(self, fit: ModelFit, vp: np.ndarray | None = None,
                      pp: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -60,16 +61,30 @@ class DrawCells:
             out.append((coef, nb))
         return out
 
+    def batch_tables(self, coefficients: list[tuple], comp: int) -> tuple[np.ndarray, np.ndarray]:
+        """Component ``comp``'s (level_coef (L, R), nb_eta (n_nb, R)) of R coefficient sets: the
+        tables of :meth:`level_tables` side by side, computed for all R at once with the same
+        operations in the same order (so the same bits)."""
+        lay = self.layouts[comp]
+        comps = [(c[0].volume, c[1]) if comp == 0 else (c[0].price, c[2]) for c in coefficients]
+        theta = np.nan_to_num(np.stack([cp.params if th is None else th for cp, th in comps]))   # (R, K)
+        level = np.where(lay.level_param >= 0, theta[:, np.maximum(lay.level_param, 0)], 0.0)
+        # the sum over the continuous terms runs along the last axis, as in Layout.tables
+        nb = theta[:, [0]] + (self.nb_cont[:, lay.cont_cols][None] * theta[:, None, lay.cont_param]).sum(axis=2)
+        if lay.fe_start >= 0:
+            nb = nb + np.asarray([cp.fe_common for cp, _ in comps])[:, None]
+        if comp == 0 and self.region is not None:
+            nb = nb + self.region
+        return np.ascontiguousarray(level.T), np.ascontiguousarray(nb.T)
+
     def sums(self, coefficients: list[tuple]) -> np.ndarray:
         """(n_mun, 2, R) float64 sums of E and V per municipality for R coefficient sets
         ``(fit, volume_params or None, price_params or None)``."""
         R = len(coefficients)
-        tables = [self.level_tables(*c) for c in coefficients]
         a, b = term_tables(self.levels[0].shape[0], self.nb_mun.shape[0], R, self.dtype)
         for comp in range(2):
-            level = np.ascontiguousarray(np.stack([t[comp][0] for t in tables], axis=1))
-            nb = np.ascontiguousarray(np.stack([t[comp][1] for t in tables], axis=1))
-            factor_terms(self.levels[comp], level, nb, a, b, comp, *BOUNDS[self.dtype])
+            level, nb = self.batch_tables(coefficients, comp)
+            factor_terms(self.levels[comp], level, nb, a, b, comp, *BOUNDS[self.dtype], *self.orders[comp])
         out = cell_sums(self.cell_nb, self.cell_prof, self.s1, self.s2, a, b, self.nb_mun, self.n_mun, N_VIRTUAL)
         return np.ascontiguousarray(out[:, :, :R])
 
@@ -93,7 +108,8 @@ def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None)
     region = neighbourhood_region_offset(fit.spec, hh)
     levels = tuple(np.ascontiguousarray(lay.lev_off + profiles[:, lay.cols]) for lay in layouts)
     dc = DrawCells(layouts=layouts, levels=levels, cell_nb=cell_nb, cell_prof=cell_prof, s1=s1, s2=s2,
-                   nb_cont=hh.nb_cont, nb_mun=hh.nb_mun, n_mun=hh.n_mun, dtype=np.dtype(np.float64), region=region)
+                   nb_cont=hh.nb_cont, nb_mun=hh.nb_mun, n_mun=hh.n_mun, dtype=np.dtype(np.float64), region=region,
+                   orders=tuple(prefix_order(lev) for lev in levels))
     if dtype is None:
         parts = [np.abs(t).max(initial=0.0) for lev, (coef, nb) in zip(levels, dc.level_tables(fit))
                  for t in (coef[lev].sum(axis=1), nb)]

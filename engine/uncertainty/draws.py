@@ -20,7 +20,7 @@ from engine.model.design import read_households
 from engine.model.fitted import ModelFit, read_fit
 from engine.model.predict import prediction_design, predict
 from engine.model.refit import Refitter
-from engine.rules.budget import allocate_stage, budget_stage
+from engine.rules.budget import allocate_stage, allocation_basis, budget_stage
 from engine.rules.redistribution import effects
 from engine.rules.regime import load_regime
 from engine.uncertainty.cells import draw_cells
@@ -242,7 +242,9 @@ class Context:
         self.hist, self.tb = self.stage.historical_share, self.stage.tb
         self.point = predict(self.hh, self.fit, self.pd)
         cost = self.point.objective_cost
-        self.point_budget = allocate_stage(self.stage, cost, self.inhabitants)
+        # weights and cap groups do not depend on the objective cost: once for every replicate
+        self.basis = allocation_basis(self.stage.regime, self.hist, self.inhabitants)
+        self.point_budget = allocate_stage(self.stage, cost, self.inhabitants, basis=self.basis)
         self.elasticity = spending_elasticity(self.hh, self.fit, self.pd)
         self.between = between_sd_estimate(self.fit, self.hh.mun_codes,
                                            None if settings.between_sd == "auto" else float(settings.between_sd))
@@ -312,7 +314,7 @@ class Context:
         out = {c: np.empty((stop - start, self.n_mun)) for c in REPLICATE_COLUMNS}
         for i in range(stop - start):
             cost, var = sums[:, 0, i], sums[:, 1, i]
-            b = allocate_stage(self.stage, cost, self.inhabitants)
+            b = allocate_stage(self.stage, cost, self.inhabitants, basis=self.basis)
             z, u = noise[i]
             out["objective_cost"][i] = cost
             out["budget"][i] = b.budget

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from engine.io.outputs import atomic_dir, write_json
 from engine.uncertainty.settings import QUANTILES, Settings
-from engine.uncertainty.store import replicate_table
+from engine.uncertainty.store import DICTIONARY_COLUMNS, replicate_table
 
 
 @dataclass(frozen=True)
@@ -148,18 +148,22 @@ def replicates_table(res: BootstrapResult) -> pa.Table:
     return replicate_table(0, res.values, res.codes)
 
 
-def write_results(res: BootstrapResult, out: str | Path, level: float = 0.01, fdr: float | None = None) -> None:
+def write_results(res: BootstrapResult, out: str | Path, level: float = 0.01,
+                  fdr: float | None = None) -> dict[str, pa.Table]:
     """replicates.parquet, bands.parquet, flags.parquet and bootstrap.json, committed as one set
     (:func:`engine.io.outputs.atomic_dir`): a kill never leaves new flags beside old bands. Flags
-    at ``level`` per test, or at false discovery rate ``fdr`` when given."""
+    at ``level`` per test, or at false discovery rate ``fdr`` when given. Returns the tables
+    written (``"replicates"``, ``"bands"``, ``"flags"``), so a caller need not compute them again."""
     out = Path(out)
     record = {"settings": res.settings.key(), "inputs": res.inputs}
+    tables = {"replicates": replicates_table(res), "bands": bands_table(res), "flags": flags_table(res, level, fdr)}
     with atomic_dir(out) as tmp:
-        for name, table in (("replicates", replicates_table(res)), ("bands", bands_table(res)),
-                            ("flags", flags_table(res, level, fdr))):
-            pq.write_table(table, tmp / f"{name}.parquet")
+        for name, table in tables.items():
+            pq.write_table(table, tmp / f"{name}.parquet",
+                           use_dictionary=DICTIONARY_COLUMNS if name == "replicates" else True)
         write_json(tmp / "bootstrap.json", {**record, "replicates": res.replicates, "flag_level": level,
                                              "flag_fdr": fdr, "between_sd": res.between_sd,
                                              "between_mean": res.between_mean,
                                              "between_sd_left_out": list(res.between_left_out),
                                              "seconds": res.seconds, "computed": res.computed})
+    return tables
