@@ -8,8 +8,10 @@ the next Newton step below 1e-6 in every coefficient; that step is applied, leav
 error of the order of its square (the reported gradient norm is at the final point).
 
 Covariances at the estimate: model-based (inverse Hessian), robust HC1 (sandwich with
-n/(n-k)) and cluster-robust by municipality (G/(G-1) * (n-1)/(n-k)), the corrections
-statsmodels uses. Municipality fixed effects are estimated with the model and left out
+n/(n-k)) and cluster-robust by municipality, bias-reduced (CR2, :mod:`engine.model.sandwich`:
+the plain sandwich with statsmodels' G/(G-1) * (n-1)/(n-k), CR1, is too small for the terms
+a few large municipalities dominate; ``cluster_kind="cr1"`` gives it). Municipality
+fixed effects are estimated with the model and left out
 of prediction: they are replaced there by one common effect (``fe_common``) chosen so that
 the national number of predicted households equals the observed one.
 
@@ -42,6 +44,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from engine.model.design import ComponentDesign
+from engine.model.sandwich import cr2_covariance
 from kernels.config import N_VIRTUAL
 from kernels.glm import linear_predictor, logit_pass
 
@@ -151,14 +154,19 @@ class _Evaluator:
                 H[sb, sa] = block.T
         return H
 
-    def run(self, theta: np.ndarray, mode: int = 0, clusters: bool = False, weight=None) -> PassStats:
+    def run(self, theta: np.ndarray, mode: int = 0, clusters: bool = False, weight=None,
+            rows: np.ndarray | None = None) -> PassStats:
+        """One pass at ``theta`` over the sample, or over its ``rows`` only."""
         d, lay = self.d, self.d.layout
         level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
         j_coef = self.M @ level_coef
         wt = d.weight if weight is None else weight
+        joint, nbhd, y = d.joint, d.nbhd, d.y
+        if rows is not None:
+            joint, nbhd, y, wt = joint[rows], nbhd[rows], y[rows], (wt[rows] if wt.size else wt)
         ll, g_j, g_nb, a_nb, a_mj, a_xj, a_pair, s_mj = logit_pass(
-            d.joint, self.off, np.asarray(self.sizes, dtype=np.int64), j_coef, d.nbhd, nb_eta, self.n_nb,
-            d.nb_cont, d.nb_mun, self.n_mun, d.y, wt, mode, clusters, self.pair_off, self.n_pair, N_VIRTUAL)
+            joint, self.off, np.asarray(self.sizes, dtype=np.int64), j_coef, nbhd, nb_eta, self.n_nb,
+            d.nb_cont, d.nb_mun, self.n_mun, y, wt, mode, clusters, self.pair_off, self.n_pair, N_VIRTUAL)
         D, P = self.D, self.P
         g = D.T @ g_nb + P.T @ g_j
         Hnn = (D.T @ sp.diags(a_nb) @ D).toarray()
@@ -169,6 +177,39 @@ class _Evaluator:
         H = Hnn + cross + cross.T + np.asarray(P.T @ (P.T @ Hjj).T)
         return PassStats(ll=ll, g=np.asarray(g), H=H, w_lev=self.M.T @ diag, g_lev=self.M.T @ g_j, g_nb=g_nb,
                          a_nb=a_nb, s_mj=s_mj)
+
+    def cluster_hessians(self, theta: np.ndarray, clusters: np.ndarray, cols: np.ndarray, weight=None):
+        """For each municipality of ``clusters``: the positions in ``cols`` of the parameters its
+        rows touch (those without fixed effects and its own effect) and its Hessian on them
+        (sum of w x x' over its rows, w = wt p (1 - p)), one municipality at a time."""
+        d, lay = self.d, self.d.layout
+        fe0 = lay.fe_start if lay.fe_start >= 0 else lay.n_params
+        pos = np.full(lay.n_params, -1)
+        pos[cols] = np.arange(cols.size)
+        shared = cols[cols < fe0]
+        Pd = self.P[:, shared].toarray()
+        Dd = self.D[:, shared].toarray()
+        level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
+        j_coef = self.M @ level_coef
+        wt = d.weight if weight is None else weight
+        j_rows = d.joint.astype(np.int64) + np.asarray(self.off, dtype=np.int64)
+        mun = d.nb_mun[d.nbhd]
+        order = np.argsort(mun, kind="stable")
+        bounds = np.searchsorted(mun[order], np.arange(self.n_mun + 1))
+        for g in clusters:
+            rows = order[bounds[g]:bounds[g + 1]]
+            jr, nb = j_rows[rows], d.nbhd[rows]
+            eta, X = nb_eta[nb], Dd[nb]
+            for k in range(jr.shape[1]):
+                eta = eta + j_coef[jr[:, k]]
+                X += Pd[jr[:, k]]
+            p = 1.0 / (1.0 + np.exp(-eta))
+            w = p * (1 - p) * (wt[rows] if wt.size else 1.0)
+            own = fe0 + g - 1 if lay.fe_start >= 0 and g > 0 else -1
+            idx = pos[shared]
+            if own >= 0 and pos[own] >= 0:
+                X, idx = np.column_stack([X, np.ones(rows.size)]), np.append(idx, pos[own])
+            yield idx, (X * w[:, None]).T @ X
 
     def cluster_scores(self, st: PassStats) -> np.ndarray:
         """(G, K) score sums per municipality (clusters nest neighbourhoods)."""
@@ -349,7 +390,7 @@ def fit_component(*args, **kwargs) -> ComponentFit:
 def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
                   mun_codes: np.ndarray | None = None, start: np.ndarray | None = None,
                   step_tol: float = 1e-6, covariances: bool = True, common: bool = True,
-                  sums: tuple | None = None) -> ComponentFit:
+                  sums: tuple | None = None, cluster_kind: str = "cr2") -> ComponentFit:
     """Estimate one component by Newton with step-halving (from ``start`` if given: a warm
     start; NaN entries start at 0; by default the fixed effects start at each
     municipality's own log-odds). Converged when the gradient norm is below ``tol`` and
@@ -360,7 +401,9 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     needs the estimates only) skips the covariance pass: the three covariances are NaN and
     loglik and gradient norm those of the last pass; ``common=False`` leaves ``fe_common``
     NaN for the caller to compute; ``sums``: the sample sums of weight and outcome per
-    factor level and per municipality (:func:`_sample_sums`) when the caller has them."""
+    factor level and per municipality (:func:`_sample_sums`) when the caller has them;
+    ``cluster_kind``: ``"cr2"`` (default, :mod:`engine.model.sandwich`) or ``"cr1"`` (the
+    G/(G-1) (n-1)/(n-k) correction of statsmodels) for the cluster-robust covariance."""
     t0 = time.perf_counter()
     lay = d.layout
     names = lay.term_names
@@ -456,7 +499,11 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     G = int(has.sum())
     S = S[has]
     cluster = np.full((K, K), np.nan)
-    corr = G / (G - 1) * (n_obs - 1) / (n_obs - k) if G > 1 else np.nan
-    cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
+    if cluster_kind == "cr1":
+        corr = G / (G - 1) * (n_obs - 1) / (n_obs - k) if G > 1 else np.nan
+        cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
+    else:
+        cluster[np.ix_(act, act)] = cr2_covariance(ev.cluster_hessians(theta, np.flatnonzero(has), act, weight),
+                                                   Hinv_a, S) if G > 1 else np.nan
     return ComponentFit(cov_model=Hinv, cov_robust=robust, cov_cluster=cluster, loglik=float(meat.ll),
                         gradient_norm=gnorm, n_clusters=G, seconds=time.perf_counter() - t0, **done)
