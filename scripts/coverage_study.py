@@ -28,7 +28,13 @@ Diagnostics, to explain a coverage that is off rather than hide it:
   (k2 - k1) / (B + 1) (0.9405 for B = 200, 0.948 for B = 1000).
 - coefficient z-scores (estimate - truth) / cluster-robust se of the volume terms that
   enter prediction and of the price terms: their mean square per world should be about 1;
-  above 1 means the covariance the draws come from is too small.
+  above 1 means the covariance the draws come from is too small. Beside it the same with the
+  model-based se (the inverse Hessian: the right variance for the volume logit, whose truth
+  has independent households given the municipality; not for the fractional price logit,
+  whose fractions vary far less than a binomial) and the mean ratio of the cluster-robust
+  (CR2, :mod:`engine.model.sandwich`) to the model-based volume se. The mean square of one
+  world has a large spread (the z-scores of a world are correlated): compare the mean over
+  worlds with its standard error.
 - coverage against a second target, ``realised``: the truth's coefficients with the
   common effect recalibrated to the *realised* national count (the estimate's own rule:
   ``fe_common`` is fitted to realised counts, the truth's ``objective_cost`` to expected
@@ -41,7 +47,9 @@ Flags, on the same worlds (``engine.uncertainty.summaries.flags_table``):
 - calibration of ``p_explained`` on the municipalities without a planted effect: the
   Kolmogorov-Smirnov distance from the uniform, pooled over worlds and per world, and the
   counts below 0.01 and 0.05 against the binomial 99% range (``--planted 0``: null worlds);
-- on the planted ones (surpluses drawn from ``--planted-surplus``): precision, recall and the
+- on the planted ones (surpluses drawn from ``--planted-surplus``, or with ``--surplus-cycle``
+  S1 S2 ... world i plants surpluses of exactly S[i mod n], so that precision and recall can
+  be given per size over the worlds of that size): precision, recall and the
   false discovery proportion per world of the Benjamini-Hochberg flags at ``--fdr``, and the
   recall (power) by planted surplus (10%, 15%, 20%, 25%, 30% bins) at ``--fdr`` and ``--level``;
 - the between-municipality sd of the band over the truth's sd of municipality effects.
@@ -51,8 +59,9 @@ coefficient z-score mean squares with their standard error over worlds.
 
 Outputs in ``--out``: ``coverage_worlds.csv`` (one row per world), ``coverage_municipalities.csv``
 (one row per world and municipality), ``coverage_terms.csv`` (one row per world and
-coefficient: estimate, truth, cluster-robust se, z), ``coverage_summary.json``, and a readable table on
-stdout. Worlds are generated into ``--out/worlds/`` and removed after use unless ``--keep``.
+coefficient: estimate, truth, cluster-robust and model-based se, z), all three rewritten after
+every world (a study cut short keeps the worlds it finished), ``coverage_summary.json`` at the
+end, and a readable table on stdout. Worlds are generated into ``--out/worlds/`` and removed after use unless ``--keep``.
 
     python scripts/coverage_study.py --out /tmp/coverage                 # 20 worlds of 1,000,000 households
     python scripts/coverage_study.py --worlds 30 --households 500000 --replicates 1000 --out /tmp/cov
@@ -414,7 +423,7 @@ def format_report(worlds: list[dict], s: dict) -> str:
               f"{s['z2_volume_mean']:.3f} (se {s['z2_volume_se']:.3f}; {s['n_volume_terms']} terms), price "
               f"{s['z2_price_mean']:.3f} (se {s['z2_price_se']:.3f}; {s['n_price_terms']} terms); 1 if the covariance "
               "is right",
-              f"  the same with the model-based se: volume {s['z2_volume_model_se_mean']:.3f} "
+              f"  the same with the model-based se (right for the volume logit only): volume {s['z2_volume_model_se_mean']:.3f} "
               f"(se {s['z2_volume_model_se_se']:.3f}), price {s['z2_price_model_se_mean']:.3f} "
               f"(se {s['z2_price_model_se_se']:.3f}); volume cluster se / model se "
               f"{s['se_ratio_cluster_model_volume'][0]:.3f} (se {s['se_ratio_cluster_model_volume'][1]:.3f})",
