@@ -44,7 +44,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from engine.model.design import ComponentDesign
-from engine.model.sandwich import cr2_covariance
+from engine.model.sandwich import cluster_hessians, cr2_covariance
 from kernels.config import N_VIRTUAL
 from kernels.glm import linear_predictor, logit_pass
 
@@ -154,19 +154,14 @@ class _Evaluator:
                 H[sb, sa] = block.T
         return H
 
-    def run(self, theta: np.ndarray, mode: int = 0, clusters: bool = False, weight=None,
-            rows: np.ndarray | None = None) -> PassStats:
-        """One pass at ``theta`` over the sample, or over its ``rows`` only."""
+    def run(self, theta: np.ndarray, mode: int = 0, clusters: bool = False, weight=None) -> PassStats:
         d, lay = self.d, self.d.layout
         level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
         j_coef = self.M @ level_coef
         wt = d.weight if weight is None else weight
-        joint, nbhd, y = d.joint, d.nbhd, d.y
-        if rows is not None:
-            joint, nbhd, y, wt = joint[rows], nbhd[rows], y[rows], (wt[rows] if wt.size else wt)
         ll, g_j, g_nb, a_nb, a_mj, a_xj, a_pair, s_mj = logit_pass(
-            joint, self.off, np.asarray(self.sizes, dtype=np.int64), j_coef, nbhd, nb_eta, self.n_nb,
-            d.nb_cont, d.nb_mun, self.n_mun, y, wt, mode, clusters, self.pair_off, self.n_pair, N_VIRTUAL)
+            d.joint, self.off, np.asarray(self.sizes, dtype=np.int64), j_coef, d.nbhd, nb_eta, self.n_nb,
+            d.nb_cont, d.nb_mun, self.n_mun, d.y, wt, mode, clusters, self.pair_off, self.n_pair, N_VIRTUAL)
         D, P = self.D, self.P
         g = D.T @ g_nb + P.T @ g_j
         Hnn = (D.T @ sp.diags(a_nb) @ D).toarray()
@@ -177,39 +172,6 @@ class _Evaluator:
         H = Hnn + cross + cross.T + np.asarray(P.T @ (P.T @ Hjj).T)
         return PassStats(ll=ll, g=np.asarray(g), H=H, w_lev=self.M.T @ diag, g_lev=self.M.T @ g_j, g_nb=g_nb,
                          a_nb=a_nb, s_mj=s_mj)
-
-    def cluster_hessians(self, theta: np.ndarray, clusters: np.ndarray, cols: np.ndarray, weight=None):
-        """For each municipality of ``clusters``: the positions in ``cols`` of the parameters its
-        rows touch (those without fixed effects and its own effect) and its Hessian on them
-        (sum of w x x' over its rows, w = wt p (1 - p)), one municipality at a time."""
-        d, lay = self.d, self.d.layout
-        fe0 = lay.fe_start if lay.fe_start >= 0 else lay.n_params
-        pos = np.full(lay.n_params, -1)
-        pos[cols] = np.arange(cols.size)
-        shared = cols[cols < fe0]
-        Pd = self.P[:, shared].toarray()
-        Dd = self.D[:, shared].toarray()
-        level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
-        j_coef = self.M @ level_coef
-        wt = d.weight if weight is None else weight
-        j_rows = d.joint.astype(np.int64) + np.asarray(self.off, dtype=np.int64)
-        mun = d.nb_mun[d.nbhd]
-        order = np.argsort(mun, kind="stable")
-        bounds = np.searchsorted(mun[order], np.arange(self.n_mun + 1))
-        for g in clusters:
-            rows = order[bounds[g]:bounds[g + 1]]
-            jr, nb = j_rows[rows], d.nbhd[rows]
-            eta, X = nb_eta[nb], Dd[nb]
-            for k in range(jr.shape[1]):
-                eta = eta + j_coef[jr[:, k]]
-                X += Pd[jr[:, k]]
-            p = 1.0 / (1.0 + np.exp(-eta))
-            w = p * (1 - p) * (wt[rows] if wt.size else 1.0)
-            own = fe0 + g - 1 if lay.fe_start >= 0 and g > 0 else -1
-            idx = pos[shared]
-            if own >= 0 and pos[own] >= 0:
-                X, idx = np.column_stack([X, np.ones(rows.size)]), np.append(idx, pos[own])
-            yield idx, (X * w[:, None]).T @ X
 
     def cluster_scores(self, st: PassStats) -> np.ndarray:
         """(G, K) score sums per municipality (clusters nest neighbourhoods)."""
@@ -503,7 +465,7 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
         corr = G / (G - 1) * (n_obs - 1) / (n_obs - k) if G > 1 else np.nan
         cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
     else:
-        cluster[np.ix_(act, act)] = cr2_covariance(ev.cluster_hessians(theta, np.flatnonzero(has), act, weight),
+        cluster[np.ix_(act, act)] = cr2_covariance(cluster_hessians(ev, theta, np.flatnonzero(has), act, weight),
                                                    Hinv_a, S) if G > 1 else np.nan
     return ComponentFit(cov_model=Hinv, cov_robust=robust, cov_cluster=cluster, loglik=float(meat.ll),
                         gradient_norm=gnorm, n_clusters=G, seconds=time.perf_counter() - t0, **done)

@@ -58,3 +58,38 @@ def cr2_covariance(H_clusters, M: np.ndarray, S: np.ndarray) -> np.ndarray:
         meat[np.ix_(idx, idx)] += np.outer(a, a)
     cov = M @ meat @ M
     return (cov + cov.T) / 2
+
+
+def cluster_hessians(ev, theta: np.ndarray, clusters: np.ndarray, cols: np.ndarray, weight=None):
+    """For each municipality of ``clusters``, with ``ev`` the evaluator of a component's design
+    (engine.model.fit): the positions in ``cols`` of the parameters its rows touch (those
+    without fixed effects and its own effect) and its Hessian on them (sum of w x x' over its
+    rows, w = wt p (1 - p)), one municipality at a time, from dense rows (BLAS)."""
+    d, lay = ev.d, ev.d.layout
+    fe0 = lay.fe_start if lay.fe_start >= 0 else lay.n_params
+    pos = np.full(lay.n_params, -1)
+    pos[cols] = np.arange(cols.size)
+    shared = cols[cols < fe0]
+    Pd = ev.P[:, shared].toarray()
+    Dd = ev.D[:, shared].toarray()
+    level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
+    j_coef = ev.M @ level_coef
+    wt = d.weight if weight is None else weight
+    j_rows = d.joint.astype(np.int64) + np.asarray(ev.off, dtype=np.int64)
+    mun = d.nb_mun[d.nbhd]
+    order = np.argsort(mun, kind="stable")
+    bounds = np.searchsorted(mun[order], np.arange(ev.n_mun + 1))
+    for g in clusters:
+        rows = order[bounds[g]:bounds[g + 1]]
+        jr, nb = j_rows[rows], d.nbhd[rows]
+        eta, X = nb_eta[nb], Dd[nb]
+        for k in range(jr.shape[1]):
+            eta = eta + j_coef[jr[:, k]]
+            X += Pd[jr[:, k]]
+        p = 1.0 / (1.0 + np.exp(-eta))
+        w = p * (1 - p) * (wt[rows] if wt.size else 1.0)
+        own = fe0 + g - 1 if lay.fe_start >= 0 and g > 0 else -1
+        idx = pos[shared]
+        if own >= 0 and pos[own] >= 0:
+            X, idx = np.column_stack([X, np.ones(rows.size)]), np.append(idx, pos[own])
+        yield idx, (X * w[:, None]).T @ X
