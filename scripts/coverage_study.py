@@ -28,7 +28,13 @@ Diagnostics, to explain a coverage that is off rather than hide it:
   (k2 - k1) / (B + 1) (0.9405 for B = 200, 0.948 for B = 1000).
 - coefficient z-scores (estimate - truth) / cluster-robust se of the volume terms that
   enter prediction and of the price terms: their mean square per world should be about 1;
-  above 1 means the covariance the draws come from is too small.
+  above 1 means the covariance the draws come from is too small. Beside it the same with the
+  model-based se (the inverse Hessian: the right variance for the volume logit, whose truth
+  has independent households given the municipality; not for the fractional price logit,
+  whose fractions vary far less than a binomial) and the mean ratio of the cluster-robust
+  (CR2, :mod:`engine.model.sandwich`) to the model-based volume se. The mean square of one
+  world has a large spread (the z-scores of a world are correlated): compare the mean over
+  worlds with its standard error.
 - coverage against a second target, ``realised``: the truth's coefficients with the
   common effect recalibrated to the *realised* national count (the estimate's own rule:
   ``fe_common`` is fitted to realised counts, the truth's ``objective_cost`` to expected
@@ -41,7 +47,9 @@ Flags, on the same worlds (``engine.uncertainty.summaries.flags_table``):
 - calibration of ``p_explained`` on the municipalities without a planted effect: the
   Kolmogorov-Smirnov distance from the uniform, pooled over worlds and per world, and the
   counts below 0.01 and 0.05 against the binomial 99% range (``--planted 0``: null worlds);
-- on the planted ones (surpluses drawn from ``--planted-surplus``): precision, recall and the
+- on the planted ones (surpluses drawn from ``--planted-surplus``, or with ``--surplus-cycle``
+  S1 S2 ... world i plants surpluses of exactly S[i mod n], so that precision and recall can
+  be given per size over the worlds of that size): precision, recall and the
   false discovery proportion per world of the Benjamini-Hochberg flags at ``--fdr``, and the
   recall (power) by planted surplus (10%, 15%, 20%, 25%, 30% bins) at ``--fdr`` and ``--level``;
 - the between-municipality sd of the band over the truth's sd of municipality effects.
@@ -51,8 +59,9 @@ coefficient z-score mean squares with their standard error over worlds.
 
 Outputs in ``--out``: ``coverage_worlds.csv`` (one row per world), ``coverage_municipalities.csv``
 (one row per world and municipality), ``coverage_terms.csv`` (one row per world and
-coefficient: estimate, truth, cluster-robust se, z), ``coverage_summary.json``, and a readable table on
-stdout. Worlds are generated into ``--out/worlds/`` and removed after use unless ``--keep``.
+coefficient: estimate, truth, cluster-robust and model-based se, z), all three rewritten after
+every world (a study cut short keeps the worlds it finished), ``coverage_summary.json`` at the
+end, and a readable table on stdout. Worlds are generated into ``--out/worlds/`` and removed after use unless ``--keep``.
 
     python scripts/coverage_study.py --out /tmp/coverage                 # 20 worlds of 1,000,000 households
     python scripts/coverage_study.py --worlds 30 --households 500000 --replicates 1000 --out /tmp/cov
@@ -122,6 +131,17 @@ def flag_summary(worlds: list[dict], muns: list[dict], fdr: float) -> dict:
             out["power_by_surplus"].append({"surplus_from": lo, "surplus_to": hi, "n": len(sel),
                                             "recall_q": float(np.mean([m["flagged_q"] for m in sel])),
                                             "recall_level": float(np.mean([m["flagged_level"] for m in sel]))})
+    out["by_world_surplus"] = []
+    for setting in sorted({(w["planted_surplus_min"], w["planted_surplus_max"]) for w in worlds}):
+        ws = [w for w in worlds if (w["planted_surplus_min"], w["planted_surplus_max"]) == setting]
+        seeds = {w["seed"] for w in ws}
+        pl = [m for m in planted if m["seed"] in seeds]
+        nf = sum(w["flagged_q"] for w in ws)
+        out["by_world_surplus"].append({
+            "surplus_min": setting[0], "surplus_max": setting[1], "worlds": len(ws), "planted": len(pl),
+            "flagged_q": nf, "precision_q": (sum(w["true_flagged_q"] for w in ws) / nf) if nf else float("nan"),
+            "recall_q": float(np.mean([m["flagged_q"] for m in pl])) if pl else float("nan"),
+            "recall_q_se_between_worlds": mean_se([w["true_flagged_q"] / w["planted"] for w in ws if w["planted"]])[1]})
     return out
 
 
@@ -185,6 +205,15 @@ def realised_level_cost(ctx, vp: np.ndarray, pp: np.ndarray) -> tuple[np.ndarray
     return cost, c1
 
 
+def world_surplus(args, seed: int) -> tuple[float, float]:
+    """The (min, max) planted surplus of the world with ``seed``: ``--planted-surplus``, or with
+    ``--surplus-cycle`` the cycle's value for this world (world i of the study: value i mod n)."""
+    if not args.surplus_cycle:
+        return tuple(args.planted_surplus)
+    s = args.surplus_cycle[(seed - args.seed) % len(args.surplus_cycle)]
+    return (s, s)
+
+
 def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dict]]:
     """Generate, fit, bootstrap and score one world: its summary row, its rows per
     municipality and its rows per coefficient (z-score against the truth)."""
@@ -199,8 +228,9 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
 
     world = root / f"world-{seed}"
     t0 = time.perf_counter()
+    surplus = world_surplus(args, seed)
     generate(world / "population", households=args.households, seed=seed, planted=args.planted,
-             planted_effect=args.planted_effect, planted_surplus=tuple(args.planted_surplus), policy_sd=args.policy_sd)
+             planted_effect=args.planted_effect, planted_surplus=surplus, policy_sd=args.policy_sd)
     t1 = time.perf_counter()
     fit_to_folder(read_population(world / "population"), world / "fit", spec=args.spec)
     t2 = time.perf_counter()
@@ -250,6 +280,8 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
     v, p = ctx.fit.volume, ctx.fit.price
     zv = (v.params[v_cmp] - vp[v_cmp]) / v.se("cluster")[v_cmp]
     zp = (p.params[p_cmp] - pp[p_cmp]) / p.se("cluster")[p_cmp]
+    zv_model = (v.params[v_cmp] - vp[v_cmp]) / v.se("model")[v_cmp]
+    zp_model = (p.params[p_cmp] - pp[p_cmp]) / p.se("model")[p_cmp]
 
     flags = flags_table(res, args.level)
     p_explained = flags.column("p_explained").to_numpy()
@@ -275,6 +307,9 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
     row.update({
         "z_share_mean_gt15k": float(np.mean(zs)), "z_share_sd_gt15k": float(np.std(zs, ddof=1)),
         "z2_volume": float(np.mean(zv ** 2)), "z2_price": float(np.mean(zp ** 2)),
+        "z2_volume_model_se": float(np.mean(zv_model ** 2)), "z2_price_model_se": float(np.mean(zp_model ** 2)),
+        "se_ratio_cluster_model_volume": float(np.mean(v.se("cluster")[v_cmp] / v.se("model")[v_cmp])),
+        "planted_surplus_min": surplus[0], "planted_surplus_max": surplus[1],
         "n_volume_terms": len(zv), "n_price_terms": len(zp),
         "between_sd": res.between_sd, "between_mean": res.between_mean,
         "truth_effect_sd": float(np.std([m["policy_effect"] for m in truth["municipalities"] if not m["planted"]])),
@@ -300,7 +335,8 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
                  "flagged_level": bool(surplus_pos[g] and p_explained[g] < args.level)}
                 for g, c in enumerate(codes)]
     term_rows = [{"seed": seed, "component": comp.name, "term": comp.term_names[i], "estimate": comp.params[i],
-                  "truth": truth_params[i], "se_cluster": comp.se("cluster")[i], "z": z}
+                  "truth": truth_params[i], "se_cluster": comp.se("cluster")[i], "se_model": comp.se("model")[i],
+                  "z": z}
                  for comp, truth_params, idx, zs in ((v, vp, v_cmp, zv), (p, pp, p_cmp, zp))
                  for i, z in zip(idx, zs)]
     if not args.keep:
@@ -344,6 +380,10 @@ def summarise(worlds: list[dict], muns: list[dict], replicates: int) -> dict:
     out["degenerate_per_world"] = sorted({w["degenerate"] for w in worlds})
     out["z2_volume_mean"], out["z2_volume_se"] = mean_se([w["z2_volume"] for w in worlds])
     out["z2_price_mean"], out["z2_price_se"] = mean_se([w["z2_price"] for w in worlds])
+    for comp in ("volume", "price"):
+        out[f"z2_{comp}_model_se_mean"], out[f"z2_{comp}_model_se_se"] = mean_se(
+            [w[f"z2_{comp}_model_se"] for w in worlds])
+    out["se_ratio_cluster_model_volume"] = mean_se([w["se_ratio_cluster_model_volume"] for w in worlds])
     out["between_sd_over_truth"] = mean_se([w["between_sd"] / w["truth_effect_sd"] for w in worlds])
     out["n_volume_terms"], out["n_price_terms"] = worlds[0]["n_volume_terms"], worlds[0]["n_price_terms"]
     out["z_share_mean_gt15k"] = float(np.mean([w["z_share_mean_gt15k"] for w in worlds]))
@@ -383,6 +423,10 @@ def format_report(worlds: list[dict], s: dict) -> str:
               f"{s['z2_volume_mean']:.3f} (se {s['z2_volume_se']:.3f}; {s['n_volume_terms']} terms), price "
               f"{s['z2_price_mean']:.3f} (se {s['z2_price_se']:.3f}; {s['n_price_terms']} terms); 1 if the covariance "
               "is right",
+              f"  the same with the model-based se (right for the volume logit only): volume {s['z2_volume_model_se_mean']:.3f} "
+              f"(se {s['z2_volume_model_se_se']:.3f}), price {s['z2_price_model_se_mean']:.3f} "
+              f"(se {s['z2_price_model_se_se']:.3f}); volume cluster se / model se "
+              f"{s['se_ratio_cluster_model_volume'][0]:.3f} (se {s['se_ratio_cluster_model_volume'][1]:.3f})",
               f"between-municipality sd / truth's sd of municipality effects: {s['between_sd_over_truth'][0]:.3f} "
               f"(se {s['between_sd_over_truth'][1]:.3f})"]
     f = s["flags"]
@@ -397,6 +441,11 @@ def format_report(worlds: list[dict], s: dict) -> str:
     lines.append(f"flags at false discovery rate q = {f['fdr']:g}: precision {f['precision_q']:.3f}, recall "
                  f"{f['recall_q']:.3f}; false discovery proportion per world {f['false_discovery_proportion_mean']:.3f} "
                  f"(se {f['false_discovery_proportion_se']:.3f})")
+    for b in f["by_world_surplus"]:
+        lines.append(f"  worlds with planted surpluses {100 * b['surplus_min']:.0f}-{100 * b['surplus_max']:.0f}% "
+                     f"({b['worlds']} worlds, {b['planted']} planted): precision {b['precision_q']:.3f} "
+                     f"({b['flagged_q']} flags), recall {b['recall_q']:.3f} (se {b['recall_q_se_between_worlds']:.3f}) "
+                     f"at q = {f['fdr']:g}")
     for b in f["power_by_surplus"]:
         lines.append(f"  planted surplus {100 * b['surplus_from']:.1f}-{100 * min(b['surplus_to'], 1):.1f}%: recall "
                      f"{b['recall_q']:.3f} at q = {f['fdr']:g}, {b['recall_level']:.3f} at level {s['level']:g} per "
@@ -421,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "(0: null worlds)")
     p.add_argument("--planted-surplus", type=float, nargs=2, default=(0.10, 0.30), metavar=("MIN", "MAX"),
                    help="planted surpluses drawn uniformly from MIN-MAX (equal: one size)")
+    p.add_argument("--surplus-cycle", type=float, nargs="+", default=None, metavar="S",
+                   help="instead of --planted-surplus: world i plants surpluses of exactly S[i mod n] (precision "
+                        "and recall are then reported per size, over the worlds of that size)")
     p.add_argument("--planted-effect", type=float, default=0.0,
                    help="not 0: a fixed planted effect on the log-odds instead")
     p.add_argument("--level", type=float, default=0.01, help="flag level per test")
@@ -438,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.worlds < 1 or args.replicates < 2:
         raise SystemExit("--worlds must be >= 1 and --replicates >= 2")
+    if args.surplus_cycle and not all(0 <= x < 1 for x in args.surplus_cycle):
+        raise SystemExit("--surplus-cycle values must be in [0, 1)")
     out = Path(args.out)
     root = out / "worlds"
     root.mkdir(parents=True, exist_ok=True)
@@ -449,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         worlds.append(row)
         muns += rows
         terms += trows
+        _write_csv(out / "coverage_worlds.csv", worlds)        # per world as it goes: a study cut short
+        _write_csv(out / "coverage_municipalities.csv", muns)  # keeps the worlds it finished
+        _write_csv(out / "coverage_terms.csv", terms)
         print(f"world {i + 1}/{args.worlds} (seed {row['seed']}): budget coverage > 15k {row['budget_cov_gt15k']:.3f}, "
               f"all {row['budget_cov_all']:.3f}; "
               f"{row['seconds_generate'] + row['seconds_fit'] + row['seconds_bootstrap']:.1f} s", flush=True)
@@ -459,9 +516,6 @@ def main(argv: list[str] | None = None) -> int:
               "loadavg_start": load0, "loadavg_end": os.getloadavg(), "seed": args.seed,
               "planted": args.planted, "planted_effect": args.planted_effect, "policy_sd": args.policy_sd,
               "planted_surplus": list(args.planted_surplus)})
-    _write_csv(out / "coverage_worlds.csv", worlds)
-    _write_csv(out / "coverage_municipalities.csv", muns)
-    _write_csv(out / "coverage_terms.csv", terms)
     tmp = out / f".coverage_summary.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(s, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, out / "coverage_summary.json")

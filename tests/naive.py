@@ -210,6 +210,26 @@ def newton(X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, tol: float
     raise RuntimeError("Newton did not converge")
 
 
+def cr2_covariance(X: np.ndarray, y: np.ndarray, theta: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Bell and McCaffrey's bias-reduced cluster sandwich (CR2) the long way: for each cluster
+    the n_g x n_g block H_gg = W_g^(1/2) X_g M X_g' W_g^(1/2) of the hat matrix (W = p (1 - p),
+    M = (X'WX)^-1), its inverse square root (I - H_gg)^(-1/2) by an eigendecomposition
+    (directions with eigenvalue 1, which the Pearson residuals have no component along,
+    dropped), and M (sum_g X_g' W_g^(1/2) A_g r_g)(...)' M with r = (y - p) / sqrt(W)."""
+    p = logistic(X @ theta)
+    w = p * (1 - p)
+    M = np.linalg.inv(X.T @ (X * w[:, None]))
+    meat = np.zeros_like(M)
+    for g in np.unique(groups):
+        m = groups == g
+        Z = X[m] * np.sqrt(w[m])[:, None]
+        lam, Q = np.linalg.eigh(Z @ M @ Z.T)
+        f = np.where(lam < 1 - 1e-7, 1 / np.sqrt(np.clip(1 - lam, 1e-12, None)), 0.0)
+        u = Z.T @ (Q @ (f * (Q.T @ ((y[m] - p[m]) / np.sqrt(w[m])))))
+        meat += np.outer(u, u)
+    return M @ meat @ M
+
+
 # --------------------------------------------------------------------------- prediction
 
 def household_values(Xv: np.ndarray, beta: np.ndarray, Xp: np.ndarray, gamma: np.ndarray, N: np.ndarray):

@@ -50,7 +50,7 @@ def test_combined_estimates_agree_with_statsmodels_glm(big12):
     hh = households_from_population(big12)
     comp = _combined_small()
     d = component_design(hh, comp, NORMS)
-    f = fit_component(d, mun_codes=hh.mun_codes)
+    f = fit_component(d, mun_codes=hh.mun_codes, cluster_kind="cr1")
     assert not f.dropped_municipalities and f.gradient_norm < 1e-8
     X, y, mun = _naive(big12, comp, d)
     params, se_model, se_hc1, se_cl = _statsmodels_fit(X, y, mun, glm=True)

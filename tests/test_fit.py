@@ -144,7 +144,7 @@ def test_estimates_agree_with_statsmodels(big12, component):
     hh = households_from_population(big12)
     comp = getattr(_small_spec(), component)
     d = component_design(hh, comp, NORMS)
-    f = fit_component(d, mun_codes=hh.mun_codes)
+    f = fit_component(d, mun_codes=hh.mun_codes, cluster_kind="cr1")
     assert not f.dropped_municipalities
     assert f.gradient_norm < 1e-8
     X, y, mun = _naive(big12, comp, d)
@@ -157,6 +157,25 @@ def test_estimates_agree_with_statsmodels(big12, component):
     n, k = X.shape
     np.testing.assert_allclose(f.se("robust"), se_hc1 * np.sqrt(n / (n - k)), rtol=1e-4)
     np.testing.assert_allclose(f.se("cluster"), se_cl, rtol=1e-4)
+
+
+@pytest.mark.parametrize("component", ["volume", "price"])
+def test_cr2_cluster_covariance_against_the_hat_matrix(big12, component):
+    """The default cluster covariance is CR2: against the n_g x n_g hat-matrix blocks of
+    tests/naive.py (with the municipality fixed effects as dummies for the volume), and
+    larger than CR1 on the terms the large municipalities dominate."""
+    hh = households_from_population(big12)
+    comp = getattr(_small_spec(), component)
+    d = component_design(hh, comp, NORMS)
+    f = fit_component(d, mun_codes=hh.mun_codes)
+    cr1 = fit_component(d, mun_codes=hh.mun_codes, cluster_kind="cr1")
+    X, y, mun = _naive(big12, comp, d)
+    rows = slice(None) if comp.sample == "all" else big12.households.column("bijstand").to_numpy() == 1
+    want = naive.cr2_covariance(X, np.asarray(y, dtype=np.float64), f.params, mun[rows])
+    np.testing.assert_allclose(f.cov_cluster, want, rtol=1e-6, atol=1e-12 * np.abs(want).max())
+    np.testing.assert_array_equal(f.params, cr1.params)
+    # CR1's G/(G-1) factor is small against the clusters' own leverage: CR2 is larger on average
+    assert np.mean(f.se("cluster") / cr1.se("cluster")) > 1
 
 
 def test_price_reports_clipped_fractions(small_population):

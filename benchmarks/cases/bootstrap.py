@@ -120,8 +120,8 @@ def _draw_tables(b):
     tables, noise = [], []
     for r in range(DRAWS):
         rng = b.rng(r)
-        vp, pp = b.parametric_params(rng)
-        tables.append(prediction_tables(b.hh, b.fit, b.pd, vp, pp))
+        fit, vp, pp = b.parametric_params(rng)
+        tables.append(prediction_tables(b.hh, fit, b.pd, vp, pp))
         noise.append((rng.standard_normal(b.n_mun), rng.standard_normal(b.n_mun)))
     return tables, noise
 

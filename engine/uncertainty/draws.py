@@ -18,13 +18,14 @@ from threadpoolctl import threadpool_limits
 
 from engine.model.design import read_households
 from engine.model.fitted import ModelFit, read_fit
-from engine.model.predict import prediction_design, predict
+from engine.model.predict import prediction_design, prediction_tables, predict
 from engine.model.refit import Refitter
 from engine.rules.budget import allocate_stage, allocation_basis, budget_stage
 from engine.rules.redistribution import effects
 from engine.rules.regime import load_regime
 from engine.uncertainty.cells import draw_cells
 from engine.uncertainty.settings import REPLICATE_COLUMNS, Settings
+from kernels.predict import household_values
 
 
 def _sqrt_psd(cov: np.ndarray) -> np.ndarray:
@@ -199,6 +200,30 @@ def spending_elasticity(hh, fit: ModelFit, pd_, step: float = 1e-3) -> np.ndarra
     return np.where(ok, (np.log(np.where(ok, up, 1.0)) - np.log(np.where(ok, down, 1.0))) / (2 * step), 0.0)
 
 
+def count_gradient(hh, fit: ModelFit, pd_, lay) -> np.ndarray:
+    """How the common effect must move, to first order, to keep the national predicted count
+    when the volume parameters move: ``dc/dtheta = -(sum_i w_i x_i) / sum_i w_i`` with
+    ``w = p (1 - p)`` at the fit (``lay``: the volume layout on ``hh``; K entries, 0 for the
+    intercept and fixed effects, which prediction does not use). The fit calibrates its common
+    effect to the national count (engine.model.fit), so a parametric draw of the other terms
+    gets the common effect that keeps it, as a refit would; without it a draw moves the level
+    of every municipality at once by x_bar' (beta_r - beta_hat), which the estimate cannot do."""
+    t = prediction_tables(hh, fit, pd_)
+    cols = np.arange(pd_.combo.shape[1], dtype=np.int64)
+    p = household_values(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(cols))[0]
+    w = p * (1 - p)
+    L = lay.level_param.shape[0]
+    lev = np.zeros(L)
+    for k, col in enumerate(lay.cols):
+        lev += np.bincount(lay.lev_off[k] + hh.codes[:, col].astype(np.int64), weights=w, minlength=L)
+    g = np.zeros(lay.n_params)
+    has = lay.level_param >= 0
+    np.add.at(g, lay.level_param[has], lev[has])
+    nb_w = np.bincount(pd_.nbhd, weights=w, minlength=hh.nb_cont.shape[0])
+    g[lay.cont_param] = nb_w @ hh.nb_cont[:, lay.cont_cols]
+    return -g / w.sum()
+
+
 def check_method(fit: ModelFit, method: str) -> None:
     """Refuse a bootstrap a fit cannot carry: published weights have no refit (cluster) and,
     without a covariance, no parametric draws; the outcome-only band is offered instead."""
@@ -260,6 +285,9 @@ class Context:
                                  dtype=np.int64)
         self.p_draw = np.flatnonzero(np.isfinite(p.params) & np.isfinite(np.diag(p.cov_cluster)))
         self.v_root = _sqrt_psd(v.cov_cluster[np.ix_(self.v_draw, self.v_draw)])
+        lay = self.cells.layouts[0]
+        self.v_level = (count_gradient(self.hh, self.fit, self.pd, lay)[self.v_draw] if lay.fe_start >= 0
+                        else np.zeros(self.v_draw.size))
         self.p_root = _sqrt_psd(p.cov_cluster[np.ix_(self.p_draw, self.p_draw)])
 
     @property
@@ -270,12 +298,18 @@ class Context:
     def rng(self, r: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence(self.settings.seed, spawn_key=(r,)))
 
-    def parametric_params(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def parametric_params(self, rng: np.random.Generator) -> tuple[ModelFit, np.ndarray, np.ndarray]:
+        """One parametric draw: the fit with the common effect that keeps the national count
+        (to first order, :func:`count_gradient`), the volume and the price parameters."""
         vp = self.fit.volume.params.copy()
         pp = self.fit.price.params.copy()
-        vp[self.v_draw] += self.v_root @ rng.standard_normal(self.v_draw.size)
+        dv = self.v_root @ rng.standard_normal(self.v_draw.size)
+        vp[self.v_draw] += dv
         pp[self.p_draw] += self.p_root @ rng.standard_normal(self.p_draw.size)
-        return vp, pp
+        v = self.fit.volume
+        fit = dataclasses.replace(self.fit, volume=dataclasses.replace(
+            v, fe_common=v.fe_common + float(self.v_level @ dv))) if self.v_level.any() else self.fit
+        return fit, vp, pp
 
     def multiplicities(self, rng: np.random.Generator) -> np.ndarray:
         """How often each municipality is picked in a resample of all municipalities with replacement."""
@@ -300,8 +334,7 @@ class Context:
         for r in range(start, stop):
             rng = self.rng(r)
             if self.settings.method == "parametric":
-                vp, pp = self.parametric_params(rng)
-                t = (self.fit, vp, pp)
+                t = self.parametric_params(rng)
             elif self.settings.method == "outcome":
                 t = (self.fit, None, None)
             elif self.settings.method == "score":
