@@ -209,8 +209,7 @@ def count_gradient(hh, fit: ModelFit, pd_, lay) -> np.ndarray:
     gets the common effect that keeps it, as a refit would; without it a draw moves the level
     of every municipality at once by x_bar' (beta_r - beta_hat), which the estimate cannot do."""
     t = prediction_tables(hh, fit, pd_)
-    cols = np.arange(pd_.combo.shape[1], dtype=np.int64)
-    p = household_values(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(cols))[0]
+    p = household_values(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args())[0]
     w = p * (1 - p)
     L = lay.level_param.shape[0]
     lev = np.zeros(L)
