@@ -19,6 +19,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -267,13 +268,32 @@ def test_run_killed_at_random_moments_leaves_whole_consistent_outputs(small_worl
     seconds = k["seconds"]
     # the outputs are written in the last part: the population is read and the model fitted before anything
     # is written (about 0.9 of the time of a 30,000-household run, interpreter start-up included)
-    for f in (0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98):
+    def attempt(delay: float) -> tuple:
         t0 = time.perf_counter()
-        rc = _kill_after(k["args"], out, f * seconds)
-        state = _check_run_folder(out, k["old"], k["new"], f"killed after {f:.2f} x {seconds:.1f} s")
-        outcomes.append((round(f * seconds, 2), rc, *state, _temporaries(out)))
+        rc = _kill_after(k["args"], out, delay)
+        state = _check_run_folder(out, k["old"], k["new"], f"killed after {delay:.2f} s")
+        outcomes.append((round(delay, 2), rc, *state, _temporaries(out)))
+        return rc, state, time.perf_counter() - t0
+
+    before, after = 0.0, math.inf                # latest delay that killed before any write, earliest past all
+    for f in (0.5, 0.7, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98):
+        rc, state, took = attempt(f * seconds)
         if rc == 0:                                      # finished first (a faster machine now): rescale
-            seconds = min(seconds, time.perf_counter() - t0)
+            seconds = min(seconds, took)
+            after = min(after, took)
+        elif state == ("complete", "old"):
+            before = max(before, f * seconds)
+    # the cores' load changes how long a run takes: until a kill lands among the writes, aim between
+    # the latest kill before them and the earliest moment past them
+    for _ in range(20):
+        if any(o[1] == -signal.SIGKILL and o[2] == "incomplete" for o in outcomes):
+            break
+        delay = 1.15 * before if math.isinf(after) else (before + after) / 2
+        rc, state, took = attempt(delay)
+        if rc == 0 or state == ("complete", "new"):
+            after = min(after, delay if rc else took)
+        elif state == ("complete", "old"):
+            before = max(before, delay)
     killed = [o for o in outcomes if o[1] == -signal.SIGKILL]
     assert len(killed) >= 3, outcomes                      # most kills landed inside the run
     assert any(o[2] == "incomplete" for o in killed), outcomes
