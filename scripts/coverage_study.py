@@ -40,7 +40,20 @@ Diagnostics, to explain a coverage that is off rather than hide it:
   ``fe_common`` is fitted to realised counts, the truth's ``objective_cost`` to expected
   counts). If coverage against it differs, the level definition matters.
 - the z-score of the budget share (point - truth) / bootstrap sd, its mean (bias) and sd
-  (should be about 1) over the municipalities of each world.
+  over the municipalities of each world. The sd is *not* 1 for a right band: the errors of one
+  world are nearly one shared error (a few coefficients move every municipality), so the spread
+  around the world's own mean is smaller (about 0.74 at 1,000,000 households);
+- the truth on the **principal directions** of the replicates' budget shares (> 15k):
+  ``z_k = u_k' (point - truth) / sqrt(lambda_k)`` for the two largest eigenvalues ``lambda_k``
+  of their covariance (the fraction of the variance each carries beside it). For a right
+  bootstrap each is N(0, 1) over worlds: the sum of z_k^2 over worlds is chi-square with one
+  degree of freedom per world (two-sided p given). These are the directions the coverage
+  depends on; one world adds about one degree of freedom, however many municipalities it has;
+- the **reference distribution** of the pooled budget coverage (> 15k) for this number of
+  worlds if the bootstrap were exactly right (:func:`reference_coverage`): in each world a
+  replicate stands in for the truth; 20,000 pooled rates from one random replicate per world.
+  Its 5-95% range and the probability of a pooled rate at least (at most) the observed one say
+  how much a pooled coverage over this many worlds can tell.
 
 Flags, on the same worlds (``engine.uncertainty.summaries.flags_table``):
 
@@ -154,6 +167,36 @@ def expected_coverage_finite_b(replicates: int, level: float = LEVEL) -> float:
     return (k2 - k1) / (replicates + 1)
 
 
+def principal_z(reps: np.ndarray, point: np.ndarray, truth: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(z, fraction) on the ``k`` principal directions of the replicates ``reps`` (B, G):
+    ``z_j = u_j' (point - truth) / sqrt(lambda_j)`` with ``lambda_j, u_j`` the j-th largest
+    eigenvalue and eigenvector of their covariance, and the fraction of the total variance of
+    each direction. N(0, 1) each if the truth's error is distributed as the replicates' spread."""
+    lam, u = np.linalg.eigh(np.cov(reps, rowvar=False))
+    lam, u = lam[::-1][:k], u[:, ::-1][:, :k]
+    total = float(np.trace(np.cov(reps, rowvar=False)))
+    return u.T @ (point - truth) / np.sqrt(lam), lam / total
+
+
+def reference_coverage(reps: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per replicate r, the share of the G bands [lo, hi] that contain replicate r itself (B,):
+    the world's coverage if its truth were a draw from the bootstrap distribution."""
+    return ((lo <= reps) & (reps <= hi)).mean(axis=1)
+
+
+def pooled_reference(per_world: list[np.ndarray], observed: float, draws: int = 20_000,
+                     seed: int = 0) -> dict:
+    """Distribution of the pooled coverage (mean of the per-world rates) with one random
+    replicate per world as its truth (:func:`reference_coverage` per world): 5/25/50/75/95%
+    quantiles and the probabilities of a pooled rate >= and <= ``observed``."""
+    rng = np.random.default_rng(seed)
+    pooled = np.mean([c[rng.integers(0, c.size, draws)] for c in per_world], axis=0)
+    return {"quantiles_5_25_50_75_95": [float(x) for x in np.quantile(pooled, [0.05, 0.25, 0.5, 0.75, 0.95])],
+            "p_at_least_observed": float(np.mean(pooled >= observed)),
+            "p_at_most_observed": float(np.mean(pooled <= observed)),
+            "p_in_0_93_0_97": float(np.mean((pooled >= 0.93) & (pooled <= 0.97)))}
+
+
 def size_classes(inhabitants: np.ndarray, regime) -> np.ndarray:
     """0 historical (<= historical_up_to), 1 pro rata, 2 objective (>= objective_from)."""
     n = np.asarray(inhabitants, dtype=np.float64)
@@ -214,9 +257,10 @@ def world_surplus(args, seed: int) -> tuple[float, float]:
     return (s, s)
 
 
-def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dict]]:
+def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dict], np.ndarray]:
     """Generate, fit, bootstrap and score one world: its summary row, its rows per
-    municipality and its rows per coefficient (z-score against the truth)."""
+    municipality, its rows per coefficient (z-score against the truth) and its
+    :func:`reference_coverage` of the budget bands (> 15k)."""
     from engine.uncertainty.bootstrap import run_bootstrap
     from engine.uncertainty.draws import context
     from engine.uncertainty.settings import Settings
@@ -304,8 +348,12 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
             m = ok & (cls == k)
             row[f"{name}_cov_{label}"] = float(c[m].mean()) if m.any() else float("nan")
     zs = z_share[objective]
+    pz, pfrac = principal_z(res.values["share"][:, objective], point_share[objective], true_share[objective])
+    reference = reference_coverage(res.values["budget"][:, objective], b_lo[objective], b_hi[objective])
     row.update({
         "z_share_mean_gt15k": float(np.mean(zs)), "z_share_sd_gt15k": float(np.std(zs, ddof=1)),
+        "principal_z1": float(pz[0]), "principal_z2": float(pz[1]),
+        "principal_fraction1": float(pfrac[0]), "principal_fraction2": float(pfrac[1]),
         "z2_volume": float(np.mean(zv ** 2)), "z2_price": float(np.mean(zp ** 2)),
         "z2_volume_model_se": float(np.mean(zv_model ** 2)), "z2_price_model_se": float(np.mean(zp_model ** 2)),
         "se_ratio_cluster_model_volume": float(np.mean(v.se("cluster")[v_cmp] / v.se("model")[v_cmp])),
@@ -341,7 +389,7 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
                  for i, z in zip(idx, zs)]
     if not args.keep:
         shutil.rmtree(world, ignore_errors=True)
-    return row, mun_rows, term_rows
+    return row, mun_rows, term_rows, reference
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -353,8 +401,11 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def summarise(worlds: list[dict], muns: list[dict], replicates: int) -> dict:
-    """Pooled coverage over all worlds (municipality-worlds), with a binomial standard error."""
+def summarise(worlds: list[dict], muns: list[dict], replicates: int, references: list[np.ndarray] | None = None,
+              seed: int = 0) -> dict:
+    """Pooled coverage over all worlds (municipality-worlds), with the standard error over worlds,
+    the principal-direction z-scores and (``references``: per world :func:`reference_coverage`) the
+    pooled coverage a right bootstrap gives over as many worlds."""
     out = {"worlds": len(worlds), "replicates": replicates,
            "expected_coverage_finite_B": expected_coverage_finite_b(replicates)}
     ok = [m for m in muns if not m["degenerate"]]
@@ -388,6 +439,14 @@ def summarise(worlds: list[dict], muns: list[dict], replicates: int) -> dict:
     out["n_volume_terms"], out["n_price_terms"] = worlds[0]["n_volume_terms"], worlds[0]["n_price_terms"]
     out["z_share_mean_gt15k"] = float(np.mean([w["z_share_mean_gt15k"] for w in worlds]))
     out["z_share_sd_gt15k"] = float(np.mean([w["z_share_sd_gt15k"] for w in worlds]))
+    for j in (1, 2):
+        z2 = np.array([w[f"principal_z{j}"] for w in worlds]) ** 2
+        cdf = float(stats.chi2.cdf(z2.sum(), z2.size))
+        out[f"principal_z{j}"] = {"mean_z2": float(z2.mean()), "chi2_p_two_sided": min(1.0, 2 * min(cdf, 1 - cdf)),
+                                  "fraction": float(np.mean([w[f"principal_fraction{j}"] for w in worlds]))}
+    if references:
+        out["reference_budget_gt15k"] = pooled_reference(references, float(np.mean([w["budget_cov_gt15k"]
+                                                                                      for w in worlds])), seed=seed)
     out["planted_budget_coverage"] = float(np.mean([m["covered"] for m in ok if m["planted"]])) if any(
         m["planted"] for m in ok) else float("nan")
     return out
@@ -451,7 +510,19 @@ def format_report(worlds: list[dict], s: dict) -> str:
                      f"{b['recall_q']:.3f} at q = {f['fdr']:g}, {b['recall_level']:.3f} at level {s['level']:g} per "
                      f"test (n {b['n']})")
     lines += [f"budget share z = (point - truth) / bootstrap sd (> 15k): mean {s['z_share_mean_gt15k']:+.2f}, "
-              f"sd {s['z_share_sd_gt15k']:.2f} (averaged over worlds)"]
+              f"sd {s['z_share_sd_gt15k']:.2f} (averaged over worlds; the sd within a world is below 1 for a right "
+              "band: its errors are nearly one shared error)"]
+    for j in (1, 2):
+        d = s[f"principal_z{j}"]
+        lines.append(f"  principal direction {j} of the replicates' shares ({100 * d['fraction']:.1f}% of their "
+                     f"variance): mean z^2 over worlds {d['mean_z2']:.3f} (1 if right; chi-square p {d['chi2_p_two_sided']:.3f}, "
+                     "one degree of freedom per world)")
+    if "reference_budget_gt15k" in s:
+        r = s["reference_budget_gt15k"]
+        lines.append(f"pooled budget coverage (> 15k) a right bootstrap gives over {s['worlds']} worlds (a replicate as "
+                     "truth): 5/25/50/75/95% " + " / ".join(f"{x:.3f}" for x in r["quantiles_5_25_50_75_95"]) +
+                     f"; P(>= observed) {r['p_at_least_observed']:.3f}, P(<= observed) {r['p_at_most_observed']:.3f}, "
+                     f"P(within 93-97%) {r['p_in_0_93_0_97']:.3f}")
     return "\n".join(lines)
 
 
@@ -497,9 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     load0 = os.getloadavg()
-    worlds, muns, terms = [], [], []
+    worlds, muns, terms, references = [], [], [], []
     for i in range(args.worlds):
-        row, rows, trows = study_world(args.seed + i, args, root)
+        row, rows, trows, reference = study_world(args.seed + i, args, root)
+        references.append(reference)
         worlds.append(row)
         muns += rows
         terms += trows
@@ -509,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"world {i + 1}/{args.worlds} (seed {row['seed']}): budget coverage > 15k {row['budget_cov_gt15k']:.3f}, "
               f"all {row['budget_cov_all']:.3f}; "
               f"{row['seconds_generate'] + row['seconds_fit'] + row['seconds_bootstrap']:.1f} s", flush=True)
-    s = summarise(worlds, muns, args.replicates)
+    s = summarise(worlds, muns, args.replicates, references, seed=args.seed)
     s["flags"] = flag_summary(worlds, muns, args.fdr)
     s["level"] = args.level
     s.update({"households": args.households, "seconds": time.perf_counter() - t0, "cores": os.cpu_count(),
