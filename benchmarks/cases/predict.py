@@ -82,7 +82,7 @@ def setup_buig(ctx, spec_name="2019", save=True):
         ctx.save(name, getattr(t, name))
     n_types = len(TYPES)
     args = (pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(), pd_.nb_mun, pd_.type_of_code,
-            n_types, hh.n_mun * n_types, N_VIRTUAL)
+            pd_.code_sizes, n_types, hh.n_mun * n_types, N_VIRTUAL)
     return {"ctx": ctx, "pd": pd_, "kernel": group_sums, "args": args}
 
 
@@ -176,7 +176,8 @@ def extras_copy(state, _, timing):
 
 IMPLEMENTATIONS = [
     Impl("buig", setup=setup_buig, run=run_buig, extras=extras_buig,
-         note="kernels.predict.group_sums (Numba, prange over 16 fixed row ranges, blocks of 512 rows, vectorised "
+         note="kernels.predict.group_sums (Numba, prange over 16 fixed row ranges, blocks of 512 rows, codes looked up "
+              "two at a time from pair tables, vectorised "
               "exp) as engine.model.predict.predict calls it; tables and design built in setup"),
     Impl("numpy", setup=setup_numpy, run=run_numpy, extras=extras_numpy,
          note=f"plain NumPy (one thread) in chunks of {NUMPY_CHUNK:,} rows: 3 joint-code table look-ups + the "

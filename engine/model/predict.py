@@ -49,6 +49,7 @@ class PredictionDesign:
     norm_index: np.ndarray       # (n,) uint16
     type_of_code: np.ndarray     # (256,) int64 household type of each value of combo[:, 0]
     n_mun: int
+    code_sizes: np.ndarray       # (n_combo,) int64 number of values of each joint code
 
     @property
     def n(self) -> int:
@@ -61,7 +62,8 @@ def prediction_design(hh: Households, norms) -> PredictionDesign:
     type_div = joint.sizes[0] // len(CATEGORIES["household_type"])
     return PredictionDesign(combo=joint.codes(hh.codes), groups=joint.groups, nbhd=hh.nbhd, nb_mun=hh.nb_mun,
                             norm_index=hh.norm_index(norms).astype(np.uint16),
-                            type_of_code=np.arange(256, dtype=np.int64) // type_div, n_mun=hh.n_mun)
+                            type_of_code=np.arange(256, dtype=np.int64) // type_div, n_mun=hh.n_mun,
+                            code_sizes=np.asarray(joint.sizes, dtype=np.int64))
 
 
 def combo_tables(lay: Layout, level_coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +151,7 @@ def predict(hh: Households | Population, fit: ModelFit, pd_: PredictionDesign | 
     t = tables or prediction_tables(hh, fit, pd_)
     n_types = len(TYPES)
     sums = group_sums(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(), pd_.nb_mun, pd_.type_of_code,
-                      n_types, hh.n_mun * n_types, N_VIRTUAL)
+                      pd_.code_sizes, n_types, hh.n_mun * n_types, N_VIRTUAL)
     type_ = hh.column("household_type")
     group = hh.municipality().astype(np.int64) * n_types + type_
     size = hh.n_mun * n_types
