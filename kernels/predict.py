@@ -86,12 +86,13 @@ def _neg_eta_pairs(codes, nbhd, lo, m, first, second, width, offset, table, nb_e
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def group_sums(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, v_nb, p_cols, p_off, p_coef, p_nb,
-               nb_mun, type_of_code, code_sizes, n_types, n_groups, n_virtual):
+               group, code_sizes, n_groups, n_virtual):
     """Sums per group of p, p*f, p*N and p*f*N: array (n_groups, 4).
 
-    Group = municipality * n_types + household type, the type being type_of_code[codes[:, 0]]
-    (a look-up: a 64-bit division per row cost more than the rest of the row).
-    ``code_sizes[c]``: number of values of code column c (the joint sizes).
+    ``group[h]``: the group of each row (engine.model.predict.PredictionDesign.group:
+    municipality * n_types + household type, stored once per population, so the pass does
+    not re-derive it from neighbourhood and codes). ``code_sizes[c]``: number of values of
+    code column c (the joint sizes).
 
     The codes a component reads are looked up two at a time (:func:`pair_tables`), so eta
     sums the pair entries in pair order: equal to the one-code-at-a-time sum of
@@ -121,7 +122,7 @@ def group_sums(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, v_nb, 
                 p = ev[j]
                 pf = ep[j]
                 norm = norm_flat[norm_index[i]]
-                g = nb_mun[nbhd[i]] * n_types + type_of_code[codes[i, 0]]
+                g = np.int64(group[i])
                 acc[v, g, 0] += p
                 acc[v, g, 1] += pf
                 acc[v, g, 2] += p * norm

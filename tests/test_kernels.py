@@ -206,10 +206,8 @@ def test_group_sums(world):
     w = world
     (p, f, N), args = _prediction_args(w, 5)
     n_types = int(w["n_levels"][0])
-    # codes[:, 0] is the household type itself: the type of code c is c
-    got = group_sums(*args, w["nb_mun"], np.arange(256, dtype=np.int64), w["n_levels"].astype(np.int64), n_types,
-                     w["n_mun"] * n_types, N_VIRTUAL)
-    group = w["mun"] * n_types + w["codes"][:, 0]
+    group = w["mun"] * n_types + w["codes"][:, 0]    # codes[:, 0] is the household type itself
+    got = group_sums(*args, group.astype(np.uint16), w["n_levels"].astype(np.int64), w["n_mun"] * n_types, N_VIRTUAL)
     np.testing.assert_allclose(got, naive.group_sums(p, f, N, group, w["n_mun"] * n_types), rtol=1e-11, atol=1e-9)
 
 
@@ -241,7 +239,7 @@ def test_group_sums_same_bits_for_any_thread_count(world):
     w = world
     _, args = _prediction_args(w, 6)
     n_types = int(w["n_levels"][0])
-    rest = (w["nb_mun"], np.arange(256, dtype=np.int64), w["n_levels"].astype(np.int64), n_types,
+    rest = ((w["mun"] * n_types + w["codes"][:, 0]).astype(np.uint16), w["n_levels"].astype(np.int64),
             w["n_mun"] * n_types, N_VIRTUAL)
     before = numba.get_num_threads()
     try:
@@ -267,11 +265,10 @@ def test_group_sums_odd_columns(world, n_cols):
     p, f = 1 / (1 + np.exp(-eta_v)), 1 / (1 + np.exp(-eta_p))
     norm_flat, norm_index = np.unique(w["N"], return_inverse=True)
     n_types = int(w["n_levels"][0])
-    got = group_sums(w["codes"], w["nbhd"], norm_index.astype(np.uint16), norm_flat, cols, w["lev_off"][cols], coef,
-                     nb_v, cols[::-1].copy(), w["lev_off"][cols[::-1]], coef, nb_p, w["nb_mun"],
-                     np.arange(256, dtype=np.int64), w["n_levels"].astype(np.int64), n_types, w["n_mun"] * n_types,
-                     N_VIRTUAL)
     group = w["mun"] * n_types + w["codes"][:, 0]
+    got = group_sums(w["codes"], w["nbhd"], norm_index.astype(np.uint16), norm_flat, cols, w["lev_off"][cols], coef,
+                     nb_v, cols[::-1].copy(), w["lev_off"][cols[::-1]], coef, nb_p, group.astype(np.int32),
+                     w["n_levels"].astype(np.int64), w["n_mun"] * n_types, N_VIRTUAL)
     np.testing.assert_allclose(got, naive.group_sums(p, f, w["N"], group, w["n_mun"] * n_types), rtol=1e-11, atol=1e-9)
 
 
