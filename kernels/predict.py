@@ -26,38 +26,92 @@ def _eta(codes, i, cols, lev_off, level_coef, nb_eta, nb):
     return eta
 
 
+@njit(cache=True)
+def pair_tables(cols, lev_off, level_coef, code_sizes):
+    """One component's look-ups merged two codes at a time: consecutive entries of ``cols``
+    (a, b) become one table of code_sizes[b] * code_sizes[a] sums level_coef[off_a + x] +
+    level_coef[off_b + y] at x * code_sizes[b] + y (an odd last code keeps its own table).
+
+    Returns (first, second, width, offset, table): per pair the two code columns, the width
+    (code_sizes of the second, 0 for a single code) and the offset of its table. Halves the
+    look-ups per household; with uint8 codes a pair table has at most 65,536 entries (the
+    realistic volume component: 160,680 entries, 1.3 MB, kept in L2)."""
+    n_pair = (cols.shape[0] + 1) // 2
+    first = np.empty(n_pair, dtype=np.int64)
+    second = np.empty(n_pair, dtype=np.int64)
+    width = np.zeros(n_pair, dtype=np.int64)
+    offset = np.empty(n_pair + 1, dtype=np.int64)
+    offset[0] = 0
+    for q in range(n_pair):
+        a = cols[2 * q]
+        first[q] = a
+        second[q] = a
+        size = code_sizes[a]
+        if 2 * q + 1 < cols.shape[0]:
+            second[q] = cols[2 * q + 1]
+            width[q] = code_sizes[second[q]]
+            size *= width[q]
+        offset[q + 1] = offset[q] + size
+    table = np.empty(offset[n_pair])
+    for q in range(n_pair):
+        oa = lev_off[2 * q]
+        if width[q] == 0:
+            for x in range(code_sizes[first[q]]):
+                table[offset[q] + x] = level_coef[oa + x]
+        else:
+            ob = lev_off[2 * q + 1]
+            for x in range(code_sizes[first[q]]):
+                for y in range(width[q]):
+                    table[offset[q] + x * width[q] + y] = level_coef[oa + x] + level_coef[ob + y]
+    return first, second, width, offset, table
+
+
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _neg_eta_block(codes, nbhd, lo, m, cols, lev_off, level_coef, nb_eta, out):
-    """out[:m] = -eta of rows lo .. lo+m-1 (factor by factor, so the look-ups vectorise)."""
+def _neg_eta_pairs(codes, nbhd, lo, m, first, second, width, offset, table, nb_eta, out):
+    """out[:m] = -eta of rows lo .. lo+m-1 from the pair tables of :func:`pair_tables`."""
     for j in range(m):
         out[j] = -nb_eta[nbhd[lo + j]]
-    for k in range(cols.shape[0]):
-        o = lev_off[k]
-        c = cols[k]
-        for j in range(m):
-            out[j] -= level_coef[o + np.int64(codes[lo + j, c])]
+    for q in range(first.shape[0]):
+        o = offset[q]
+        a = first[q]
+        b = second[q]
+        wd = width[q]
+        if wd == 0:
+            for j in range(m):
+                out[j] -= table[o + np.int64(codes[lo + j, a])]
+        else:
+            for j in range(m):
+                out[j] -= table[o + np.int64(codes[lo + j, a]) * wd + np.int64(codes[lo + j, b])]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def group_sums(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, v_nb, p_cols, p_off, p_coef, p_nb,
-               nb_mun, type_of_code, n_types, n_groups, n_virtual):
+               group, code_sizes, n_groups, n_virtual):
     """Sums per group of p, p*f, p*N and p*f*N: array (n_groups, 4).
 
-    Group = municipality * n_types + household type, the type being type_of_code[codes[:, 0]]
-    (a look-up: a 64-bit division per row cost more than the rest of the row).
+    ``group[h]``: the group of each row (engine.model.predict.PredictionDesign.group:
+    municipality * n_types + household type, stored once per population, so the pass does
+    not re-derive it from neighbourhood and codes). ``code_sizes[c]``: number of values of
+    code column c (the joint sizes).
 
-    Rows are taken in blocks of BLOCK: the linear predictors of a block first, then exp
-    over the block with the vectorised :func:`kernels.vexp.exp_block`, then the sums.
+    The codes a component reads are looked up two at a time (:func:`pair_tables`), so eta
+    sums the pair entries in pair order: equal to the one-code-at-a-time sum of
+    :func:`household_values` to rounding (a few ulp), and the same bits whatever the
+    number of threads. Rows are taken in blocks of BLOCK: the linear predictors of a
+    block first, then exp over the block with the vectorised :func:`kernels.vexp.exp_block`,
+    then the sums.
     """
     n = nbhd.shape[0]
+    va, vb, vw, vo, vt = pair_tables(v_cols, v_off, v_coef, code_sizes)
+    pa, pb, pw, po, pt = pair_tables(p_cols, p_off, p_coef, code_sizes)
     acc = np.zeros((n_virtual, n_groups, 4))
     bounds = range_bounds(n, n_virtual)
     for v in prange(n_virtual):
         xv, xp, ev, ep, kd, sb = block_scratch(BLOCK)
         for lo in range(bounds[v], bounds[v + 1], BLOCK):
             m = min(BLOCK, bounds[v + 1] - lo)
-            _neg_eta_block(codes, nbhd, lo, m, v_cols, v_off, v_coef, v_nb, xv)
-            _neg_eta_block(codes, nbhd, lo, m, p_cols, p_off, p_coef, p_nb, xp)
+            _neg_eta_pairs(codes, nbhd, lo, m, va, vb, vw, vo, vt, v_nb, xv)
+            _neg_eta_pairs(codes, nbhd, lo, m, pa, pb, pw, po, pt, p_nb, xp)
             exp_block(xv, ev, kd, sb, m)
             exp_block(xp, ep, kd, sb, m)
             for j in range(m):  # vectorises: p into ev, p f into ep
@@ -68,7 +122,7 @@ def group_sums(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, v_nb, 
                 p = ev[j]
                 pf = ep[j]
                 norm = norm_flat[norm_index[i]]
-                g = nb_mun[nbhd[i]] * n_types + type_of_code[codes[i, 0]]
+                g = np.int64(group[i])
                 acc[v, g, 0] += p
                 acc[v, g, 1] += pf
                 acc[v, g, 2] += p * norm

@@ -17,7 +17,7 @@ import naive  # tests/naive.py (pytest puts tests/ on sys.path)
 from kernels.bootstrap import draw_sums
 from kernels.config import N_VIRTUAL
 from kernels.glm import linear_predictor, logit_pass, range_bounds
-from kernels.predict import group_sums, household_values
+from kernels.predict import group_sums, household_values, pair_tables
 from kernels.vexp import exp_array, exp_block
 
 SPEC = naive.read_toml(naive.DATA / "specs" / "2019.toml")
@@ -206,10 +206,70 @@ def test_group_sums(world):
     w = world
     (p, f, N), args = _prediction_args(w, 5)
     n_types = int(w["n_levels"][0])
-    # codes[:, 0] is the household type itself: the type of code c is c
-    got = group_sums(*args, w["nb_mun"], np.arange(256, dtype=np.int64), n_types, w["n_mun"] * n_types, N_VIRTUAL)
-    group = w["mun"] * n_types + w["codes"][:, 0]
+    group = w["mun"] * n_types + w["codes"][:, 0]    # codes[:, 0] is the household type itself
+    got = group_sums(*args, group.astype(np.uint16), w["n_levels"].astype(np.int64), w["n_mun"] * n_types, N_VIRTUAL)
     np.testing.assert_allclose(got, naive.group_sums(p, f, N, group, w["n_mun"] * n_types), rtol=1e-11, atol=1e-9)
+
+
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=7), st.integers(0, 2**32 - 1))
+def test_pair_tables_sum_two_codes(sizes, seed):
+    """Every pair entry is the sum of its two codes' coefficients (an odd last code keeps its own)."""
+    rng = np.random.default_rng(seed)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    cols = rng.permutation(sizes.size).astype(np.int64)
+    off = np.concatenate([[0], np.cumsum(sizes[cols])[:-1]]).astype(np.int64)
+    coef = rng.normal(size=int(sizes.sum()))
+    first, second, width, offset, table = pair_tables(cols, off, coef, sizes)
+    assert first.size == (cols.size + 1) // 2
+    for q in range(first.size):
+        k = 2 * q
+        own = coef[off[k]:off[k] + sizes[cols[k]]]
+        if k + 1 < cols.size:
+            want = (own[:, None] + coef[off[k + 1]:off[k + 1] + sizes[cols[k + 1]]][None, :]).ravel()
+            assert (first[q], second[q], width[q]) == (cols[k], cols[k + 1], sizes[cols[k + 1]])
+        else:
+            want = own
+            assert (first[q], width[q]) == (cols[k], 0)
+        np.testing.assert_array_equal(table[offset[q]:offset[q + 1]], want)
+
+
+def test_group_sums_same_bits_for_any_thread_count(world):
+    import numba
+
+    w = world
+    _, args = _prediction_args(w, 6)
+    n_types = int(w["n_levels"][0])
+    rest = ((w["mun"] * n_types + w["codes"][:, 0]).astype(np.uint16), w["n_levels"].astype(np.int64),
+            w["n_mun"] * n_types, N_VIRTUAL)
+    before = numba.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            outs.append(group_sums(*args, *rest))
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("n_cols", [1, 3])
+def test_group_sums_odd_columns(world, n_cols):
+    """Components reading an odd number of codes (the last one looked up alone) against NumPy."""
+    w = world
+    rng = np.random.default_rng(11 + n_cols)
+    cols = rng.choice(len(FACTORS), n_cols, replace=False).astype(np.int64)
+    coef = rng.normal(scale=0.3, size=int(w["n_levels"].sum()))
+    nb_v, nb_p = rng.normal(-1.0, 0.3, size=w["nb_mun"].size), rng.normal(0.5, 0.3, size=w["nb_mun"].size)
+    eta_v = nb_v[w["nbhd"]] + sum(coef[w["lev_off"][c] + w["codes"][:, c]] for c in cols)
+    eta_p = nb_p[w["nbhd"]] + sum(coef[w["lev_off"][c] + w["codes"][:, c]] for c in cols[::-1])
+    p, f = 1 / (1 + np.exp(-eta_v)), 1 / (1 + np.exp(-eta_p))
+    norm_flat, norm_index = np.unique(w["N"], return_inverse=True)
+    n_types = int(w["n_levels"][0])
+    group = w["mun"] * n_types + w["codes"][:, 0]
+    got = group_sums(w["codes"], w["nbhd"], norm_index.astype(np.uint16), norm_flat, cols, w["lev_off"][cols], coef,
+                     nb_v, cols[::-1].copy(), w["lev_off"][cols[::-1]], coef, nb_p, group.astype(np.int32),
+                     w["n_levels"].astype(np.int64), w["n_mun"] * n_types, N_VIRTUAL)
+    np.testing.assert_allclose(got, naive.group_sums(p, f, w["N"], group, w["n_mun"] * n_types), rtol=1e-11, atol=1e-9)
 
 
 @pytest.mark.parametrize("R", [1, 7])

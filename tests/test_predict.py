@@ -51,6 +51,10 @@ def test_joint_codes_decode_to_the_factors(small_population):
             np.testing.assert_array_equal(code % n_levels[k], hh.codes[:, k])
             code //= n_levels[k]
     np.testing.assert_array_equal(pd_.type_of_code[pd_.combo[:, 0]], hh.column("household_type"))
+    n_types = len(CATEGORIES["household_type"])
+    mun = np.asarray(small_population.neighbourhood_municipality, dtype=np.int64)[small_population.household_neighbourhood]
+    np.testing.assert_array_equal(pd_.group, mun * n_types + hh.column("household_type"))
+    np.testing.assert_array_equal(pd_.code_sizes, [np.prod([n_levels[k] for k in g]) for g in pd_.groups])
 
 
 def _numpy_twin(pop, fit):

@@ -43,7 +43,7 @@ def _prediction_design(ctx, spec_name="2019"):
 
 
 def _bytes_per_household(pd_) -> float:
-    return (pd_.combo.nbytes + pd_.nbhd.nbytes + pd_.norm_index.nbytes) / pd_.n
+    return (pd_.combo.nbytes + pd_.nbhd.nbytes + pd_.norm_index.nbytes + pd_.group.nbytes) / pd_.n
 
 
 def _base_extras(pd_, timing) -> dict:
@@ -81,8 +81,8 @@ def setup_buig(ctx, spec_name="2019", save=True):
     for name in TABLES if save else ():
         ctx.save(name, getattr(t, name))
     n_types = len(TYPES)
-    args = (pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(), pd_.nb_mun, pd_.type_of_code,
-            n_types, hh.n_mun * n_types, N_VIRTUAL)
+    args = (pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(), pd_.group, pd_.code_sizes,
+            hh.n_mun * n_types, N_VIRTUAL)
     return {"ctx": ctx, "pd": pd_, "kernel": group_sums, "args": args}
 
 
@@ -157,7 +157,7 @@ def setup_copy(ctx, spec_name="2019"):
     import numpy as np
 
     _, pd_ = _prediction_design(ctx, spec_name)
-    src = (pd_.combo, pd_.nbhd, pd_.norm_index)
+    src = (pd_.combo, pd_.nbhd, pd_.norm_index, pd_.group)
     dst = tuple(np.ones_like(a) for a in src)  # written once here: no page faults in the timed call
     return {"pd": pd_, "src": src, "dst": dst}
 
@@ -176,7 +176,8 @@ def extras_copy(state, _, timing):
 
 IMPLEMENTATIONS = [
     Impl("buig", setup=setup_buig, run=run_buig, extras=extras_buig,
-         note="kernels.predict.group_sums (Numba, prange over 16 fixed row ranges, blocks of 512 rows, vectorised "
+         note="kernels.predict.group_sums (Numba, prange over 16 fixed row ranges, blocks of 512 rows, codes looked up "
+              "two at a time from pair tables, vectorised "
               "exp) as engine.model.predict.predict calls it; tables and design built in setup"),
     Impl("numpy", setup=setup_numpy, run=run_numpy, extras=extras_numpy,
          note=f"plain NumPy (one thread) in chunks of {NUMPY_CHUNK:,} rows: 3 joint-code table look-ups + the "
@@ -184,6 +185,6 @@ IMPLEMENTATIONS = [
               "municipality x type; buig's tables"),
     Impl("copy", setup=setup_copy, run=run_copy, extras=extras_copy, role="floor",
          note="np.copyto of the per-household arrays the kernel reads (3 joint codes uint8, nbhd int32, "
-              "norm_index uint16 = 9 bytes/household) into preallocated arrays, one thread: reads those bytes "
+              "norm_index uint16, group uint16 = 11 bytes/household) into preallocated arrays, one thread: reads those bytes "
               "once and writes them once"),
 ]

@@ -52,5 +52,5 @@ IMPLEMENTATIONS = [
               "8-factor figure beside the realistic one"),
     Impl("copy", setup=setup_copy, run=pr.run_copy, extras=pr.extras_copy, role="floor",
          note="np.copyto of the per-household arrays the kernel reads (8 joint codes uint8, nbhd int32, norm_index "
-              "uint16 = 14 bytes/household), one thread"),
+              "uint16, group uint16 = 16 bytes/household), one thread"),
 ]

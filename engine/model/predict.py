@@ -49,6 +49,8 @@ class PredictionDesign:
     norm_index: np.ndarray       # (n,) uint16
     type_of_code: np.ndarray     # (256,) int64 household type of each value of combo[:, 0]
     n_mun: int
+    code_sizes: np.ndarray       # (n_combo,) int64 number of values of each joint code
+    group: np.ndarray            # (n,) uint16 (int32 above 65,535 groups) municipality * n_types + household type
 
     @property
     def n(self) -> int:
@@ -58,10 +60,15 @@ class PredictionDesign:
 def prediction_design(hh: Households, norms) -> PredictionDesign:
     joint = hh.joint
     assert joint.groups[0][0] == hh.factors.index("household_type")
-    type_div = joint.sizes[0] // len(CATEGORIES["household_type"])
-    return PredictionDesign(combo=joint.codes(hh.codes), groups=joint.groups, nbhd=hh.nbhd, nb_mun=hh.nb_mun,
-                            norm_index=hh.norm_index(norms).astype(np.uint16),
-                            type_of_code=np.arange(256, dtype=np.int64) // type_div, n_mun=hh.n_mun)
+    n_types = len(CATEGORIES["household_type"])
+    type_div = joint.sizes[0] // n_types
+    combo = joint.codes(hh.codes)
+    type_of_code = np.arange(256, dtype=np.int64) // type_div
+    group = hh.municipality().astype(np.int64) * n_types + type_of_code[combo[:, 0]]
+    group = group.astype(np.uint16 if hh.n_mun * n_types <= 1 << 16 else np.int32)
+    return PredictionDesign(combo=combo, groups=joint.groups, nbhd=hh.nbhd, nb_mun=hh.nb_mun,
+                            norm_index=hh.norm_index(norms).astype(np.uint16), type_of_code=type_of_code,
+                            n_mun=hh.n_mun, code_sizes=np.asarray(joint.sizes, dtype=np.int64), group=group)
 
 
 def combo_tables(lay: Layout, level_coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,11 +155,10 @@ def predict(hh: Households | Population, fit: ModelFit, pd_: PredictionDesign | 
     pd_ = pd_ or prediction_design(hh, fit.norms)
     t = tables or prediction_tables(hh, fit, pd_)
     n_types = len(TYPES)
-    sums = group_sums(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(), pd_.nb_mun, pd_.type_of_code,
-                      n_types, hh.n_mun * n_types, N_VIRTUAL)
-    type_ = hh.column("household_type")
-    group = hh.municipality().astype(np.int64) * n_types + type_
     size = hh.n_mun * n_types
+    sums = group_sums(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(), pd_.group, pd_.code_sizes, size,
+                      N_VIRTUAL)
+    group = pd_.group
     y = hh.outcome("bijstand_or_lks" if fit.spec.combined else fit.spec.volume.outcome)   # combined: recipients
     shape = (hh.n_mun, n_types)
     return Prediction(mun_codes=hh.mun_codes,
