@@ -8,9 +8,11 @@ the next Newton step below 1e-6 in every coefficient; that step is applied, leav
 error of the order of its square (the reported gradient norm is at the final point).
 
 Covariances at the estimate: model-based (inverse Hessian), robust HC1 (sandwich with
-n/(n-k)) and cluster-robust by municipality, bias-reduced (CR2, :mod:`engine.model.sandwich`:
-the plain sandwich with statsmodels' G/(G-1) * (n-1)/(n-k), CR1, is too small for the terms
-a few large municipalities dominate; ``cluster_kind="cr1"`` gives it). Municipality
+n/(n-k)) and cluster-robust by municipality: by default the plain sandwich with statsmodels'
+G/(G-1) * (n-1)/(n-k) (CR1); ``cluster_kind="cr2"`` gives the bias-reduced CR2
+(:mod:`engine.model.sandwich`), larger for the terms a few large municipalities dominate, at
+about three times the cost of a full-scale fit until the municipalities' Hessians are summed
+in the pass itself. Municipality
 fixed effects are estimated with the model and left out
 of prediction: they are replaced there by one common effect (``fe_common``) chosen so that
 the national number of predicted households equals the observed one.
@@ -327,7 +329,7 @@ def fit_component(*args, **kwargs) -> ComponentFit:
 def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
                   mun_codes: np.ndarray | None = None, start: np.ndarray | None = None,
                   step_tol: float = 1e-6, covariances: bool = True, common: bool = True,
-                  sums: tuple | None = None, cluster_kind: str = "cr2") -> ComponentFit:
+                  sums: tuple | None = None, cluster_kind: str = "cr1") -> ComponentFit:
     """Estimate one component by Newton with step-halving (from ``start`` if given: a warm
     start; NaN entries start at 0; by default the fixed effects start at each
     municipality's own log-odds). Converged when the gradient norm is below ``tol`` and
@@ -339,8 +341,8 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     loglik and gradient norm those of the last pass; ``common=False`` leaves ``fe_common``
     NaN for the caller to compute; ``sums``: the sample sums of weight and outcome per
     factor level and per municipality (:func:`_sample_sums`) when the caller has them;
-    ``cluster_kind``: ``"cr2"`` (default, :mod:`engine.model.sandwich`) or ``"cr1"`` (the
-    G/(G-1) (n-1)/(n-k) correction of statsmodels) for the cluster-robust covariance."""
+    ``cluster_kind``: ``"cr1"`` (default: the G/(G-1) (n-1)/(n-k) correction of statsmodels)
+    or ``"cr2"`` (:mod:`engine.model.sandwich`) for the cluster-robust covariance."""
     t0 = time.perf_counter()
     lay = d.layout
     names = lay.term_names
