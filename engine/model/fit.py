@@ -130,7 +130,7 @@ class _Evaluator:
         self.Bm = sp.csr_matrix((np.ones(r.size), (r, c)), shape=(K, self.n_mun))
         self.Bc = sp.csr_matrix((np.ones(len(lay.cont_cols)), (lay.cont_param, lay.cont_cols)),
                                 shape=(K, d.nb_cont.shape[1]))
-        self.sizes, self.off = d.layout.joint.sizes, d.layout.joint.off
+        self.off = d.layout.joint.off
         # slots: the parameters of factor levels; P restricted to them takes joint codes to slots (CSR)
         slot_par = np.unique(self.P.indices)
         Ps = self.P[:, slot_par].tocsr()
