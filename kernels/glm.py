@@ -56,6 +56,20 @@ def range_bounds(n, n_virtual):
     return b
 
 
+@njit(cache=True, inline="always")
+def row_slots(joint, i, j_off, j_coef, slot_ptr, slot_idx, eta, act):
+    """Row i's linear predictor (``eta`` its neighbourhood's part plus its joint codes'
+    look-ups) and its slots, written to ``act``: returns (eta, number of slots)."""
+    na = 0
+    for k in range(joint.shape[1]):
+        jc = j_off[k] + np.int64(joint[i, k])
+        eta += j_coef[jc]
+        for u in range(slot_ptr[jc], slot_ptr[jc + 1]):
+            act[na] = slot_idx[u]
+            na += 1
+    return eta, na
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def logit_pass(joint, j_off, j_coef, slot_ptr, slot_idx, n_slot, nbhd, nb_eta, n_nb, nb_cont, nb_mun, n_mun, y, wt,
                mode, clusters, n_virtual):
@@ -80,7 +94,6 @@ def logit_pass(joint, j_off, j_coef, slot_ptr, slot_idx, n_slot, nbhd, nb_eta, n
     w per pair of slots (symmetric; the diagonal the sums of w per slot), s_ms (n_mun or 1, S).
     """
     n = nbhd.shape[0]
-    J = joint.shape[1]
     S = n_slot
     C = nb_cont.shape[1]
     V = n_virtual
@@ -115,14 +128,7 @@ def logit_pass(joint, j_off, j_coef, slot_ptr, slot_idx, n_slot, nbhd, nb_eta, n
                 cur = nb
             if nb < 0:
                 break
-            eta = nb_eta[nb]
-            na = 0
-            for k in range(J):
-                jc = j_off[k] + np.int64(joint[i, k])
-                eta += j_coef[jc]
-                for t in range(slot_ptr[jc], slot_ptr[jc + 1]):
-                    act[na] = slot_idx[t]
-                    na += 1
+            eta, na = row_slots(joint, i, j_off, j_coef, slot_ptr, slot_idx, nb_eta[nb], act)
             p, logp, log1mp = log_sigmoid_pair(eta)
             wi = wt[i] if has_wt else 1.0
             yi = y[i]
@@ -154,6 +160,77 @@ def logit_pass(joint, j_off, j_coef, slot_ptr, slot_idx, n_slot, nbhd, nb_eta, n
     s_ms = g_ms if clusters else np.zeros((1, S))
     return (ll, g_ms.sum(axis=0), reduce_ranges(g_nb_v), reduce_ranges(a_nb_v), a_ms, reduce_ranges(a_xs_v), full,
             s_ms)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def cluster_hessian_sums(joint, j_off, j_coef, slot_ptr, slot_idx, n_slot, nbhd, nb_eta, nb_cont, wt, order, starts):
+    """Each municipality's Hessian of the (quasi) log-likelihood, from one pass over its rows.
+
+    Municipality g has the rows ``order[starts[g]:starts[g + 1]]`` (``order`` of length 0: the
+    rows ``starts[g]:starts[g + 1]`` themselves). With w = wt p (1 - p) (``wt`` of length 0: unit
+    weights) and the row's local terms x = (1, nb_cont[nbhd], its slots' indicators), returns
+    (G, L + 1, L + 1) sums of w x x', L = 1 + C + S: the intercept, the continuous neighbourhood
+    columns, the slots (:func:`logit_pass`) and last the municipality's own fixed effect (a
+    copy of the intercept's row and column). One
+    municipality per task, its rows in order: no shared accumulators, the same sums for any
+    number of threads.
+    """
+    G = starts.shape[0] - 1
+    C = nb_cont.shape[1]
+    S = n_slot
+    D = 1 + C
+    out = np.zeros((G, D + S + 1, D + S + 1))
+    has_wt = wt.shape[0] > 0
+    direct = order.shape[0] == 0
+    for g in prange(G):
+        H = out[g]
+        act = np.empty(S, dtype=np.int64)
+        acc = np.zeros(S)
+        x = np.empty(D)
+        run = 0.0
+        cur = -1
+        for t in range(starts[g], starts[g + 1] + 1):
+            i = -1
+            nb = -1
+            if t < starts[g + 1]:
+                i = t if direct else order[t]
+                nb = nbhd[i]
+            if nb != cur:
+                if cur >= 0:                      # flush the run of neighbourhood cur
+                    x[0] = 1.0
+                    for c in range(C):
+                        x[1 + c] = nb_cont[cur, c]
+                    for a in range(D):
+                        for b in range(D):
+                            H[a, b] += run * x[a] * x[b]
+                    for s in range(S):
+                        if acc[s] != 0.0:
+                            H[D + s, D + s] += acc[s]
+                            for a in range(D):
+                                H[a, D + s] += acc[s] * x[a]
+                            acc[s] = 0.0
+                    run = 0.0
+                cur = nb
+            if nb < 0:
+                break
+            eta, na = row_slots(joint, i, j_off, j_coef, slot_ptr, slot_idx, nb_eta[nb], act)
+            p, logp, log1mp = log_sigmoid_pair(eta)
+            w = (wt[i] if has_wt else 1.0) * p * (1.0 - p)
+            run += w
+            for a in range(na):
+                sa = D + act[a]
+                acc[act[a]] += w
+                for b in range(a + 1, na):
+                    H[sa, D + act[b]] += w
+        for a in range(D + S):                    # slot pairs were added in either orientation
+            for b in range(a + 1, D + S):
+                v = H[a, b] + H[b, a] if a >= D else H[a, b]
+                H[a, b] = v
+                H[b, a] = v
+        for a in range(D + S + 1):                # the own fixed effect: the intercept's row again
+            H[a, D + S] = H[a, 0]
+            H[D + S, a] = H[a, 0]
+    return out
 
 
 @njit(cache=True)

@@ -167,7 +167,7 @@ def test_cr2_cluster_covariance_against_the_hat_matrix(big12, component):
     hh = households_from_population(big12)
     comp = getattr(_small_spec(), component)
     d = component_design(hh, comp, NORMS)
-    f = fit_component(d, mun_codes=hh.mun_codes, cluster_kind="cr2")
+    f = fit_component(d, mun_codes=hh.mun_codes)
     cr1 = fit_component(d, mun_codes=hh.mun_codes, cluster_kind="cr1")
     X, y, mun = _naive(big12, comp, d)
     rows = slice(None) if comp.sample == "all" else big12.households.column("bijstand").to_numpy() == 1

@@ -8,11 +8,9 @@ the next Newton step below 1e-6 in every coefficient; that step is applied, leav
 error of the order of its square (the reported gradient norm is at the final point).
 
 Covariances at the estimate: model-based (inverse Hessian), robust HC1 (sandwich with
-n/(n-k)) and cluster-robust by municipality: by default the plain sandwich with statsmodels'
-G/(G-1) * (n-1)/(n-k) (CR1); ``cluster_kind="cr2"`` gives the bias-reduced CR2
-(:mod:`engine.model.sandwich`), larger for the terms a few large municipalities dominate, at
-about three times the cost of a full-scale fit until the municipalities' Hessians are summed
-in the pass itself. Municipality
+n/(n-k)) and cluster-robust by municipality, bias-reduced (CR2, :mod:`engine.model.sandwich`:
+the plain sandwich with statsmodels' G/(G-1) * (n-1)/(n-k), CR1, is too small for the terms
+a few large municipalities dominate; ``cluster_kind="cr1"`` gives it). Municipality
 fixed effects are estimated with the model and left out
 of prediction: they are replaced there by one common effect (``fe_common``) chosen so that
 the national number of predicted households equals the observed one.
@@ -133,6 +131,7 @@ class _Evaluator:
         self.off = d.layout.joint.off
         # slots: the parameters of factor levels; P restricted to them takes joint codes to slots (CSR)
         slot_par = np.unique(self.P.indices)
+        self.slot_par = slot_par
         Ps = self.P[:, slot_par].tocsr()
         Ps.sort_indices()
         self.slot_ptr, self.slot_idx = Ps.indptr.astype(np.int64), Ps.indices.astype(np.int64)
@@ -329,7 +328,7 @@ def fit_component(*args, **kwargs) -> ComponentFit:
 def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
                   mun_codes: np.ndarray | None = None, start: np.ndarray | None = None,
                   step_tol: float = 1e-6, covariances: bool = True, common: bool = True,
-                  sums: tuple | None = None, cluster_kind: str = "cr1") -> ComponentFit:
+                  sums: tuple | None = None, cluster_kind: str = "cr2") -> ComponentFit:
     """Estimate one component by Newton with step-halving (from ``start`` if given: a warm
     start; NaN entries start at 0; by default the fixed effects start at each
     municipality's own log-odds). Converged when the gradient norm is below ``tol`` and
@@ -341,8 +340,8 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     loglik and gradient norm those of the last pass; ``common=False`` leaves ``fe_common``
     NaN for the caller to compute; ``sums``: the sample sums of weight and outcome per
     factor level and per municipality (:func:`_sample_sums`) when the caller has them;
-    ``cluster_kind``: ``"cr1"`` (default: the G/(G-1) (n-1)/(n-k) correction of statsmodels)
-    or ``"cr2"`` (:mod:`engine.model.sandwich`) for the cluster-robust covariance."""
+    ``cluster_kind``: ``"cr2"`` (default, :mod:`engine.model.sandwich`) or ``"cr1"`` (the
+    G/(G-1) (n-1)/(n-k) correction of statsmodels) for the cluster-robust covariance."""
     t0 = time.perf_counter()
     lay = d.layout
     names = lay.term_names
@@ -440,7 +439,7 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
         corr = G / (G - 1) * (n_obs - 1) / (n_obs - k) if G > 1 else np.nan
         cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
     else:
-        cluster[np.ix_(act, act)] = cr2_covariance(cluster_hessians(ev, theta, np.flatnonzero(has), act, weight),
+        cluster[np.ix_(act, act)] = cr2_covariance(*cluster_hessians(ev, theta, np.flatnonzero(has), act, weight),
                                                    Hinv_a, S) if G > 1 else np.nan
     return ComponentFit(cov_model=Hinv, cov_robust=robust, cov_cluster=cluster, loglik=float(meat.ll),
                         gradient_norm=gnorm, n_clusters=G, seconds=time.perf_counter() - t0, **done)
