@@ -233,6 +233,31 @@ def cluster_hessian_sums(joint, j_off, j_coef, slot_ptr, slot_idx, n_slot, nbhd,
     return out
 
 
+@njit(parallel=True, cache=True)
+def sample_sums(joint, j_off, n_joint, nbhd, nb_mun, n_mun, y, wt, n_virtual):
+    """Sums of the weight and of weight x outcome per joint code (2, n_joint) and per
+    municipality (2, n_mun), over fixed row ranges reduced in order (``wt`` of length 0:
+    unit weights)."""
+    n = nbhd.shape[0]
+    V = n_virtual
+    acc_j = np.zeros((V, 2, n_joint))
+    acc_m = np.zeros((V, 2, n_mun))
+    bounds = range_bounds(n, V)
+    has_wt = wt.shape[0] > 0
+    for v in prange(V):
+        for i in range(bounds[v], bounds[v + 1]):
+            w = wt[i] if has_wt else 1.0
+            wy = w * y[i]
+            for k in range(joint.shape[1]):
+                jc = j_off[k] + np.int64(joint[i, k])
+                acc_j[v, 0, jc] += w
+                acc_j[v, 1, jc] += wy
+            g = nb_mun[nbhd[i]]
+            acc_m[v, 0, g] += w
+            acc_m[v, 1, g] += wy
+    return reduce_ranges(acc_j), reduce_ranges(acc_m)
+
+
 @njit(cache=True)
 def reduce_ranges(x):
     """Sum over the first axis (the virtual row ranges) in range order."""

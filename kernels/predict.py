@@ -12,7 +12,6 @@ from numba import njit, prange
 
 from kernels.config import FASTMATH
 from kernels.glm import range_bounds, reduce_ranges
-from kernels.vexp import block_scratch, exp_block
 
 
 BLOCK = 512
@@ -67,10 +66,11 @@ def pair_tables(cols, lev_off, level_coef, code_sizes):
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _neg_eta_pairs(codes, nbhd, lo, m, first, second, width, offset, table, nb_eta, out):
-    """out[:m] = -eta of rows lo .. lo+m-1 from the pair tables of :func:`pair_tables`."""
+def _exp_neg_eta_pairs(codes, nbhd, lo, m, first, second, width, offset, etable, enb, out):
+    """out[:m] = exp(-eta) of rows lo .. lo+m-1, the product of the pre-exponentiated pair
+    tables (``etable = exp(-table)`` of :func:`pair_tables`, ``enb = exp(-nb_eta)``)."""
     for j in range(m):
-        out[j] = -nb_eta[nbhd[lo + j]]
+        out[j] = enb[nbhd[lo + j]]
     for q in range(first.shape[0]):
         o = offset[q]
         a = first[q]
@@ -78,42 +78,43 @@ def _neg_eta_pairs(codes, nbhd, lo, m, first, second, width, offset, table, nb_e
         wd = width[q]
         if wd == 0:
             for j in range(m):
-                out[j] -= table[o + np.int64(codes[lo + j, a])]
+                out[j] *= etable[o + np.int64(codes[lo + j, a])]
         else:
             for j in range(m):
-                out[j] -= table[o + np.int64(codes[lo + j, a]) * wd + np.int64(codes[lo + j, b])]
+                out[j] *= etable[o + np.int64(codes[lo + j, a]) * wd + np.int64(codes[lo + j, b])]
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def group_sums(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, v_nb, p_cols, p_off, p_coef, p_nb,
-               group, code_sizes, n_groups, n_virtual):
-    """Sums per group of p, p*f, p*N and p*f*N: array (n_groups, 4).
+               group, y, code_sizes, n_groups, n_virtual):
+    """Sums per group of p, p*f, p*N and p*f*N, the number of households and the sum of
+    the observed outcome ``y`` (0/1 per row): array (n_groups, 6).
 
     ``group[h]``: the group of each row (engine.model.predict.PredictionDesign.group:
     municipality * n_types + household type, stored once per population, so the pass does
     not re-derive it from neighbourhood and codes). ``code_sizes[c]``: number of values of
     code column c (the joint sizes).
 
-    The codes a component reads are looked up two at a time (:func:`pair_tables`), so eta
-    sums the pair entries in pair order: equal to the one-code-at-a-time sum of
-    :func:`household_values` to rounding (a few ulp), and the same bits whatever the
-    number of threads. Rows are taken in blocks of BLOCK: the linear predictors of a
-    block first, then exp over the block with the vectorised :func:`kernels.vexp.exp_block`,
-    then the sums.
+    The codes a component reads are looked up two at a time (:func:`pair_tables`), and the
+    tables are exponentiated once per call: ``exp(-eta)`` of a household is the product of
+    its entries of ``exp(-table)`` and ``exp(-nb_eta)``, so the pass has no exp at all
+    (p = 1 / (1 + exp(-eta))). Equal to the sum-then-exp of :func:`household_values` to
+    rounding (a few ulp), and the same bits whatever the number of threads. Rows are taken
+    in blocks of BLOCK: the products of a block first, then p and p f, then the sums.
     """
     n = nbhd.shape[0]
     va, vb, vw, vo, vt = pair_tables(v_cols, v_off, v_coef, code_sizes)
     pa, pb, pw, po, pt = pair_tables(p_cols, p_off, p_coef, code_sizes)
-    acc = np.zeros((n_virtual, n_groups, 4))
+    vt, pt, v_enb, p_enb = np.exp(-vt), np.exp(-pt), np.exp(-v_nb), np.exp(-p_nb)
+    acc = np.zeros((n_virtual, n_groups, 6))
     bounds = range_bounds(n, n_virtual)
     for v in prange(n_virtual):
-        xv, xp, ev, ep, kd, sb = block_scratch(BLOCK)
+        ev = np.empty(BLOCK)
+        ep = np.empty(BLOCK)
         for lo in range(bounds[v], bounds[v + 1], BLOCK):
             m = min(BLOCK, bounds[v + 1] - lo)
-            _neg_eta_pairs(codes, nbhd, lo, m, va, vb, vw, vo, vt, v_nb, xv)
-            _neg_eta_pairs(codes, nbhd, lo, m, pa, pb, pw, po, pt, p_nb, xp)
-            exp_block(xv, ev, kd, sb, m)
-            exp_block(xp, ep, kd, sb, m)
+            _exp_neg_eta_pairs(codes, nbhd, lo, m, va, vb, vw, vo, vt, v_enb, ev)
+            _exp_neg_eta_pairs(codes, nbhd, lo, m, pa, pb, pw, po, pt, p_enb, ep)
             for j in range(m):  # vectorises: p into ev, p f into ep
                 ev[j] = 1.0 / (1.0 + ev[j])
                 ep[j] = ev[j] / (1.0 + ep[j])
@@ -127,6 +128,8 @@ def group_sums(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, v_nb, 
                 acc[v, g, 1] += pf
                 acc[v, g, 2] += p * norm
                 acc[v, g, 3] += pf * norm
+                acc[v, g, 4] += 1.0
+                acc[v, g, 5] += y[i]
     return reduce_ranges(acc)
 
 

@@ -237,10 +237,11 @@ def household_values(Xv: np.ndarray, beta: np.ndarray, Xp: np.ndarray, gamma: np
     return logistic(Xv @ beta), logistic(Xp @ gamma), N
 
 
-def group_sums(p: np.ndarray, f: np.ndarray, N: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
-    """(n_groups, 4): sums of p, p f, p N and p f N per group, by np.bincount."""
+def group_sums(p: np.ndarray, f: np.ndarray, N: np.ndarray, group: np.ndarray, n_groups: int,
+               y: np.ndarray) -> np.ndarray:
+    """(n_groups, 6): sums of p, p f, p N, p f N, 1 and y per group, by np.bincount."""
     return np.column_stack([np.bincount(group, weights=v, minlength=n_groups)
-                            for v in (p, p * f, p * N, p * f * N)])
+                            for v in (p, p * f, p * N, p * f * N, np.ones_like(p), y.astype(np.float64))])
 
 
 def draw_sums(Xv: np.ndarray, betas: np.ndarray, Xp: np.ndarray, gammas: np.ndarray, N: np.ndarray,

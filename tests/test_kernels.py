@@ -43,6 +43,7 @@ def world(small_world):
         "mun": naive.household_municipality(t)[rows],
         "n_mun": t["municipalities"].num_rows,
         "N": naive.gross_norms(t, naive.read_toml(naive.DATA / "norms" / "2019.toml"))[rows],
+        "y": h.column("bijstand").to_numpy()[rows].astype(np.int8),
     }
 
 
@@ -207,8 +208,11 @@ def test_group_sums(world):
     (p, f, N), args = _prediction_args(w, 5)
     n_types = int(w["n_levels"][0])
     group = w["mun"] * n_types + w["codes"][:, 0]    # codes[:, 0] is the household type itself
-    got = group_sums(*args, group.astype(np.uint16), w["n_levels"].astype(np.int64), w["n_mun"] * n_types, N_VIRTUAL)
-    np.testing.assert_allclose(got, naive.group_sums(p, f, N, group, w["n_mun"] * n_types), rtol=1e-11, atol=1e-9)
+    got = group_sums(*args, group.astype(np.uint16), w["y"], w["n_levels"].astype(np.int64), w["n_mun"] * n_types,
+                     N_VIRTUAL)
+    want = naive.group_sums(p, f, N, group, w["n_mun"] * n_types, w["y"])
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-9)
+    np.testing.assert_array_equal(got[:, 4:], want[:, 4:])          # counts: exact
 
 
 @given(st.lists(st.integers(1, 12), min_size=1, max_size=7), st.integers(0, 2**32 - 1))
@@ -239,7 +243,7 @@ def test_group_sums_same_bits_for_any_thread_count(world):
     w = world
     _, args = _prediction_args(w, 6)
     n_types = int(w["n_levels"][0])
-    rest = ((w["mun"] * n_types + w["codes"][:, 0]).astype(np.uint16), w["n_levels"].astype(np.int64),
+    rest = ((w["mun"] * n_types + w["codes"][:, 0]).astype(np.uint16), w["y"], w["n_levels"].astype(np.int64),
             w["n_mun"] * n_types, N_VIRTUAL)
     before = numba.get_num_threads()
     try:
@@ -267,9 +271,10 @@ def test_group_sums_odd_columns(world, n_cols):
     n_types = int(w["n_levels"][0])
     group = w["mun"] * n_types + w["codes"][:, 0]
     got = group_sums(w["codes"], w["nbhd"], norm_index.astype(np.uint16), norm_flat, cols, w["lev_off"][cols], coef,
-                     nb_v, cols[::-1].copy(), w["lev_off"][cols[::-1]], coef, nb_p, group.astype(np.int32),
+                     nb_v, cols[::-1].copy(), w["lev_off"][cols[::-1]], coef, nb_p, group.astype(np.int32), w["y"],
                      w["n_levels"].astype(np.int64), w["n_mun"] * n_types, N_VIRTUAL)
-    np.testing.assert_allclose(got, naive.group_sums(p, f, w["N"], group, w["n_mun"] * n_types), rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(got, naive.group_sums(p, f, w["N"], group, w["n_mun"] * n_types, w["y"]), rtol=1e-11,
+                               atol=1e-9)
 
 
 @pytest.mark.parametrize("R", [1, 7])

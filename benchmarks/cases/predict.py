@@ -4,7 +4,8 @@ Setup (untimed) fits the 2019 model on the dataset (`engine.model.fitted.fit_mod
 prediction design (`engine.model.predict.prediction_design`: 3 joint uint8 codes of the 8
 factors, neighbourhood, norm index) and the look-up tables (`prediction_tables`); buig
 saves the tables for the peers, so all three work on identical inputs. The timed call is
-one pass over all households returning the (n_mun * 5, 4) sums of p, p f, p N, p f N.
+one pass over all households returning the (n_mun * 5, 6) sums of p, p f, p N, p f N, households and observed outcomes
+(everything `predict` sums).
 The issue-3 target is 100 million households per second on 2 cores at full scale.
 """
 
@@ -39,11 +40,13 @@ def _prediction_design(ctx, spec_name="2019"):
     from engine.model.spec import load_spec
 
     hh = households_from_population(read_population(ctx.dataset))
-    return hh, prediction_design(hh, load_norms(load_spec(spec_name).norms))
+    spec = load_spec(spec_name)
+    return hh, prediction_design(hh, load_norms(spec.norms)), hh.outcome(spec.volume.outcome)
 
 
 def _bytes_per_household(pd_) -> float:
-    return (pd_.combo.nbytes + pd_.nbhd.nbytes + pd_.norm_index.nbytes + pd_.group.nbytes) / pd_.n
+    """Bytes the kernel reads per household: the codes, neighbourhood, norm index, group and outcome (1)."""
+    return (pd_.combo.nbytes + pd_.nbhd.nbytes + pd_.norm_index.nbytes + pd_.group.nbytes) / pd_.n + 1
 
 
 def _base_extras(pd_, timing) -> dict:
@@ -75,13 +78,13 @@ def setup_buig(ctx, spec_name="2019", save=True):
     from kernels.config import N_VIRTUAL
     from kernels.predict import group_sums
 
-    hh, pd_ = _prediction_design(ctx, spec_name)
+    hh, pd_, y = _prediction_design(ctx, spec_name)
     fit = fit_model(hh, spec_name)
     t = prediction_tables(hh, fit, pd_)
     for name in TABLES if save else ():
         ctx.save(name, getattr(t, name))
     n_types = len(TYPES)
-    args = (pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(), pd_.group, pd_.code_sizes,
+    args = (pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(), pd_.group, y, pd_.code_sizes,
             hh.n_mun * n_types, N_VIRTUAL)
     return {"ctx": ctx, "pd": pd_, "kernel": group_sums, "args": args}
 
@@ -106,17 +109,18 @@ def extras_buig(state, sums, timing):
 def setup_numpy(ctx, spec_name="2019"):
     from engine.model.predict import TYPES
 
-    _, pd_ = _prediction_design(ctx, spec_name)
+    _, pd_, y = _prediction_design(ctx, spec_name)
     tables = {name: ctx.load(name) for name in TABLES}
     if any(v is None for v in tables.values()):
         raise RuntimeError("the buig measurement did not leave its prediction tables")
-    return {"ctx": ctx, "pd": pd_, "n_groups": pd_.n_mun * len(TYPES), "n_types": len(TYPES), **tables}
+    return {"ctx": ctx, "pd": pd_, "y": y, "n_groups": pd_.n_mun * len(TYPES), "n_types": len(TYPES), **tables}
 
 
 def run_numpy(state):
     """Chunked NumPy: per chunk, eta = nb_table[nbhd] + sum of table[offset_g + code_g] over
     the joint codes the component reads (3 look-ups instead of 8 factors), logistic with np.exp, the norm by look-up,
-    then np.bincount of the four sums over municipality x household type."""
+    then np.bincount of the six sums (with the households and observed outcomes) over municipality x household
+    type."""
     import numpy as np
 
     pd_ = state["pd"]
@@ -124,7 +128,7 @@ def run_numpy(state):
     v_off, v_coef, v_nb = state["v_off"], state["v_coef"], state["v_nb"]
     p_off, p_coef, p_nb = state["p_off"], state["p_coef"], state["p_nb"]
     norm_flat, nb_mun, type_of_code = state["norm_flat"], pd_.nb_mun, pd_.type_of_code
-    out = np.zeros((4, G))
+    out = np.zeros((6, G))
     for lo in range(0, n, NUMPY_CHUNK):
         hi = min(n, lo + NUMPY_CHUNK)
         combo = pd_.combo[lo:hi]
@@ -143,6 +147,8 @@ def run_numpy(state):
         out[1] += np.bincount(grp, weights=pf, minlength=G)
         out[2] += np.bincount(grp, weights=p * norm, minlength=G)
         out[3] += np.bincount(grp, weights=pf * norm, minlength=G)
+        out[4] += np.bincount(grp, minlength=G)
+        out[5] += np.bincount(grp, weights=state["y"][lo:hi], minlength=G)
     return out.T
 
 
@@ -156,8 +162,8 @@ def extras_numpy(state, sums, timing):
 def setup_copy(ctx, spec_name="2019"):
     import numpy as np
 
-    _, pd_ = _prediction_design(ctx, spec_name)
-    src = (pd_.combo, pd_.nbhd, pd_.norm_index, pd_.group)
+    _, pd_, y = _prediction_design(ctx, spec_name)
+    src = (pd_.combo, pd_.nbhd, pd_.norm_index, pd_.group, y)
     dst = tuple(np.ones_like(a) for a in src)  # written once here: no page faults in the timed call
     return {"pd": pd_, "src": src, "dst": dst}
 
@@ -177,14 +183,14 @@ def extras_copy(state, _, timing):
 IMPLEMENTATIONS = [
     Impl("buig", setup=setup_buig, run=run_buig, extras=extras_buig,
          note="kernels.predict.group_sums (Numba, prange over 16 fixed row ranges, blocks of 512 rows, codes looked up "
-              "two at a time from pair tables, vectorised "
-              "exp) as engine.model.predict.predict calls it; tables and design built in setup"),
+              "two at a time from pre-exponentiated pair "
+              "tables, so no exp per household) as engine.model.predict.predict calls it; tables and design built in setup"),
     Impl("numpy", setup=setup_numpy, run=run_numpy, extras=extras_numpy,
          note=f"plain NumPy (one thread) in chunks of {NUMPY_CHUNK:,} rows: 3 joint-code table look-ups + the "
-              "neighbourhood look-up per component, 1/(1+np.exp(-eta)), np.bincount of the 4 sums per "
+              "neighbourhood look-up per component, 1/(1+np.exp(-eta)), np.bincount of the 6 sums per "
               "municipality x type; buig's tables"),
     Impl("copy", setup=setup_copy, run=run_copy, extras=extras_copy, role="floor",
          note="np.copyto of the per-household arrays the kernel reads (3 joint codes uint8, nbhd int32, "
-              "norm_index uint16, group uint16 = 11 bytes/household) into preallocated arrays, one thread: reads those bytes "
+              "norm_index uint16, group uint16, outcome int8 = 12 bytes/household) into preallocated arrays, one thread: reads those bytes "
               "once and writes them once"),
 ]

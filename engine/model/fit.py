@@ -36,7 +36,7 @@ A level with no households at all in the sample is not estimable: its term is le
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.linalg as sla
@@ -46,7 +46,11 @@ from threadpoolctl import threadpool_limits
 from engine.model.design import ComponentDesign
 from engine.model.sandwich import cluster_hessians, cr2_covariance
 from kernels.config import N_VIRTUAL
-from kernels.glm import common_shift, logit_pass
+from kernels.glm import common_shift, logit_pass, sample_sums
+
+# Samples of at least PILOT_MIN_ROWS rows start from a pilot fit on every PILOT_EVERY-th row (_pilot_start)
+PILOT_MIN_ROWS = 2_000_000
+PILOT_EVERY = 8
 
 
 class EstimationError(ValueError):
@@ -191,19 +195,13 @@ def _collinear_message(H: np.ndarray, names) -> str:
 
 
 def _sample_sums(d: ComponentDesign, M, weight: np.ndarray | None) -> tuple[np.ndarray, ...]:
-    """Sums of weight and outcome per factor level and per municipality (NumPy, one pass each)."""
-    w = weight if weight is not None else (d.weight if d.weight.size else None)
-    y = d.y.astype(np.float64)
-    wy = y if w is None else y * w
-    w_j, y_j = [], []
-    for k, size in enumerate(d.layout.joint.sizes):
-        code = d.joint[:, k]
-        w_j.append(np.bincount(code, weights=w, minlength=size))
-        y_j.append(np.bincount(code, weights=wy, minlength=size))
-    mun = d.nb_mun[d.nbhd]
+    """Sums of weight and outcome per factor level and per municipality (one kernel pass)."""
+    w = weight if weight is not None else d.weight
+    off = np.asarray(d.layout.joint.off, dtype=np.int64)
     n_mun = int(d.nb_mun.max()) + 1
-    return (M.T @ np.concatenate(w_j), M.T @ np.concatenate(y_j), np.bincount(mun, weights=w, minlength=n_mun),
-            np.bincount(mun, weights=wy, minlength=n_mun))
+    s_j, s_m = sample_sums(d.joint, off, int(sum(d.layout.joint.sizes)), d.nbhd, d.nb_mun, n_mun,
+                           np.asarray(d.y, dtype=np.float64), np.ascontiguousarray(w, dtype=np.float64), N_VIRTUAL)
+    return M.T @ s_j[0], M.T @ s_j[1], s_m[0], s_m[1]
 
 
 def _level_rows(d: ComponentDesign, level: int) -> np.ndarray:
@@ -317,6 +315,22 @@ def common_effect(d: ComponentDesign, params: np.ndarray, start: float = 0.0) ->
     return _shift(d, level_coef, nb_eta, w, float(np.dot(w, d.y)), start=start)
 
 
+def _pilot_start(d: ComponentDesign) -> np.ndarray | None:
+    """Start values from a loose fit on every PILOT_EVERY-th row (rows are sorted by
+    neighbourhood, so every municipality is sampled in proportion): the first Newton
+    iterations, far from the estimate, then cost an eighth of a pass each, and the full
+    sample needs about half as many. A term the pilot could not estimate (a municipality
+    without outcome variation among its rows) is NaN and starts at 0; ``None`` if the pilot
+    itself cannot be estimated."""
+    rows = np.arange(0, d.n, PILOT_EVERY)
+    sub = replace(d, codes=d.codes[rows], joint=d.joint[rows], nbhd=d.nbhd[rows], y=d.y[rows],
+                  weight=d.weight[rows] if d.weight.size else d.weight)
+    try:
+        return _fit_component(sub, tol=1e-6, step_tol=1e-4, covariances=False, common=False).params
+    except EstimationError:
+        return None
+
+
 def fit_component(*args, **kwargs) -> ComponentFit:
     """Estimate one component (see :func:`_fit_component`) with single-threaded BLAS, so
     that the estimates do not depend on the number of BLAS threads (a Dask worker has 1):
@@ -331,7 +345,8 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
                   sums: tuple | None = None, cluster_kind: str = "cr2") -> ComponentFit:
     """Estimate one component by Newton with step-halving (from ``start`` if given: a warm
     start; NaN entries start at 0; by default the fixed effects start at each
-    municipality's own log-odds). Converged when the gradient norm is below ``tol`` and
+    municipality's own log-odds, and a sample of at least PILOT_MIN_ROWS rows from a pilot
+    fit on every PILOT_EVERY-th row, :func:`_pilot_start`). Converged when the gradient norm is below ``tol`` and
     the next Newton step below ``step_tol`` in every coefficient (the gradient norm alone
     is loose for the fixed effect of a small municipality); that last step is applied.
     The model-based covariance uses the Hessian of the point before it (a difference of
@@ -358,14 +373,16 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     act = np.flatnonzero(active)
     theta = np.zeros(K)
     theta[0] = np.log(ybar / (1 - ybar))
-    if start is not None:
-        theta = np.where(active, np.nan_to_num(start), 0.0)
-    elif lay.fe_start >= 0:      # each municipality's own log-odds relative to the national
+    if lay.fe_start >= 0:        # each municipality's own log-odds relative to the national
         w_m, y_m = sums[2], sums[3]
         rate = np.clip(y_m / np.maximum(w_m, 1e-300), 1e-6, 1 - 1e-6)
         theta[0] = np.log(rate[0] / (1 - rate[0])) if not dropped[0] else theta[0]
         fe = np.log(rate / (1 - rate)) - theta[0]
         theta[lay.fe_start:] = np.where(active[lay.fe_start:], fe[1:], 0.0)
+    if start is None and d.n >= PILOT_MIN_ROWS:
+        start = _pilot_start(d)
+    if start is not None:
+        theta = np.where(active, np.nan_to_num(start), 0.0)
     st = ev.run(theta, weight=weight)
     history = []
     it = 0

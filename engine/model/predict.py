@@ -156,14 +156,13 @@ def predict(hh: Households | Population, fit: ModelFit, pd_: PredictionDesign | 
     t = tables or prediction_tables(hh, fit, pd_)
     n_types = len(TYPES)
     size = hh.n_mun * n_types
-    sums = group_sums(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(), pd_.group, pd_.code_sizes, size,
-                      N_VIRTUAL)
-    group = pd_.group
     y = hh.outcome("bijstand_or_lks" if fit.spec.combined else fit.spec.volume.outcome)   # combined: recipients
+    sums = group_sums(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args(), pd_.group, y, pd_.code_sizes, size,
+                      N_VIRTUAL)
     shape = (hh.n_mun, n_types)
     return Prediction(mun_codes=hh.mun_codes,
-                      households=np.bincount(group, minlength=size).reshape(shape),
-                      actual=np.bincount(group, weights=y, minlength=size).reshape(shape).astype(np.int64),
+                      households=sums[:, 4].astype(np.int64).reshape(shape),
+                      actual=sums[:, 5].astype(np.int64).reshape(shape),
                       predicted=sums[:, 0].reshape(shape), fraction_sum=sums[:, 1].reshape(shape),
                       norm_sum=sums[:, 2].reshape(shape), expected_cost=sums[:, 3].reshape(shape))
 
