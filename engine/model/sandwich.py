@@ -44,15 +44,11 @@ def cr2_covariance(shared: np.ndarray, own: np.ndarray, H: np.ndarray, M: np.nda
     G, ks = H.shape[0], shared.size
     has = own >= 0
     o = np.where(has, own, 0)
-    Mg = np.zeros_like(H)
-    Mg[:, :ks, :ks] = M[np.ix_(shared, shared)]
-    Mg[:, ks, :ks] = np.where(has[:, None], M[np.ix_(o, shared)], 0.0)
-    Mg[:, :ks, ks] = Mg[:, ks, :ks]
-    Mg[:, ks, ks] = np.where(has, M[o, o], 1.0)       # no own effect: an inert direction
     u = np.zeros((G, ks + 1))
     u[:, :ks] = S[:, shared]
     u[:, ks] = np.where(has, S[np.arange(G), o], 0.0)
-    a = cr2_scores(H, Mg, u, ONE_TOL)
+    a = cr2_scores(H, np.linalg.cholesky(M[np.ix_(shared, shared)]), np.where(has[:, None], M[np.ix_(o, shared)], 0.0),
+                   np.where(has, M[o, o], 1.0), u, ONE_TOL)
     # M u*_g for each cluster, from the rows of M of the parameters it touches: cov = B'B
     B = a[:, :ks] @ M[shared] + np.where(has, a[:, ks], 0.0)[:, None] * M[o]
     cov = B.T @ B

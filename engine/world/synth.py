@@ -180,12 +180,14 @@ def planted_alpha(alpha: float, eta0: np.ndarray, price: np.ndarray, planted_eff
     price is (1 - ``surplus``) times the cost without it (Newton, monotone)."""
     if planted_effect != 0:
         return alpha + planted_effect
-    target = (1.0 - surplus) * float(np.dot(_logistic(alpha + eta0), price))
+    # sums by NumPy's pairwise summation, not np.dot: a BLAS dot product of a long vector depends
+    # on the number of BLAS threads in its last bits, and the world must not
+    target = (1.0 - surplus) * float(np.sum(_logistic(alpha + eta0) * price))
     a = alpha + np.log(1.0 - surplus)
     for _ in range(60):
         p = _logistic(a + eta0)
-        f = float(np.dot(p, price)) - target
-        a -= np.clip(f / max(float(np.dot(p * (1 - p), price)), 1e-300), -2, 2)
+        f = float(np.sum(p * price)) - target
+        a -= np.clip(f / max(float(np.sum(p * (1 - p) * price)), 1e-300), -2, 2)
         if abs(f) < 1e-10 * max(target, 1.0):
             break
     return float(a)
