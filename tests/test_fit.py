@@ -437,3 +437,21 @@ def test_probabilities_of_exactly_zero_or_one_give_no_nan():
     assert terms(eta[[0, -1]], np.array([0.0, 1.0]))[:, 3].tolist() == [0.0, 0.0]       # certain and right
     assert terms(eta[[0, -1]], np.array([1.0, 0.0]))[:, 3].tolist() == [-np.inf, -np.inf]  # certain and wrong
 
+
+
+def test_pilot_start_reaches_the_same_estimate(big12, monkeypatch):
+    """A large sample starts from a pilot fit on every 8th row (engine.model.fit._pilot_start):
+    the same estimate as the plain start, to the convergence tolerance, in fewer iterations."""
+    import engine.model.fit as F
+
+    hh = households_from_population(big12)
+    d = component_design(hh, load_spec().volume, NORMS)
+    monkeypatch.setattr(F, "PILOT_MIN_ROWS", 10 ** 12)
+    plain = fit_component(d, mun_codes=hh.mun_codes, tol=1e-10)
+    monkeypatch.setattr(F, "PILOT_MIN_ROWS", d.n)          # this sample, not its pilot
+    piloted = fit_component(d, mun_codes=hh.mun_codes, tol=1e-10)
+    fin = np.isfinite(plain.params)
+    np.testing.assert_array_equal(np.isfinite(piloted.params), fin)
+    np.testing.assert_allclose(piloted.params[fin], plain.params[fin], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(piloted.se("cluster")[fin], plain.se("cluster")[fin], rtol=1e-6)
+    assert piloted.iterations < plain.iterations
