@@ -213,7 +213,7 @@ def _run(scenario: Scenario, out: str | Path, *, workers: int | None = None, sch
     from kernels import cache_is_warm
 
     if not cache_is_warm():
-        tell(f"first run: Numba compiles the kernels as they are first used (about 10 s more on 2 cores, once; "
+        tell(f"first run: Numba compiles the kernels as they are first used (about 25 s more on 2 cores, once; "
              f"cached in {os.environ['NUMBA_CACHE_DIR']})")
     remove_stale(out)                        # temporary files of a killed run
     # run.json is the completion record: gone before the first output is replaced, written after the
