@@ -326,6 +326,7 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
     zp = (p.params[p_cmp] - pp[p_cmp]) / p.se("cluster")[p_cmp]
     zv_model = (v.params[v_cmp] - vp[v_cmp]) / v.se("model")[v_cmp]
     zp_model = (p.params[p_cmp] - pp[p_cmp]) / p.se("model")[p_cmp]
+    zp_robust = (p.params[p_cmp] - pp[p_cmp]) / p.se("robust")[p_cmp]     # HC1: no clustering
 
     flags = flags_table(res, args.level)
     p_explained = flags.column("p_explained").to_numpy()
@@ -356,6 +357,7 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
         "principal_fraction1": float(pfrac[0]), "principal_fraction2": float(pfrac[1]),
         "z2_volume": float(np.mean(zv ** 2)), "z2_price": float(np.mean(zp ** 2)),
         "z2_volume_model_se": float(np.mean(zv_model ** 2)), "z2_price_model_se": float(np.mean(zp_model ** 2)),
+        "z2_price_robust_se": float(np.mean(zp_robust ** 2)),
         "se_ratio_cluster_model_volume": float(np.mean(v.se("cluster")[v_cmp] / v.se("model")[v_cmp])),
         "planted_surplus_min": surplus[0], "planted_surplus_max": surplus[1],
         "n_volume_terms": len(zv), "n_price_terms": len(zp),
@@ -384,7 +386,7 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
                 for g, c in enumerate(codes)]
     term_rows = [{"seed": seed, "component": comp.name, "term": comp.term_names[i], "estimate": comp.params[i],
                   "truth": truth_params[i], "se_cluster": comp.se("cluster")[i], "se_model": comp.se("model")[i],
-                  "z": z}
+                  "se_robust": comp.se("robust")[i], "z": z}
                  for comp, truth_params, idx, zs in ((v, vp, v_cmp, zv), (p, pp, p_cmp, zp))
                  for i, z in zip(idx, zs)]
     if not args.keep:
@@ -434,6 +436,7 @@ def summarise(worlds: list[dict], muns: list[dict], replicates: int, references:
     for comp in ("volume", "price"):
         out[f"z2_{comp}_model_se_mean"], out[f"z2_{comp}_model_se_se"] = mean_se(
             [w[f"z2_{comp}_model_se"] for w in worlds])
+    out["z2_price_robust_se_mean"], out["z2_price_robust_se_se"] = mean_se([w["z2_price_robust_se"] for w in worlds])
     out["se_ratio_cluster_model_volume"] = mean_se([w["se_ratio_cluster_model_volume"] for w in worlds])
     out["between_sd_over_truth"] = mean_se([w["between_sd"] / w["truth_effect_sd"] for w in worlds])
     out["n_volume_terms"], out["n_price_terms"] = worlds[0]["n_volume_terms"], worlds[0]["n_price_terms"]
@@ -486,6 +489,8 @@ def format_report(worlds: list[dict], s: dict) -> str:
               f"(se {s['z2_volume_model_se_se']:.3f}), price {s['z2_price_model_se_mean']:.3f} "
               f"(se {s['z2_price_model_se_se']:.3f}); volume cluster se / model se "
               f"{s['se_ratio_cluster_model_volume'][0]:.3f} (se {s['se_ratio_cluster_model_volume'][1]:.3f})",
+              f"  price with the robust (HC1, unclustered) se: {s['z2_price_robust_se_mean']:.3f} "
+              f"(se {s['z2_price_robust_se_se']:.3f})",
               f"between-municipality sd / truth's sd of municipality effects: {s['between_sd_over_truth'][0]:.3f} "
               f"(se {s['between_sd_over_truth'][1]:.3f})"]
     f = s["flags"]
