@@ -455,3 +455,15 @@ def test_pilot_start_reaches_the_same_estimate(big12, monkeypatch):
     np.testing.assert_allclose(piloted.params[fin], plain.params[fin], rtol=0, atol=1e-7)
     np.testing.assert_allclose(piloted.se("cluster")[fin], plain.se("cluster")[fin], rtol=1e-6)
     assert piloted.iterations < plain.iterations
+
+
+def test_cr2_does_not_depend_on_the_row_order(big12):
+    """Rows in any order (a municipality's rows not contiguous: engine.model.sandwich reorders
+    them for its per-municipality pass) give the same CR2 covariance."""
+    hh = households_from_population(big12)
+    d = component_design(hh, load_spec().volume, NORMS)
+    perm = np.random.default_rng(3).permutation(d.n)
+    shuffled = dataclasses.replace(d, codes=d.codes[perm], joint=d.joint[perm], nbhd=d.nbhd[perm], y=d.y[perm])
+    a, b = fit_component(d), fit_component(shuffled)
+    np.testing.assert_allclose(b.params, a.params, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(b.cov_cluster, a.cov_cluster, rtol=1e-7, atol=1e-12 * np.nanmax(np.abs(a.cov_cluster)))
