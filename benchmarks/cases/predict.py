@@ -71,8 +71,6 @@ def _sums_diff(ctx, sums) -> dict:
 
 def setup_buig(ctx, spec_name="2019", save=True):
     """The kernel's arguments for the fitted ``spec_name``; ``save``: leave the tables for the peers."""
-    import numpy as np
-
     from engine.model.fitted import fit_model
     from engine.model.predict import TYPES, prediction_tables
     from kernels.config import N_VIRTUAL
