@@ -171,9 +171,8 @@ def cluster_hessian_sums(joint, j_off, j_coef, slot_ptr, slot_idx, n_slot, nbhd,
     weights) and the row's local terms x = (1, nb_cont[nbhd], its slots' indicators), returns
     (G, L + 1, L + 1) sums of w x x', L = 1 + C + S: the intercept, the continuous neighbourhood
     columns, the slots (:func:`logit_pass`) and last the municipality's own fixed effect (a
-    copy of the intercept's row and column). One
-    municipality per task, its rows in order: no shared accumulators, the same sums for any
-    number of threads.
+    copy of the intercept's row and column). One municipality per task, its rows in order: no
+    shared accumulators, the same sums for any number of threads.
     """
     G = starts.shape[0] - 1
     C = nb_cont.shape[1]

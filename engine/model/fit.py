@@ -143,11 +143,30 @@ class _Evaluator:
                                shape=(slot_par.size, K))                 # (S, K)
         # float64 for both components (0/1 and fractions): one compiled logit_pass, not one per dtype
         self.y = np.asarray(d.y, dtype=np.float64)
+        self._mun_rows = None
+
+    def tables(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(j_coef, nb_eta) of the passes at ``theta``: the linear predictor's look-up table per
+        joint code and its neighbourhood part."""
+        level_coef, nb_eta = self.d.layout.tables(theta, self.d.nb_cont, self.d.nb_mun)
+        return self.M @ level_coef, nb_eta
+
+    def municipality_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(starts (G + 1,), order): municipality g's rows are ``order[starts[g]:starts[g + 1]]``;
+        ``order`` is empty when the rows are already grouped by municipality (rows sorted by
+        neighbourhood, neighbourhoods numbered within municipalities), and they are those rows
+        themselves. Computed once per design."""
+        if self._mun_rows is None:
+            mun = self.d.nb_mun[self.d.nbhd]
+            starts = np.zeros(self.n_mun + 1, dtype=np.int64)
+            np.cumsum(np.bincount(mun, minlength=self.n_mun), out=starts[1:])
+            grouped = bool(np.all(mun[1:] >= mun[:-1]))
+            self._mun_rows = starts, (np.zeros(0, dtype=np.int64) if grouped else np.argsort(mun, kind="stable"))
+        return self._mun_rows
 
     def run(self, theta: np.ndarray, mode: int = 0, clusters: bool = False, weight=None) -> PassStats:
-        d, lay = self.d, self.d.layout
-        level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
-        j_coef = self.M @ level_coef
+        d = self.d
+        j_coef, nb_eta = self.tables(theta)
         wt = d.weight if weight is None else weight
         ll, g_s, g_nb, a_nb, a_ms, a_xs, a_ss, s_ms = logit_pass(
             d.joint, self.off, j_coef, self.slot_ptr, self.slot_idx, self.Q.shape[0], d.nbhd, nb_eta, self.n_nb,
@@ -446,7 +465,7 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     robust = np.full((K, K), np.nan)
     robust[np.ix_(act, act)] = Hinv_a @ meat.H[np.ix_(act, act)] @ Hinv_a * (n_obs / (n_obs - k))
     S = ev.cluster_scores(meat)[:, act]
-    has = np.bincount(d.nb_mun[d.nbhd], minlength=ev.n_mun) > 0
+    has = np.diff(ev.municipality_rows()[0]) > 0
     if weight is not None:
         has &= ~dropped
     G = int(has.sum())

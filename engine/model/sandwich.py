@@ -63,16 +63,12 @@ def cluster_hessians(ev, theta: np.ndarray, clusters: np.ndarray, cols: np.ndarr
     and its Hessian on them (sum of w x x' over its rows, w = wt p (1 - p)), all from one pass
     (:func:`kernels.glm.cluster_hessian_sums`)."""
     d, lay = ev.d, ev.d.layout
-    level_coef, nb_eta = lay.tables(theta, d.nb_cont, d.nb_mun)
+    j_coef, nb_eta = ev.tables(theta)
     wt = d.weight if weight is None else weight
-    mun = d.nb_mun[d.nbhd]
-    starts = np.zeros(ev.n_mun + 1, dtype=np.int64)
-    np.cumsum(np.bincount(mun, minlength=ev.n_mun), out=starts[1:])
-    # rows sorted by neighbourhood, neighbourhoods numbered within municipalities: no reordering
-    order = np.zeros(0, dtype=np.int64) if bool(np.all(mun[1:] >= mun[:-1])) else np.argsort(mun, kind="stable")
-    sums = cluster_hessian_sums(d.joint, np.asarray(ev.off, dtype=np.int64), ev.M @ level_coef, ev.slot_ptr,
-                                ev.slot_idx, ev.Q.shape[0], d.nbhd, nb_eta, d.nb_cont,
-                                np.ascontiguousarray(wt, dtype=np.float64), order, starts)[clusters]
+    starts, order = ev.municipality_rows()
+    sums = cluster_hessian_sums(d.joint, ev.off, j_coef, ev.slot_ptr, ev.slot_idx,
+                                ev.Q.shape[0], d.nbhd, nb_eta, d.nb_cont, np.ascontiguousarray(wt, dtype=np.float64),
+                                order, starts)[clusters]
     pos = np.full(lay.n_params, -1)
     pos[cols] = np.arange(cols.size)
     local = pos[np.concatenate([[0], lay.cont_param, ev.slot_par])]   # position of each local term
