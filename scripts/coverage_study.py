@@ -35,6 +35,18 @@ Diagnostics, to explain a coverage that is off rather than hide it:
   (CR2, :mod:`engine.model.sandwich`) to the model-based volume se. The mean square of one
   world has a large spread (the z-scores of a world are correlated): compare the mean over
   worlds with its standard error.
+- the same z-scores **referred to Student's t** with the se's degrees of freedom (the fit's
+  ``df_cluster``, about the effective number of municipalities informing the term), mapped
+  to the normal scale (``z_t = Phi^-1(T_df(z))``): an unbiased se estimated from few
+  effective clusters is itself noisy, so E[z^2] = df / (df - 2) > 1 even when the variance is
+  right; the mean square of ``z_t`` is 1 if the variance and its df are right;
+- the price z-scores against the estimator's **target** as well as the truth: the truth
+  pays ``PRICE_OVERPAID_SHARE`` of the households 1.0-1.2 times their norm and the design
+  clips those fractions to 1, so the fractional logit estimates the coefficients of
+  E[min(fraction, 1) | x] = (1 - s) f(x) + s, not those of f (the difference is a bias of the
+  model, about +0.003 on the intercept; the z-scores against the target measure the variance
+  alone). The target is fitted by plain NumPy Newton iterations on the world's own price
+  sample with that expected outcome (:func:`price_target`).
 - coverage against a second target, ``realised``: the truth's coefficients with the
   common effect recalibrated to the *realised* national count (the estimate's own rule:
   ``fe_common`` is fitted to realised counts, the truth's ``objective_cost`` to expected
@@ -72,7 +84,7 @@ coefficient z-score mean squares with their standard error over worlds.
 
 Outputs in ``--out``: ``coverage_worlds.csv`` (one row per world), ``coverage_municipalities.csv``
 (one row per world and municipality), ``coverage_terms.csv`` (one row per world and
-coefficient: estimate, truth, cluster-robust and model-based se, z), all three rewritten after
+coefficient: estimate, truth, target, cluster-robust, model-based and robust se, df, z, z_t), all three rewritten after
 every world (a study cut short keeps the worlds it finished), ``coverage_summary.json`` at the
 end, and a readable table on stdout. Worlds are generated into ``--out/worlds/`` and removed after use unless ``--keep``.
 
@@ -223,6 +235,34 @@ def true_parameters(fit, truth: dict) -> tuple[np.ndarray, np.ndarray, list[int]
     return vp, pp, v_cmp, p_cmp
 
 
+def price_target(ctx, pp: np.ndarray) -> np.ndarray:
+    """The price coefficients the fractional logit estimates on this world's price sample: the
+    solution b of sum_i x_i (m_i - logistic(x_i b)) = 0 with m_i = (1 - s) f_i + s the expected
+    clipped fraction (f_i = logistic(x_i pp) the truth's, s the truth's overpaid share),
+    by Newton's method on the dense design (NumPy, not the engine's estimator)."""
+    from engine.model.design import component_design, dense_design
+    from engine.world import truth as T
+
+    d = component_design(ctx.hh, ctx.fit.spec.price, ctx.fit.norms)
+    X = dense_design(d)
+    logistic = lambda e: 1.0 / (1.0 + np.exp(-e))  # noqa: E731
+    s = T.PRICE_OVERPAID_SHARE
+    m = (1 - s) * logistic(X @ pp) + s
+    b = pp.copy()
+    for _ in range(50):
+        mu = logistic(X @ b)
+        step = np.linalg.solve(X.T @ (X * (mu * (1 - mu))[:, None]), X.T @ (m - mu))
+        b += step
+        if np.max(np.abs(step)) < 1e-12:
+            return b
+    raise RuntimeError("price target: Newton did not converge")
+
+
+def t_referred(z: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """z-scores referred to Student's t with ``df`` and mapped to the normal scale."""
+    return np.sign(z) * stats.norm.isf(stats.t.sf(np.abs(z), df))
+
+
 def realised_level_cost(ctx, vp: np.ndarray, pp: np.ndarray) -> tuple[np.ndarray, float]:
     """Objective cost per municipality with the true coefficients and the common effect
     recalibrated so that the predicted national count equals the realised one."""
@@ -327,6 +367,11 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
     zv_model = (v.params[v_cmp] - vp[v_cmp]) / v.se("model")[v_cmp]
     zp_model = (p.params[p_cmp] - pp[p_cmp]) / p.se("model")[p_cmp]
     zp_robust = (p.params[p_cmp] - pp[p_cmp]) / p.se("robust")[p_cmp]     # HC1: no clustering
+    pt = price_target(ctx, pp)
+    zp_target = (p.params[p_cmp] - pt[p_cmp]) / p.se("cluster")[p_cmp]
+    zv_t = t_referred(zv, v.df_cluster[v_cmp])
+    zp_t = t_referred(zp, p.df_cluster[p_cmp])
+    zp_target_t = t_referred(zp_target, p.df_cluster[p_cmp])
 
     flags = flags_table(res, args.level)
     p_explained = flags.column("p_explained").to_numpy()
@@ -358,6 +403,11 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
         "z2_volume": float(np.mean(zv ** 2)), "z2_price": float(np.mean(zp ** 2)),
         "z2_volume_model_se": float(np.mean(zv_model ** 2)), "z2_price_model_se": float(np.mean(zp_model ** 2)),
         "z2_price_robust_se": float(np.mean(zp_robust ** 2)),
+        "z2_price_target": float(np.mean(zp_target ** 2)),
+        "z2_volume_t": float(np.mean(zv_t ** 2)), "z2_price_t": float(np.mean(zp_t ** 2)),
+        "z2_price_target_t": float(np.mean(zp_target_t ** 2)),
+        "df_harmonic_volume": float(stats.hmean(v.df_cluster[v_cmp])),
+        "df_harmonic_price": float(stats.hmean(p.df_cluster[p_cmp])),
         "se_ratio_cluster_model_volume": float(np.mean(v.se("cluster")[v_cmp] / v.se("model")[v_cmp])),
         "planted_surplus_min": surplus[0], "planted_surplus_max": surplus[1],
         "n_volume_terms": len(zv), "n_price_terms": len(zp),
@@ -385,10 +435,12 @@ def study_world(seed: int, args, root: Path) -> tuple[dict, list[dict], list[dic
                  "flagged_level": bool(surplus_pos[g] and p_explained[g] < args.level)}
                 for g, c in enumerate(codes)]
     term_rows = [{"seed": seed, "component": comp.name, "term": comp.term_names[i], "estimate": comp.params[i],
-                  "truth": truth_params[i], "se_cluster": comp.se("cluster")[i], "se_model": comp.se("model")[i],
-                  "se_robust": comp.se("robust")[i], "z": z}
-                 for comp, truth_params, idx, zs in ((v, vp, v_cmp, zv), (p, pp, p_cmp, zp))
-                 for i, z in zip(idx, zs)]
+                  "truth": truth_params[i], "target": target[i], "se_cluster": comp.se("cluster")[i],
+                  "se_model": comp.se("model")[i], "se_robust": comp.se("robust")[i], "df": comp.df_cluster[i],
+                  "z": z, "z_t": z_t}
+                 for comp, truth_params, target, idx, zs, zts in ((v, vp, vp, v_cmp, zv, zv_t),
+                                                                  (p, pp, pt, p_cmp, zp, zp_t))
+                 for i, z, z_t in zip(idx, zs, zts)]
     if not args.keep:
         shutil.rmtree(world, ignore_errors=True)
     return row, mun_rows, term_rows, reference
@@ -436,7 +488,10 @@ def summarise(worlds: list[dict], muns: list[dict], replicates: int, references:
     for comp in ("volume", "price"):
         out[f"z2_{comp}_model_se_mean"], out[f"z2_{comp}_model_se_se"] = mean_se(
             [w[f"z2_{comp}_model_se"] for w in worlds])
-    out["z2_price_robust_se_mean"], out["z2_price_robust_se_se"] = mean_se([w["z2_price_robust_se"] for w in worlds])
+    for key in ("z2_price_robust_se", "z2_price_target", "z2_volume_t", "z2_price_t", "z2_price_target_t"):
+        out[f"{key}_mean"], out[f"{key}_se"] = mean_se([w[key] for w in worlds])
+    for comp in ("volume", "price"):
+        out[f"df_harmonic_{comp}"] = float(np.mean([w[f"df_harmonic_{comp}"] for w in worlds]))
     out["se_ratio_cluster_model_volume"] = mean_se([w["se_ratio_cluster_model_volume"] for w in worlds])
     out["between_sd_over_truth"] = mean_se([w["between_sd"] / w["truth_effect_sd"] for w in worlds])
     out["n_volume_terms"], out["n_price_terms"] = worlds[0]["n_volume_terms"], worlds[0]["n_price_terms"]
@@ -490,7 +545,12 @@ def format_report(worlds: list[dict], s: dict) -> str:
               f"(se {s['z2_price_model_se_se']:.3f}); volume cluster se / model se "
               f"{s['se_ratio_cluster_model_volume'][0]:.3f} (se {s['se_ratio_cluster_model_volume'][1]:.3f})",
               f"  price with the robust (HC1, unclustered) se: {s['z2_price_robust_se_mean']:.3f} "
-              f"(se {s['z2_price_robust_se_se']:.3f})",
+              f"(se {s['z2_price_robust_se_se']:.3f}); price against the estimator's target (clipped fractions): "
+              f"{s['z2_price_target_mean']:.3f} (se {s['z2_price_target_se']:.3f})",
+              f"  referred to Student's t with the se's df (harmonic mean df: volume {s['df_harmonic_volume']:.1f}, "
+              f"price {s['df_harmonic_price']:.1f}): volume {s['z2_volume_t_mean']:.3f} (se {s['z2_volume_t_se']:.3f}), "
+              f"price {s['z2_price_t_mean']:.3f} (se {s['z2_price_t_se']:.3f}), price against the target "
+              f"{s['z2_price_target_t_mean']:.3f} (se {s['z2_price_target_t_se']:.3f})",
               f"between-municipality sd / truth's sd of municipality effects: {s['between_sd_over_truth'][0]:.3f} "
               f"(se {s['between_sd_over_truth'][1]:.3f})"]
     f = s["flags"]

@@ -230,6 +230,46 @@ def cr2_covariance(X: np.ndarray, y: np.ndarray, theta: np.ndarray, groups: np.n
     return M @ meat @ M
 
 
+
+def _cr2_blocks(X, theta, groups):
+    p = logistic(X @ theta)
+    w = p * (1 - p)
+    M = np.linalg.inv(X.T @ (X * w[:, None]))
+    for g in np.unique(groups):
+        m = groups == g
+        yield M, X[m] * np.sqrt(w[m])[:, None]
+
+
+def cluster_df(X: np.ndarray, theta: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per parameter j, the effective number of clusters (sum_g a_gj)^2 / sum_g a_gj^2 with
+    a_gj = (M X_g' W_g X_g M)_jj: the Satterthwaite degrees of freedom of a sum of independent
+    cluster squares with the working model's expectations."""
+    a = np.array([np.diag(M @ Z.T @ Z @ M) for M, Z in _cr2_blocks(X, theta, groups)])
+    return a.sum(axis=0) ** 2 / (a ** 2).sum(axis=0)
+
+
+def bell_mccaffrey_df(X: np.ndarray, theta: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Bell and McCaffrey's Satterthwaite degrees of freedom of the CR2 variance of each
+    parameter, exactly, under the working model: Pearson residuals r ~ N(0, I - H). With
+    v_g = A_g Z_g M e_j (A_g = (I - H_gg)^(-1/2), Z_g = W_g^(1/2) X_g) the variance estimate is
+    sum_g (v_g' r_g)^2, whose first two moments give df = (tr P)^2 / ||P||_F^2 with
+    P_gh = v_g' (I - H)_gh v_h = [g = h] v_g'v_g - t_g' M t_h, t_g = Z_g' v_g."""
+    out = []
+    blocks = list(_cr2_blocks(X, theta, groups))
+    M = blocks[0][0]
+    for j in range(X.shape[1]):
+        vv, T = [], []
+        for _, Z in blocks:
+            lam, Q = np.linalg.eigh(Z @ M @ Z.T)
+            f = np.where(lam < 1 - 1e-7, 1 / np.sqrt(np.clip(1 - lam, 1e-12, None)), 0.0)
+            v = Q @ (f * (Q.T @ (Z @ M[:, j])))
+            vv.append(v @ v)
+            T.append(Z.T @ v)
+        T = np.array(T)
+        P = np.diag(vv) - T @ M @ T.T
+        out.append(np.trace(P) ** 2 / np.sum(P * P))
+    return np.array(out)
+
 # --------------------------------------------------------------------------- prediction
 
 def household_values(Xv: np.ndarray, beta: np.ndarray, Xp: np.ndarray, gamma: np.ndarray, N: np.ndarray):

@@ -59,3 +59,37 @@ def test_pooled_reference_quantiles_and_probabilities():
     assert r["p_at_most_observed"] == 1.0
     assert r["quantiles_5_25_50_75_95"][0] == 0.5 and r["quantiles_5_25_50_75_95"][-1] == 1.0
     assert r["p_in_0_93_0_97"] == 0.0
+
+
+def test_t_referred_scores_are_standard_normal_for_t_variates():
+    rng = np.random.default_rng(5)
+    df = np.repeat([3.0, 9.0, 40.0], 40_000)
+    z = rng.standard_t(df)
+    assert np.mean(z[df == 3.0] ** 2) > 2          # df / (df - 2) = 3
+    zt = cs.t_referred(z, df)
+    assert np.mean(zt ** 2) == pytest.approx(1.0, abs=0.02)
+    assert cs.t_referred(np.array([1.959963984540054]), np.array([1e12]))[0] == pytest.approx(1.959963984540054)
+
+
+def test_price_target_is_the_truth_without_overpaid_households(small_world, monkeypatch):
+    """The estimator's target with no clipped fractions is the truth's own coefficients; with
+    them it solves the score equation of the expected clipped fraction (a hand check on the
+    intercept's direction: clipping raises every mean fraction, so the intercept rises)."""
+    from types import SimpleNamespace
+
+    from engine.model.design import households_from_population
+    from engine.model.fitted import fit_model
+    from engine.model.population import read_population
+    from engine.world import truth as T
+
+    pop = read_population(small_world)
+    hh = households_from_population(pop)
+    fit = fit_model(hh, "2019")
+    ctx = SimpleNamespace(hh=hh, fit=fit)
+    pp = np.array([T.PRICE.get(t, 0.0) for t in fit.price.term_names])
+    monkeypatch.setattr(T, "PRICE_OVERPAID_SHARE", 0.0)
+    np.testing.assert_allclose(cs.price_target(ctx, pp), pp, atol=1e-10)
+    monkeypatch.setattr(T, "PRICE_OVERPAID_SHARE", 0.003)
+    b = cs.price_target(ctx, pp)
+    assert b[0] > pp[0]
+    assert np.max(np.abs(b - pp)) < 0.05

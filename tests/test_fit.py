@@ -163,7 +163,8 @@ def test_estimates_agree_with_statsmodels(big12, component):
 def test_cr2_cluster_covariance_against_the_hat_matrix(big12, component):
     """The default cluster covariance is CR2: against the n_g x n_g hat-matrix blocks of
     tests/naive.py (with the municipality fixed effects as dummies for the volume), and
-    larger than CR1 on the terms the large municipalities dominate."""
+    larger than CR1 on the terms the large municipalities dominate; its degrees of freedom
+    against tests/naive.py's effective number of clusters."""
     hh = households_from_population(big12)
     comp = getattr(_small_spec(), component)
     d = component_design(hh, comp, NORMS)
@@ -174,6 +175,9 @@ def test_cr2_cluster_covariance_against_the_hat_matrix(big12, component):
     want = naive.cr2_covariance(X, np.asarray(y, dtype=np.float64), f.params, mun[rows])
     np.testing.assert_allclose(f.cov_cluster, want, rtol=1e-6, atol=1e-12 * np.abs(want).max())
     np.testing.assert_array_equal(f.params, cr1.params)
+    # degrees of freedom: the effective number of municipalities per term (fixed effects included)
+    np.testing.assert_allclose(f.df_cluster, naive.cluster_df(X, f.params, mun[rows]), rtol=1e-6)
+    assert np.all(cr1.df_cluster == f.n_clusters - 1)
     # CR1's G/(G-1) factor is small against the clusters' own leverage: CR2 is larger on average
     assert np.mean(f.se("cluster") / cr1.se("cluster")) > 1
 
@@ -364,11 +368,12 @@ def test_fit_files_roundtrip_and_export(big12, tmp_path):
     fit = fit_to_folder(big12, tmp_path, spec=_small_spec(), export=True)
     coef = pq.read_table(tmp_path / "coefficients.parquet")
     assert coef.column_names == ["component", "term", "estimate", "se_model", "se_robust", "se_cluster",
-                                 "z", "p_value", "ci_low", "ci_high"]
+                                 "df", "z", "p_value", "ci_low", "ci_high"]
     back = read_fit(tmp_path, spec=_small_spec())
     assert read_fit(tmp_path).spec == _small_spec()       # recorded by content, not by path
     np.testing.assert_array_equal(back.volume.params, fit.volume.params)
     np.testing.assert_array_equal(back.price.cov_cluster, fit.price.cov_cluster)
+    np.testing.assert_array_equal(back.volume.df_cluster, fit.volume.df_cluster)
     design = pq.read_table(tmp_path / "design_volume.parquet")
     assert design.column_names[:-2] == list(fit.volume.term_names) and design.column_names[-2:] == ["_y", "_w"]
     # any other tool refits the exported design to the same coefficients

@@ -128,17 +128,26 @@ def test_coefficient_table_like_statsmodels(children_world, tmp_path):
     y = design.column("_y").to_numpy().astype(np.float64)
     ref = sm.Logit(y, X).fit(method="newton", tol=1e-13, disp=0)
     # the cluster covariance is CR2 (tests/naive.py builds it from the hat-matrix blocks);
-    # z, p and the 95% interval are the normal ones of statsmodels' summary on that se
+    # z on that se, p and the 95% interval from Student's t with the effective number of
+    # clusters as degrees of freedom
     se = np.sqrt(np.diag(naive.cr2_covariance(X, y, ref.params, groups)))
+    df = naive.cluster_df(X, ref.params, groups)
     z = ref.params / se
     t = coefficients_table(fit).to_pandas()
     t = t[t.component == "volume"]
     np.testing.assert_allclose(t.se_cluster, se, rtol=1e-4)
+    np.testing.assert_allclose(t.df, df, rtol=1e-6)
     np.testing.assert_allclose(t.z, z, rtol=1e-4)
-    np.testing.assert_allclose(t.p_value, 2 * stats.norm.sf(np.abs(z)), rtol=1e-3, atol=1e-12)
-    q = stats.norm.ppf(0.975)
+    np.testing.assert_allclose(t.p_value, 2 * stats.t.sf(np.abs(z), df), rtol=1e-3, atol=1e-12)
+    q = stats.t.ppf(0.975, df)
     np.testing.assert_allclose(t.ci_low, ref.params - q * se, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(t.ci_high, ref.params + q * se, rtol=1e-5, atol=1e-8)
+    # the leading-order df against Bell and McCaffrey's exact Satterthwaite df (with the
+    # leverage): close where many municipalities inform a term
+    bm = naive.bell_mccaffrey_df(X, ref.params, groups)
+    common = [i for i, name in enumerate(terms) if not name.startswith("municipality[")]
+    np.testing.assert_allclose(df[common], bm[common], rtol=0.05)
+    assert np.all(df[common] <= len(np.unique(groups)))
 
 
 def test_undeclared_column_and_unknown_characteristic_are_refused(children_world, tmp_path, capsys):

@@ -44,7 +44,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from engine.model.design import ComponentDesign
-from engine.model.sandwich import cluster_hessians, cr2_covariance
+from engine.model.sandwich import cluster_hessians, cr2_covariance, satterthwaite_df
 from kernels.config import N_VIRTUAL
 from kernels.glm import common_shift, logit_pass, sample_sums
 
@@ -89,6 +89,9 @@ class ComponentFit:
     history: list = field(default_factory=list)
     unestimable_terms: tuple[str, ...] = ()   # levels without households in the sample (NaN)
     separated_terms: tuple[str, ...] = ()     # levels with no or only outcomes (own finite estimate, se NaN)
+    # degrees of freedom of each se_cluster (CR2: engine.model.sandwich.satterthwaite_df;
+    # CR1: clusters - 1; empty: unknown, normal reference)
+    df_cluster: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def se(self, kind: str = "cluster") -> np.ndarray:
         cov = {"model": self.cov_model, "robust": self.cov_robust, "cluster": self.cov_cluster}[kind]
@@ -471,11 +474,16 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     G = int(has.sum())
     S = S[has]
     cluster = np.full((K, K), np.nan)
-    if cluster_kind == "cr1":
-        corr = G / (G - 1) * (n_obs - 1) / (n_obs - k) if G > 1 else np.nan
+    df = np.full(K, np.nan)
+    if G < 2:
+        pass
+    elif cluster_kind == "cr1":
+        corr = G / (G - 1) * (n_obs - 1) / (n_obs - k)
         cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
+        df[act] = G - 1
     else:
-        cluster[np.ix_(act, act)] = cr2_covariance(*cluster_hessians(ev, theta, np.flatnonzero(has), act, weight),
-                                                   Hinv_a, S) if G > 1 else np.nan
+        blocks = cluster_hessians(ev, theta, np.flatnonzero(has), act, weight)
+        cluster[np.ix_(act, act)] = cr2_covariance(*blocks, Hinv_a, S)
+        df[act] = satterthwaite_df(*blocks, Hinv_a)
     return ComponentFit(cov_model=Hinv, cov_robust=robust, cov_cluster=cluster, loglik=float(meat.ll),
-                        gradient_norm=gnorm, n_clusters=G, seconds=time.perf_counter() - t0, **done)
+                        gradient_norm=gnorm, n_clusters=G, seconds=time.perf_counter() - t0, df_cluster=df, **done)

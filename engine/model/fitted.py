@@ -2,10 +2,14 @@
 
 ``fit_model(pop, spec)`` estimates both components; ``write_fit(fit, out)`` writes
 
-- ``coefficients.parquet``: component, term, estimate, se_model, se_robust, se_cluster, z,
-  p_value, ci_low, ci_high (z = estimate / se_cluster, two-sided normal p, 95% interval
-  estimate -+ 1.96 se_cluster, as statsmodels with ``cov_type="cluster"``; terms
-  ``factor[level]``, indicator and continuous column names, ``municipality[GMxxxx]``);
+- ``coefficients.parquet``: component, term, estimate, se_model, se_robust, se_cluster, df, z,
+  p_value, ci_low, ci_high (z = estimate / se_cluster; ``df`` the degrees of freedom of
+  se_cluster: for CR2 the Satterthwaite approximation of
+  :func:`engine.model.sandwich.satterthwaite_df`, about the effective number of
+  municipalities informing the term, for CR1 the clusters less one; two-sided p and the 95%
+  interval estimate -+ t_df(0.975) se_cluster from Student's t with ``df``, normal where
+  ``df`` is NaN, as for published weights; terms ``factor[level]``, indicator and
+  continuous column names, ``municipality[GMxxxx]``);
 - ``fit.json``: the spec by content (``spec.content``: a fit folder reads the same in any
   folder or environment), the catalogue, the norms, per component the sample size, iterations,
   log-likelihood, gradient norm, clipped fractions, dropped municipalities (codes), separated
@@ -75,26 +79,28 @@ def fit_model(pop: Population | Households, spec: ModelSpec | str | Path = "2019
     return ModelFit(spec=spec, norms=norms, volume=fits["volume"], price=fits["price"], mun_codes=hh.mun_codes)
 
 
-Z_95 = 1.959963984540054       # scipy.stats.norm.ppf(0.975)
-
-
 def coefficients_table(fit: ModelFit) -> pa.Table:
-    """Per term: estimate, the three standard errors, z, p and the 95% interval (cluster-robust)."""
-    from scipy.stats import norm
+    """Per term: estimate, the three standard errors, the cluster se's degrees of freedom, z,
+    p and the 95% interval (cluster-robust, Student's t with those degrees of freedom)."""
+    from scipy import stats
 
-    comp, term, est, se = [], [], [], {k: [] for k in COVARIANCE_KINDS}
+    comp, term, est, dfs, se = [], [], [], [], {k: [] for k in COVARIANCE_KINDS}
     for c in (fit.volume, fit.price):
         comp += [c.name] * len(c.term_names)
         term += list(c.term_names)
         est.append(c.params)
+        dfs.append(c.df_cluster if c.df_cluster.size else np.full(len(c.term_names), np.nan))
         for k in COVARIANCE_KINDS:
             se[k].append(c.se(k))
-    b, s = np.concatenate(est), np.concatenate(se["cluster"])
+    b, s, df = np.concatenate(est), np.concatenate(se["cluster"]), np.concatenate(dfs)
+    normal = np.isnan(df)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = b / s
+        p = np.where(normal, 2.0 * stats.norm.sf(np.abs(z)), 2.0 * stats.t.sf(np.abs(z), np.where(normal, 1.0, df)))
+        q = np.where(normal, stats.norm.ppf(0.975), stats.t.ppf(0.975, np.where(normal, 1.0, df)))
     return pa.table({"component": comp, "term": term, "estimate": b,
-                     **{f"se_{k}": np.concatenate(se[k]) for k in COVARIANCE_KINDS},
-                     "z": z, "p_value": 2.0 * norm.sf(np.abs(z)), "ci_low": b - Z_95 * s, "ci_high": b + Z_95 * s})
+                     **{f"se_{k}": np.concatenate(se[k]) for k in COVARIANCE_KINDS}, "df": df,
+                     "z": z, "p_value": p, "ci_low": b - q * s, "ci_high": b + q * s})
 
 
 def format_coefficients(fit: ModelFit, show_fixed_effects: bool = False) -> str:
@@ -108,10 +114,10 @@ def format_coefficients(fit: ModelFit, show_fixed_effects: bool = False) -> str:
         width = max([len(t["term"][i]) for i in shown] + [20])
         lines.append(f"{name}:")
         lines.append(f"  {'term':<{width}} {'coef':>10} {'se_model':>9} {'se_robust':>9} {'se_cluster':>10} "
-                     f"{'z':>8} {'P>|z|':>7} {'[0.025':>9} {'0.975]':>9}")
+                     f"{'df':>6} {'z':>8} {'P>|t|':>7} {'[0.025':>9} {'0.975]':>9}")
         for i in shown:
             lines.append(f"  {t['term'][i]:<{width}} {t['estimate'][i]:>10.4f} {t['se_model'][i]:>9.4f} "
-                         f"{t['se_robust'][i]:>9.4f} {t['se_cluster'][i]:>10.4f} {t['z'][i]:>8.2f} "
+                         f"{t['se_robust'][i]:>9.4f} {t['se_cluster'][i]:>10.4f} {t['df'][i]:>6.1f} {t['z'][i]:>8.2f} "
                          f"{t['p_value'][i]:>7.3f} {t['ci_low'][i]:>9.4f} {t['ci_high'][i]:>9.4f}")
         if fe and not show_fixed_effects:
             lines.append(f"  ({len(fe)} municipality fixed effects in coefficients.parquet, not shown)")
@@ -193,7 +199,8 @@ def read_fit(path: str | Path, spec: ModelSpec | str | Path | None = None) -> Mo
             dropped_municipalities=tuple(s["dropped_municipalities"]), seconds=s["seconds"],
             fe_common=s["fe_common"], history=s.get("history", []),
             unestimable_terms=tuple(s.get("unestimable_terms", [])),
-            separated_terms=tuple(s.get("separated_terms", [])))
+            separated_terms=tuple(s.get("separated_terms", [])),
+            df_cluster=np.array([coef["df"][i] for i in rows], dtype=np.float64) if "df" in coef else np.zeros(0))
         fe = [t[len("municipality["):-1] for t in terms if t.startswith("municipality[")]
         if fe:
             mun_codes = np.array(["?"] + fe, dtype=object)

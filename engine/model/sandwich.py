@@ -82,3 +82,23 @@ def cluster_hessians(ev, theta: np.ndarray, clusters: np.ndarray, cols: np.ndarr
     sums[own < 0, -1, :] = 0.0                 # no own effect
     sums[own < 0, :, -1] = 0.0
     return local[keep], own, sums
+
+
+def satterthwaite_df(shared: np.ndarray, own: np.ndarray, H: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """Degrees of freedom of each parameter's cluster-robust variance (same arguments as
+    :func:`cr2_covariance`, less the scores): the Satterthwaite approximation under the
+    working model (Bell and McCaffrey 2002; Pustejovsky and Tipton 2018) to leading order in
+    the leverage. The variance of parameter j is a sum of one square per cluster, whose
+    expectation under the working model is ``a_gj = (M H_g M)_jj``; matching a scaled
+    chi-square gives ``df_j = (sum_g a_gj)^2 / sum_g a_gj^2``: the number of clusters when they
+    inform j equally, fewer when a few large ones carry the information (Carter, Schnepel and
+    Steigerwald 2017, Review of Economics and Statistics 99(4) 698-709: the effective number of
+    clusters). A municipality's own fixed effect has about one."""
+    ks = shared.size
+    has = own >= 0
+    Ms = M[shared]                                    # (ks, k) rows of the shared parameters
+    Mo = np.where(has[:, None], M[np.where(has, own, 0)], 0.0)    # (G, k) row of the own effect
+    a = np.einsum("ak,gak->gk", Ms, np.einsum("gab,bk->gak", H[:, :ks, :ks], Ms, optimize=True), optimize=True)
+    a += 2 * (H[:, :ks, ks] @ Ms) * Mo + H[:, ks, ks][:, None] * Mo * Mo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return a.sum(axis=0) ** 2 / (a * a).sum(axis=0)
