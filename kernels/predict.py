@@ -144,3 +144,25 @@ def household_values(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, 
         out[1, i] = 1.0 / (1.0 + np.exp(-_eta(codes, i, p_cols, p_off, p_coef, p_nb, nb)))
         out[2, i] = norm_flat[norm_index[i]]
     return out
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def weight_level_sums(combo, nbhd, v_cols, v_off, v_coef, v_nb, codes, cols, lev_off, n_levels, n_nb, n_virtual):
+    """Sums of the volume logit's weight w = p (1 - p) per factor level (``lev_off[k] +
+    codes[i, cols[k]]``, (n_levels,)) and per neighbourhood ((n_nb,)), with p from the
+    prediction tables (``v_*`` as in :func:`household_values`), over fixed row ranges
+    reduced in order."""
+    n = nbhd.shape[0]
+    F = cols.shape[0]
+    acc_l = np.zeros((n_virtual, n_levels))
+    acc_n = np.zeros((n_virtual, n_nb))
+    bounds = range_bounds(n, n_virtual)
+    for v in prange(n_virtual):
+        for i in range(bounds[v], bounds[v + 1]):
+            nb = nbhd[i]
+            p = 1.0 / (1.0 + np.exp(-_eta(combo, i, v_cols, v_off, v_coef, v_nb, nb)))
+            w = p * (1.0 - p)
+            for k in range(F):
+                acc_l[v, lev_off[k] + np.int64(codes[i, cols[k]])] += w
+            acc_n[v, nb] += w
+    return reduce_ranges(acc_l), reduce_ranges(acc_n)

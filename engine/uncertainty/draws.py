@@ -25,7 +25,8 @@ from engine.rules.redistribution import effects
 from engine.rules.regime import load_regime
 from engine.uncertainty.cells import draw_cells
 from engine.uncertainty.settings import REPLICATE_COLUMNS, Settings
-from kernels.predict import household_values
+from kernels.config import N_VIRTUAL
+from kernels.predict import weight_level_sums
 
 
 def _sqrt_psd(cov: np.ndarray) -> np.ndarray:
@@ -209,18 +210,13 @@ def count_gradient(hh, fit: ModelFit, pd_, lay) -> np.ndarray:
     gets the common effect that keeps it, as a refit would; without it a draw moves the level
     of every municipality at once by x_bar' (beta_r - beta_hat), which the estimate cannot do."""
     t = prediction_tables(hh, fit, pd_)
-    p = household_values(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, *t.args())[0]
-    w = p * (1 - p)
-    L = lay.level_param.shape[0]
-    lev = np.zeros(L)
-    for k, col in enumerate(lay.cols):
-        lev += np.bincount(lay.lev_off[k] + hh.codes[:, col].astype(np.int64), weights=w, minlength=L)
+    lev, nb_w = weight_level_sums(pd_.combo, pd_.nbhd, *t.args()[:4], hh.codes, lay.cols, lay.lev_off,
+                                  lay.level_param.shape[0], hh.nb_cont.shape[0], N_VIRTUAL)
     g = np.zeros(lay.n_params)
     has = lay.level_param >= 0
     np.add.at(g, lay.level_param[has], lev[has])
-    nb_w = np.bincount(pd_.nbhd, weights=w, minlength=hh.nb_cont.shape[0])
     g[lay.cont_param] = nb_w @ hh.nb_cont[:, lay.cont_cols]
-    return -g / w.sum()
+    return -g / nb_w.sum()
 
 
 def check_method(fit: ModelFit, method: str) -> None:
