@@ -17,7 +17,7 @@ import naive  # tests/naive.py (pytest puts tests/ on sys.path)
 from kernels.bootstrap import draw_sums
 from kernels.config import N_VIRTUAL
 from kernels.glm import linear_predictor, logit_pass, range_bounds
-from kernels.predict import group_sums, household_values, pair_tables
+from kernels.predict import group_sums, household_values, pair_tables, weight_level_sums
 from kernels.vexp import exp_array, exp_block
 
 SPEC = naive.read_toml(naive.DATA / "specs" / "2019.toml")
@@ -202,6 +202,21 @@ def test_household_values(world):
     np.testing.assert_allclose(got[1], f, rtol=1e-13)
     np.testing.assert_array_equal(got[2], N)
 
+
+
+def test_weight_level_sums(world):
+    """Sums of p (1 - p) per factor level and per neighbourhood against bincounts of the naive p."""
+    w = world
+    (p, _, _), args = _prediction_args(w, 6)
+    wt = p * (1 - p)
+    cols = np.arange(w["codes"].shape[1], dtype=np.int64)
+    L = int(w["lev_off"][-1] + w["n_levels"][-1])
+    n_nb = int(w["nbhd"].max()) + 1
+    lev, nb = weight_level_sums(*args[:2], *args[4:8], w["codes"], cols, w["lev_off"], L, n_nb, N_VIRTUAL)
+    want = sum(np.bincount(w["lev_off"][k] + w["codes"][:, k].astype(np.int64), weights=wt, minlength=L)
+               for k in cols)
+    np.testing.assert_allclose(lev, want, rtol=1e-12)
+    np.testing.assert_allclose(nb, np.bincount(w["nbhd"], weights=wt, minlength=n_nb), rtol=1e-12)
 
 def test_group_sums(world):
     w = world
