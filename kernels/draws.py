@@ -41,6 +41,7 @@ from numba import njit, prange
 from kernels.glm import range_bounds, reduce_ranges
 from kernels.vexp import exp_array
 
+TERM_CHUNKS = 16   # runs of profiles whose terms are computed in parallel (any number: the same bits)
 BLOCK = 8       # draws are padded to a multiple of this (the vector width of float32 on AVX2)
 CHUNK = 512     # profiles whose term rows are read together (kernel cache locality; fixed: it orders the sums)
 
@@ -124,7 +125,7 @@ def prefix_order(prof_lev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order.astype(np.int64), shared.astype(np.int64)
 
 
-@njit(cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False)
 def factor_terms(prof_lev, level_coef, nb_eta, a_prof, b_nb, comp, lo, hi, order, shared):
     """Fill component ``comp`` of the term tables for R draws.
 
@@ -136,22 +137,26 @@ def factor_terms(prof_lev, level_coef, nb_eta, a_prof, b_nb, comp, lo, hi, order
     clamped to [lo, hi] (module docstring), in float64, then stored in the tables' dtype.
     Profiles are visited in ``order`` (:func:`prefix_order`): a profile whose first ``shared``
     factors are those of the one before reuses those partial products, which are the very
-    same products (1 x e_0 x e_1 ..., in factor order), so the bits do not depend on it."""
+    same products (1 x e_0 x e_1 ..., in factor order), so the bits do not depend on it,
+    nor on the split of the order into ``TERM_CHUNKS`` runs done in parallel (each starts from
+    the first factor)."""
     n_prof, F = prof_lev.shape
     R = level_coef.shape[1]
     e = _exp_neg(level_coef)
-    pre = np.ones((F + 1, R))     # pre[k]: product of the first k factors (pre[0] = 1)
-    for i in range(n_prof):
-        p = order[i]
-        for k in range(shared[i], F):
-            lev = prof_lev[p, k]
+    bounds = range_bounds(n_prof, TERM_CHUNKS)
+    for c in prange(TERM_CHUNKS):
+        pre = np.ones((F + 1, R))     # pre[k]: product of the first k factors (pre[0] = 1)
+        for i in range(bounds[c], bounds[c + 1]):
+            p = order[i]
+            for k in range(0 if i == bounds[c] else shared[i], F):
+                lev = prof_lev[p, k]
+                for r in range(R):
+                    pre[k + 1, r] = pre[k, r] * e[lev, r]
             for r in range(R):
-                pre[k + 1, r] = pre[k, r] * e[lev, r]
-        for r in range(R):
-            v = pre[F, r]
-            a_prof[p, comp, r] = hi if v > hi else (lo if v < lo else v)   # NaN passes through
+                v = pre[F, r]
+                a_prof[p, comp, r] = hi if v > hi else (lo if v < lo else v)   # NaN passes through
     e = _exp_neg(nb_eta)
-    for j in range(nb_eta.shape[0]):
+    for j in prange(nb_eta.shape[0]):
         for r in range(R):
             v = e[j, r]
             b_nb[j, comp, r] = hi if v > hi else (lo if v < lo else v)
