@@ -230,7 +230,6 @@ def cr2_covariance(X: np.ndarray, y: np.ndarray, theta: np.ndarray, groups: np.n
     return M @ meat @ M
 
 
-
 def _cr2_blocks(X, theta, groups):
     p = logistic(X @ theta)
     w = p * (1 - p)
@@ -248,16 +247,17 @@ def cluster_df(X: np.ndarray, theta: np.ndarray, groups: np.ndarray) -> np.ndarr
     return a.sum(axis=0) ** 2 / (a ** 2).sum(axis=0)
 
 
-def bell_mccaffrey_df(X: np.ndarray, theta: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def bell_mccaffrey_df(X: np.ndarray, theta: np.ndarray, groups: np.ndarray, terms=None) -> np.ndarray:
     """Bell and McCaffrey's Satterthwaite degrees of freedom of the CR2 variance of each
     parameter, exactly, under the working model: Pearson residuals r ~ N(0, I - H). With
     v_g = A_g Z_g M e_j (A_g = (I - H_gg)^(-1/2), Z_g = W_g^(1/2) X_g) the variance estimate is
     sum_g (v_g' r_g)^2, whose first two moments give df = (tr P)^2 / ||P||_F^2 with
-    P_gh = v_g' (I - H)_gh v_h = [g = h] v_g'v_g - t_g' M t_h, t_g = Z_g' v_g."""
+    P_gh = v_g' (I - H)_gh v_h = [g = h] v_g'v_g - t_g' M t_h, t_g = Z_g' v_g. ``terms``: the
+    parameters to compute it for (default all)."""
     out = []
     blocks = list(_cr2_blocks(X, theta, groups))
     M = blocks[0][0]
-    for j in range(X.shape[1]):
+    for j in range(X.shape[1]) if terms is None else terms:
         vv, T = [], []
         for _, Z in blocks:
             lam, Q = np.linalg.eigh(Z @ M @ Z.T)

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import statsmodels.api as sm
+from scipy import stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -175,9 +176,17 @@ def test_cr2_cluster_covariance_against_the_hat_matrix(big12, component):
     want = naive.cr2_covariance(X, np.asarray(y, dtype=np.float64), f.params, mun[rows])
     np.testing.assert_allclose(f.cov_cluster, want, rtol=1e-6, atol=1e-12 * np.abs(want).max())
     np.testing.assert_array_equal(f.params, cr1.params)
-    # degrees of freedom: the effective number of municipalities per term (fixed effects included)
-    np.testing.assert_allclose(f.df_cluster, naive.cluster_df(X, f.params, mun[rows]), rtol=1e-6)
-    assert np.all(cr1.df_cluster == f.n_clusters - 1)
+    # degrees of freedom: the effective number of municipalities per term, at most about one
+    # above Bell and McCaffrey's exact ones, which count the leverage (12 municipalities: df
+    # 3-9, the exact 0.8-1.1 lower); none for the levels one municipality alone determines
+    # (the fixed effects and, with them, the intercept)
+    shared = np.arange(X.shape[1]) if d.layout.fe_start < 0 else np.arange(1, d.layout.fe_start)
+    assert np.all(np.isnan(np.delete(f.df_cluster, shared)))
+    np.testing.assert_allclose(f.df_cluster[shared], naive.cluster_df(X, f.params, mun[rows])[shared], rtol=1e-6)
+    assert np.all(cr1.df_cluster[shared] == f.n_clusters - 1)
+    some = shared[:12]
+    gap = f.df_cluster[some] - naive.bell_mccaffrey_df(X, f.params, mun[rows], terms=some)
+    assert np.all((gap > 0) & (gap < 1.3)), gap
     # CR1's G/(G-1) factor is small against the clusters' own leverage: CR2 is larger on average
     assert np.mean(f.se("cluster") / cr1.se("cluster")) > 1
 
@@ -369,6 +378,15 @@ def test_fit_files_roundtrip_and_export(big12, tmp_path):
     coef = pq.read_table(tmp_path / "coefficients.parquet")
     assert coef.column_names == ["component", "term", "estimate", "se_model", "se_robust", "se_cluster",
                                  "df", "z", "p_value", "ci_low", "ci_high"]
+    # the fixed effects and the volume's intercept: no df, z, p and interval on the robust se (normal)
+    t = coef.to_pandas()
+    own = t.term.str.startswith("municipality[") | ((t.term == "intercept") & (t.component == "volume"))
+    assert own.sum() == sum(n.startswith("municipality[") for n in fit.volume.term_names) + 1 > 1
+    o = t[own]
+    assert o.df.isna().all() and t[~own].df.notna().all()
+    np.testing.assert_allclose(o.z, o.estimate / o.se_robust, rtol=1e-12)
+    np.testing.assert_allclose(o.p_value, 2 * stats.norm.sf(np.abs(o.z)), rtol=1e-9)
+    np.testing.assert_allclose(o.ci_high - o.estimate, stats.norm.ppf(0.975) * o.se_robust, rtol=1e-9)
     back = read_fit(tmp_path, spec=_small_spec())
     assert read_fit(tmp_path).spec == _small_spec()       # recorded by content, not by path
     np.testing.assert_array_equal(back.volume.params, fit.volume.params)

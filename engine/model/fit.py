@@ -90,7 +90,8 @@ class ComponentFit:
     unestimable_terms: tuple[str, ...] = ()   # levels without households in the sample (NaN)
     separated_terms: tuple[str, ...] = ()     # levels with no or only outcomes (own finite estimate, se NaN)
     # degrees of freedom of each se_cluster (CR2: engine.model.sandwich.satterthwaite_df;
-    # CR1: clusters - 1; empty: unknown, normal reference)
+    # CR1: clusters - 1; NaN for the fixed effects and, with them, the intercept, whose
+    # cluster-robust variance is degenerate; empty: unknown, normal reference)
     df_cluster: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def se(self, kind: str = "cluster") -> np.ndarray:
@@ -475,15 +476,16 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     S = S[has]
     cluster = np.full((K, K), np.nan)
     df = np.full(K, np.nan)
-    if G < 2:
-        pass
-    elif cluster_kind == "cr1":
+    if G > 1 and cluster_kind == "cr1":
         corr = G / (G - 1) * (n_obs - 1) / (n_obs - k)
         cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
         df[act] = G - 1
-    else:
+    elif G > 1:
         blocks = cluster_hessians(ev, theta, np.flatnonzero(has), act, weight)
         cluster[np.ix_(act, act)] = cr2_covariance(*blocks, Hinv_a, S)
         df[act] = satterthwaite_df(*blocks, Hinv_a)
+    if lay.fe_start >= 0:
+        df[lay.fe_start:] = np.nan      # levels one municipality alone determines
+        df[0] = np.nan
     return ComponentFit(cov_model=Hinv, cov_robust=robust, cov_cluster=cluster, loglik=float(meat.ll),
                         gradient_norm=gnorm, n_clusters=G, seconds=time.perf_counter() - t0, df_cluster=df, **done)

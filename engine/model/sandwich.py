@@ -85,15 +85,18 @@ def cluster_hessians(ev, theta: np.ndarray, clusters: np.ndarray, cols: np.ndarr
 
 
 def satterthwaite_df(shared: np.ndarray, own: np.ndarray, H: np.ndarray, M: np.ndarray) -> np.ndarray:
-    """Degrees of freedom of each parameter's cluster-robust variance (same arguments as
-    :func:`cr2_covariance`, less the scores): the Satterthwaite approximation under the
-    working model (Bell and McCaffrey 2002; Pustejovsky and Tipton 2018) to leading order in
-    the leverage. The variance of parameter j is a sum of one square per cluster, whose
-    expectation under the working model is ``a_gj = (M H_g M)_jj``; matching a scaled
+    """Degrees of freedom of each parameter's cluster-robust variance (``shared``, ``own``,
+    ``H`` and ``M`` as :func:`cr2_covariance` takes them): the Satterthwaite approximation
+    under the working model (Bell and McCaffrey 2002; Pustejovsky and Tipton 2018) to leading
+    order in the leverage. The variance of parameter j is a sum of one square per cluster,
+    whose expectation under the working model is ``a_gj = (M H_g M)_jj``; matching a scaled
     chi-square gives ``df_j = (sum_g a_gj)^2 / sum_g a_gj^2``: the number of clusters when they
     inform j equally, fewer when a few large ones carry the information (Carter, Schnepel and
     Steigerwald 2017, Review of Economics and Statistics 99(4) 698-709: the effective number of
-    clusters). A municipality's own fixed effect has about one."""
+    clusters). About one above the exact df, which counts the leverage too. Meaningless for a
+    level that one cluster alone determines (a municipality's fixed effect, and with fixed
+    effects the intercept): its residuals are fitted to that level exactly, so the cluster
+    variance has no part of that cluster along it (the caller leaves those out)."""
     ks = shared.size
     has = own >= 0
     Ms = M[shared]                                    # (ks, k) rows of the shared parameters
