@@ -244,7 +244,7 @@ def price_target(ctx, pp: np.ndarray) -> np.ndarray:
     from engine.world import truth as T
 
     d = component_design(ctx.hh, ctx.fit.spec.price, ctx.fit.norms)
-    X = dense_design(d)
+    X = dense_design(d)          # the bijstand households only: about 25 x 400,000 at full scale
     logistic = lambda e: 1.0 / (1.0 + np.exp(-e))  # noqa: E731
     s = T.PRICE_OVERPAID_SHARE
     m = (1 - s) * logistic(X @ pp) + s
