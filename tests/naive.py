@@ -210,58 +210,57 @@ def newton(X: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, tol: float
     raise RuntimeError("Newton did not converge")
 
 
-def cr2_covariance(X: np.ndarray, y: np.ndarray, theta: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Bell and McCaffrey's bias-reduced cluster sandwich (CR2) the long way: for each cluster
-    the n_g x n_g block H_gg = W_g^(1/2) X_g M X_g' W_g^(1/2) of the hat matrix (W = p (1 - p),
-    M = (X'WX)^-1), its inverse square root (I - H_gg)^(-1/2) by an eigendecomposition
-    (directions with eigenvalue 1, which the Pearson residuals have no component along,
-    dropped), and M (sum_g X_g' W_g^(1/2) A_g r_g)(...)' M with r = (y - p) / sqrt(W)."""
+def _cr2_blocks(X: np.ndarray, theta: np.ndarray, groups: np.ndarray, y: np.ndarray | None = None):
+    """The inverse Hessian M = (X'WX)^-1 (W = p (1 - p)) and per cluster: Z_g = W_g^(1/2) X_g,
+    the eigenvectors Q and factors f of A_g = Q diag(f) Q' = (I - H_gg)^(-1/2) from the
+    n_g x n_g block H_gg = Z_g M Z_g' of the hat matrix (f = 0 along eigenvalue 1, a direction
+    the Pearson residuals have no component along), and (``y`` given) its Pearson residuals
+    r_g = (y - p) / sqrt(W)."""
     p = logistic(X @ theta)
     w = p * (1 - p)
     M = np.linalg.inv(X.T @ (X * w[:, None]))
-    meat = np.zeros_like(M)
+    blocks = []
     for g in np.unique(groups):
         m = groups == g
         Z = X[m] * np.sqrt(w[m])[:, None]
         lam, Q = np.linalg.eigh(Z @ M @ Z.T)
         f = np.where(lam < 1 - 1e-7, 1 / np.sqrt(np.clip(1 - lam, 1e-12, None)), 0.0)
-        u = Z.T @ (Q @ (f * (Q.T @ ((y[m] - p[m]) / np.sqrt(w[m])))))
+        blocks.append((Z, Q, f, None if y is None else (y[m] - p[m]) / np.sqrt(w[m])))
+    return M, blocks
+
+
+def cr2_covariance(X: np.ndarray, y: np.ndarray, theta: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Bell and McCaffrey's bias-reduced cluster sandwich (CR2) the long way: M (sum_g u_g u_g') M
+    with u_g = Z_g' A_g r_g from the hat-matrix blocks (:func:`_cr2_blocks`)."""
+    M, blocks = _cr2_blocks(X, theta, groups, y)
+    meat = np.zeros_like(M)
+    for Z, Q, f, r in blocks:
+        u = Z.T @ (Q @ (f * (Q.T @ r)))
         meat += np.outer(u, u)
     return M @ meat @ M
-
-
-def _cr2_blocks(X, theta, groups):
-    p = logistic(X @ theta)
-    w = p * (1 - p)
-    M = np.linalg.inv(X.T @ (X * w[:, None]))
-    for g in np.unique(groups):
-        m = groups == g
-        yield M, X[m] * np.sqrt(w[m])[:, None]
 
 
 def cluster_df(X: np.ndarray, theta: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Per parameter j, the effective number of clusters (sum_g a_gj)^2 / sum_g a_gj^2 with
     a_gj = (M X_g' W_g X_g M)_jj: the Satterthwaite degrees of freedom of a sum of independent
     cluster squares with the working model's expectations."""
-    a = np.array([np.diag(M @ Z.T @ Z @ M) for M, Z in _cr2_blocks(X, theta, groups)])
+    M, blocks = _cr2_blocks(X, theta, groups)
+    a = np.array([np.diag(M @ Z.T @ Z @ M) for Z, _, _, _ in blocks])
     return a.sum(axis=0) ** 2 / (a ** 2).sum(axis=0)
 
 
 def bell_mccaffrey_df(X: np.ndarray, theta: np.ndarray, groups: np.ndarray, terms=None) -> np.ndarray:
     """Bell and McCaffrey's Satterthwaite degrees of freedom of the CR2 variance of each
     parameter, exactly, under the working model: Pearson residuals r ~ N(0, I - H). With
-    v_g = A_g Z_g M e_j (A_g = (I - H_gg)^(-1/2), Z_g = W_g^(1/2) X_g) the variance estimate is
-    sum_g (v_g' r_g)^2, whose first two moments give df = (tr P)^2 / ||P||_F^2 with
+    v_g = A_g Z_g M e_j (:func:`_cr2_blocks`) the variance estimate is sum_g (v_g' r_g)^2,
+    whose first two moments give df = (tr P)^2 / ||P||_F^2 with
     P_gh = v_g' (I - H)_gh v_h = [g = h] v_g'v_g - t_g' M t_h, t_g = Z_g' v_g. ``terms``: the
     parameters to compute it for (default all)."""
     out = []
-    blocks = list(_cr2_blocks(X, theta, groups))
-    M = blocks[0][0]
+    M, blocks = _cr2_blocks(X, theta, groups)
     for j in range(X.shape[1]) if terms is None else terms:
         vv, T = [], []
-        for _, Z in blocks:
-            lam, Q = np.linalg.eigh(Z @ M @ Z.T)
-            f = np.where(lam < 1 - 1e-7, 1 / np.sqrt(np.clip(1 - lam, 1e-12, None)), 0.0)
+        for Z, Q, f, _ in blocks:
             v = Q @ (f * (Q.T @ (Z @ M[:, j])))
             vv.append(v @ v)
             T.append(Z.T @ v)
@@ -269,6 +268,7 @@ def bell_mccaffrey_df(X: np.ndarray, theta: np.ndarray, groups: np.ndarray, term
         P = np.diag(vv) - T @ M @ T.T
         out.append(np.trace(P) ** 2 / np.sum(P * P))
     return np.array(out)
+
 
 # --------------------------------------------------------------------------- prediction
 

@@ -206,6 +206,17 @@ def _solve(H: np.ndarray, rhs: np.ndarray, names) -> np.ndarray:
     return sla.cho_solve(c, rhs)
 
 
+def municipality_levels(term_names) -> np.ndarray:
+    """Mask of the terms that are levels one municipality alone determines: its fixed effect
+    and, in a model with fixed effects, the intercept (the reference municipality's level).
+    Its residuals are fitted to such a level exactly, so a cluster-robust variance misses
+    that municipality's own noise along it: no cluster df, no cluster-based inference."""
+    fe = np.array([t.startswith("municipality[") for t in term_names], dtype=bool)
+    if fe.any():
+        fe |= np.array([t == "intercept" for t in term_names], dtype=bool)
+    return fe
+
+
 def _collinear_message(H: np.ndarray, names) -> str:
     """Name the terms involved in the (near) singularity of H."""
     d = np.sqrt(np.maximum(np.diag(H), 1e-300))
@@ -483,9 +494,7 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
     elif G > 1:
         blocks = cluster_hessians(ev, theta, np.flatnonzero(has), act, weight)
         cluster[np.ix_(act, act)] = cr2_covariance(*blocks, Hinv_a, S)
-        df[act] = satterthwaite_df(*blocks, Hinv_a)
-    if lay.fe_start >= 0:
-        df[lay.fe_start:] = np.nan      # levels one municipality alone determines
-        df[0] = np.nan
+        df[act[blocks[0]]] = satterthwaite_df(*blocks, Hinv_a)
+    df[municipality_levels(names)] = np.nan
     return ComponentFit(cov_model=Hinv, cov_robust=robust, cov_cluster=cluster, loglik=float(meat.ll),
                         gradient_norm=gnorm, n_clusters=G, seconds=time.perf_counter() - t0, df_cluster=df, **done)

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from engine.io.outputs import atomic_dir, settle
 from engine.model.design import (ComponentDesign, Households, component_design, dense_design,
                            households_from_population, make_layout)
-from engine.model.fit import ComponentFit, fit_component
+from engine.model.fit import ComponentFit, fit_component, municipality_levels
 from engine.model.norms import Norms, load_norms
 from engine.model.population import Population
 from engine.model.published import component_from_weights
@@ -99,11 +99,9 @@ def coefficients_table(fit: ModelFit) -> pa.Table:
             se[k].append(c.se(k))
     b, s, df = np.concatenate(est), np.concatenate(se["cluster"]), np.concatenate(dfs)
     # a level one municipality alone determines: the robust se (see the module docstring)
-    own = np.array([t.startswith("municipality[") or (t == "intercept" and any(
-        u.startswith("municipality[") for u in c.term_names)) for c in (fit.volume, fit.price) for t in c.term_names],
-        dtype=bool)
+    own = np.concatenate([municipality_levels(c.term_names) for c in (fit.volume, fit.price)])
     s = np.where(own, np.concatenate(se["robust"]), s)
-    normal = np.isnan(df) | own
+    normal = np.isnan(df)             # the own levels included (the fit gives them none)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = b / s
         p = np.where(normal, 2.0 * stats.norm.sf(np.abs(z)), 2.0 * stats.t.sf(np.abs(z), np.where(normal, 1.0, df)))

@@ -47,12 +47,19 @@ def cr2_covariance(shared: np.ndarray, own: np.ndarray, H: np.ndarray, M: np.nda
     u = np.zeros((G, ks + 1))
     u[:, :ks] = S[:, shared]
     u[:, ks] = np.where(has, S[np.arange(G), o], 0.0)
-    a = cr2_scores(H, np.linalg.cholesky(M[np.ix_(shared, shared)]), np.where(has[:, None], M[np.ix_(o, shared)], 0.0),
+    a = cr2_scores(H, np.linalg.cholesky(M[np.ix_(shared, shared)]), _own_rows(own, M, shared),
                    np.where(has, M[o, o], 1.0), u, ONE_TOL)
     # M u*_g for each cluster, from the rows of M of the parameters it touches: cov = B'B
-    B = a[:, :ks] @ M[shared] + np.where(has, a[:, ks], 0.0)[:, None] * M[o]
+    B = a[:, :ks] @ M[shared] + a[:, [ks]] * _own_rows(own, M)
     cov = B.T @ B
     return (cov + cov.T) / 2
+
+
+def _own_rows(own: np.ndarray, M: np.ndarray, cols=slice(None)) -> np.ndarray:
+    """(G, len(cols)) each cluster's row of ``M`` at its own effect ``own[g]`` (columns ``cols``),
+    zeros for a cluster without one."""
+    has = own >= 0
+    return np.where(has[:, None], M[np.where(has, own, 0)][:, cols], 0.0)
 
 
 def cluster_hessians(ev, theta: np.ndarray, clusters: np.ndarray, cols: np.ndarray, weight=None):
@@ -85,8 +92,9 @@ def cluster_hessians(ev, theta: np.ndarray, clusters: np.ndarray, cols: np.ndarr
 
 
 def satterthwaite_df(shared: np.ndarray, own: np.ndarray, H: np.ndarray, M: np.ndarray) -> np.ndarray:
-    """Degrees of freedom of each parameter's cluster-robust variance (``shared``, ``own``,
-    ``H`` and ``M`` as :func:`cr2_covariance` takes them): the Satterthwaite approximation
+    """Degrees of freedom of the cluster-robust variance of each shared parameter (``shared``,
+    ``own``, ``H`` and ``M`` as :func:`cr2_covariance` takes them; (ks,) in the order of
+    ``shared``): the Satterthwaite approximation
     under the working model (Bell and McCaffrey 2002; Pustejovsky and Tipton 2018) to leading
     order in the leverage. The variance of parameter j is a sum of one square per cluster,
     whose expectation under the working model is ``a_gj = (M H_g M)_jj``; matching a scaled
@@ -98,10 +106,9 @@ def satterthwaite_df(shared: np.ndarray, own: np.ndarray, H: np.ndarray, M: np.n
     effects the intercept): its residuals are fitted to that level exactly, so the cluster
     variance has no part of that cluster along it (the caller leaves those out)."""
     ks = shared.size
-    has = own >= 0
-    Ms = M[shared]                                    # (ks, k) rows of the shared parameters
-    Mo = np.where(has[:, None], M[np.where(has, own, 0)], 0.0)    # (G, k) row of the own effect
-    a = np.einsum("ak,gak->gk", Ms, np.einsum("gab,bk->gak", H[:, :ks, :ks], Ms, optimize=True), optimize=True)
+    Ms = M[np.ix_(shared, shared)]                    # (ks, ks) rows of the shared parameters
+    Mo = _own_rows(own, M, shared)                    # (G, ks) row of the own effect
+    a = np.einsum("aj,gaj->gj", Ms, np.einsum("gab,bj->gaj", H[:, :ks, :ks], Ms, optimize=True), optimize=True)
     a += 2 * (H[:, :ks, ks] @ Ms) * Mo + H[:, ks, ks][:, None] * Mo * Mo
     with np.errstate(invalid="ignore", divide="ignore"):
         return a.sum(axis=0) ** 2 / (a * a).sum(axis=0)
