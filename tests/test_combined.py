@@ -89,5 +89,5 @@ def test_combined_draw_cells_equal_the_prediction(small_population):
     pd_ = prediction_design(hh, fit.norms)
     cells = draw_cells(hh, fit, pd_)
     sums = cells.sums([(fit, None, None), (fit, fit.volume.params, fit.price.params)])
-    np.testing.assert_allclose(sums[:, 0, 0], predict(hh, fit, pd_).objective_cost, rtol=1e-9)
-    np.testing.assert_array_equal(sums[:, 0, 0], sums[:, 0, 1])
+    np.testing.assert_allclose(sums[:, 0], predict(hh, fit, pd_).objective_cost, rtol=1e-9)
+    np.testing.assert_array_equal(sums[:, 0], sums[:, 1])

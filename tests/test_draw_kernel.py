@@ -70,7 +70,7 @@ def prepare(w):
     return prof_lev, cell_nb, cell_prof, s1, s2
 
 
-def new_sums(w, prep, dtype, draws=None) -> np.ndarray:
+def new_sums(w, prep, dtype, draws=None, with_var=True) -> np.ndarray:
     """kernels.draws on the draws ``draws`` (indices; all by default)."""
     prof_lev, cell_nb, cell_prof, s1, s2 = prep
     draws = np.arange(w["v_coef"].shape[1]) if draws is None else np.asarray(draws)
@@ -79,7 +79,7 @@ def new_sums(w, prep, dtype, draws=None) -> np.ndarray:
     order = prefix_order(prof_lev)
     factor_terms(prof_lev, col("v_coef"), col("v_nb"), a, b, 0, *BOUNDS[dtype], *order)
     factor_terms(prof_lev, col("p_coef"), col("p_nb"), a, b, 1, *BOUNDS[dtype], *order)
-    return cell_sums(cell_nb, cell_prof, s1, s2, a, b, w["nb_mun"], w["n_mun"], N_VIRTUAL)[:, :, :len(draws)]
+    return cell_sums(cell_nb, cell_prof, s1, s2, a, b, w["nb_mun"], w["n_mun"], N_VIRTUAL, with_var)[:, :, :len(draws)]
 
 
 @settings(max_examples=25)
@@ -91,6 +91,10 @@ def test_kernels_match_the_numpy_loop(seed, n, draws):
     prep = prepare(w)
     np.testing.assert_allclose(new_sums(w, prep, np.float64), ref, rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(new_sums(w, prep, np.float32), ref, rtol=2e-6, atol=1e-300)
+    for dtype in (np.float32, np.float64):      # without V: the same E bits, and V zero
+        e_only = new_sums(w, prep, dtype, with_var=False)
+        np.testing.assert_array_equal(e_only[:, 0], new_sums(w, prep, dtype)[:, 0])
+        assert not e_only[:, 1].any()
 
 
 @settings(max_examples=15)
@@ -159,8 +163,14 @@ def test_engine_cells_agree_with_the_household_kernel(small_population):
     auto = draw_cells(hh, fit, pd_)
     assert auto.dtype == np.float32            # the synthetic fit's parts stay well within FLOAT32_LIMIT
     assert auto.cell_nb.size < hh.n
-    np.testing.assert_allclose(auto.sums(coefs), ref, rtol=1e-6)
-    np.testing.assert_allclose(draw_cells(hh, fit, pd_, dtype=np.float64).sums(coefs), ref, rtol=1e-11)
+    np.testing.assert_allclose(auto.sums(coefs), ref[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(draw_cells(hh, fit, pd_, dtype=np.float64).sums(coefs), ref[:, 0], rtol=1e-11)
+    # the outcome variance once, at the fit
+    t = prediction_tables(hh, fit, pd_)
+    at_fit = draw_sums(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, t.v_off, t.v_coef[:, None], t.v_nb[:, None],
+                       t.p_off, t.p_coef[:, None], t.p_nb[:, None], pd_.nb_mun, hh.n_mun, N_VIRTUAL)
+    np.testing.assert_allclose(auto.variance(fit), at_fit[:, 1, 0], rtol=1e-6)
+    np.testing.assert_allclose(draw_cells(hh, fit, pd_, dtype=np.float64).variance(fit), at_fit[:, 1, 0], rtol=1e-11)
     # the batch's tables, computed for all draws at once, are each draw's own tables bit for bit
     coefs.append((fit, None, None))
     for comp in range(2):

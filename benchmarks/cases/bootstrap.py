@@ -4,20 +4,21 @@ buig: ``engine.uncertainty.draws.Context.run_batch(0, 50)`` on the prepared data
 (population, fit, prediction design, households collapsed into (neighbourhood, profile)
 cells, covariance roots) built in setup: per replicate the coefficient draw, then the
 look-up tables of all 50 draws (one exponential per factor level, profile products) and
-one Numba pass over the cells (``engine.uncertainty.cells``, ``kernels.draws.cell_sums``), then the
-regime's distribution per draw.
+one Numba pass over the cells (``engine.uncertainty.cells``, ``kernels.draws.cell_sums``) for E,
+then the regime's distribution per draw; the outcome variance V is the context's, computed once at
+the fit (engine.uncertainty.bootstrap: its change with a draw is of second order).
 
 kernel_c675859: the same draws through the path of commit c675859, kept as the baseline:
 per replicate ``engine.model.predict.prediction_tables``, then one Numba pass over the
-households with two exponentials per household and draw (``kernels.bootstrap.draw_sums``),
-then the same distribution per draw.
+households with two exponentials per household and draw (``kernels.bootstrap.draw_sums``, E and
+V per draw, as the engine then did), then the same distribution per draw.
 
 numpy: per draw the same coefficient draw and the same look-up tables (``Context.parametric_params``
 with the replicate's own ``SeedSequence`` child, ``engine.model.predict.prediction_tables``),
 then the linear predictors as sums of ``np.take`` over the joint factor codes plus the
-neighbourhood term, ``1 / (1 + np.exp(-eta))`` for p and f, E = p f N and
-V = p (1 - p) (f N)^2 summed per municipality with ``np.bincount``, and per draw the
-same distribution, redistribution effects and simulated spending as ``run_batch``.
+neighbourhood term, ``1 / (1 + np.exp(-eta))`` for p and f, E = p f N summed per municipality
+with ``np.bincount``, V = p (1 - p) (f N)^2 the same way once at the fit (the engine's method), and
+per draw the same distribution, redistribution effects and simulated spending as ``run_batch``.
 What does not depend on the draw (absolute table indices per household, the norm per
 household, the municipality per household) is precomputed in setup.
 
@@ -93,8 +94,9 @@ def setup_numpy(ctx):
             "mun": pd_.nb_mun[pd_.nbhd].astype(np.intp), "n_mun": bctx.n_mun}
 
 
-def _distribute(b, sums, noise):
-    """REPLICATE_COLUMNS of run_batch from (n_mun, 2, R) sums of E and V and each draw's (z, u)."""
+def _distribute(b, cost_sums, var_sums, noise):
+    """REPLICATE_COLUMNS of run_batch from (n_mun, R) sums of E, (n_mun, R) or (n_mun, 1) sums of V
+    and each draw's (z, u)."""
     import numpy as np
 
     from engine.rules.redistribution import effects
@@ -103,7 +105,7 @@ def _distribute(b, sums, noise):
     out = {c: np.empty((len(noise), b.n_mun)) for c in ("objective_cost", "budget", "share", "effect_pct",
                                                          "outcome_sd", "simulated_spending")}
     for r, (z, u) in enumerate(noise):
-        cost, var = sums[:, 0, r], sums[:, 1, r]
+        cost, var = cost_sums[:, r], var_sums[:, r if var_sums.shape[1] > 1 else 0]
         budget = allocate(b.regime, cost, b.hist, b.inhabitants, b.tb).budget
         out["objective_cost"][r], out["budget"][r], out["share"][r] = cost, budget, budget / budget.sum()
         out["effect_pct"][r] = effects(budget, b.spending, b.inhabitants).pct
@@ -126,22 +128,36 @@ def _draw_tables(b):
     return tables, noise
 
 
+def _numpy_sums(state, t, variance: bool = False):
+    """(E, V) per municipality of one set of prediction tables ``t`` (V None unless ``variance``)."""
+    np = state["np"]
+    eta_v = np.take(t.v_nb, state["nbhd"])
+    for idx in state["v_idx"]:
+        eta_v += np.take(t.v_coef, idx)
+    eta_p = np.take(t.p_nb, state["nbhd"])
+    for idx in state["p_idx"]:
+        eta_p += np.take(t.p_coef, idx)
+    p = 1.0 / (1.0 + np.exp(-eta_v))
+    fn = state["norm"] / (1.0 + np.exp(-eta_p))
+    e = np.bincount(state["mun"], weights=p * fn, minlength=state["n_mun"])
+    return e, np.bincount(state["mun"], weights=p * (1.0 - p) * fn * fn, minlength=state["n_mun"]) if variance else None
+
+
+def _numpy_variance(state):
+    """(n_mun, 1) V at the fit, by the NumPy expressions."""
+    from engine.model.predict import prediction_tables
+
+    b = state["bctx"]
+    return _numpy_sums(state, prediction_tables(b.hh, b.fit, b.pd), variance=True)[1][:, None]
+
+
 def run_numpy(state):
     np, b = state["np"], state["bctx"]
     tables, noise = _draw_tables(b)
-    sums = np.empty((state["n_mun"], 2, DRAWS))
+    cost = np.empty((state["n_mun"], DRAWS))
     for r, t in enumerate(tables):
-        eta_v = np.take(t.v_nb, state["nbhd"])
-        for idx in state["v_idx"]:
-            eta_v += np.take(t.v_coef, idx)
-        eta_p = np.take(t.p_nb, state["nbhd"])
-        for idx in state["p_idx"]:
-            eta_p += np.take(t.p_coef, idx)
-        p = 1.0 / (1.0 + np.exp(-eta_v))
-        fn = state["norm"] / (1.0 + np.exp(-eta_p))
-        sums[:, 0, r] = np.bincount(state["mun"], weights=p * fn, minlength=state["n_mun"])
-        sums[:, 1, r] = np.bincount(state["mun"], weights=p * (1.0 - p) * fn * fn, minlength=state["n_mun"])
-    return _distribute(b, sums, noise)
+        cost[:, r] = _numpy_sums(state, t)[0]
+    return _distribute(b, cost, _numpy_variance(state), noise)
 
 
 def setup_old(ctx):
@@ -163,7 +179,7 @@ def run_old(state):
     t0 = tables[0]
     sums = draw_sums(b.pd.combo, b.pd.nbhd, b.pd.norm_index, t0.norm_flat, t0.v_off, stack("v_coef"), stack("v_nb"),
                      t0.p_off, stack("p_coef"), stack("p_nb"), b.pd.nb_mun, b.n_mun, N_VIRTUAL)
-    return _distribute(b, sums, noise)
+    return _distribute(b, sums[:, 0], sums[:, 1], noise)
 
 
 def setup_jax(ctx):
@@ -181,8 +197,7 @@ def setup_jax(ctx):
         vc, vn, pc, pn = tables
         p = jax.nn.sigmoid(vn[nbhd] + vc[v_idx].sum(axis=0))
         fn = norm * jax.nn.sigmoid(pn[nbhd] + pc[p_idx].sum(axis=0))
-        return jnp.stack([jax.ops.segment_sum(p * fn, mun, num_segments=n_mun),
-                          jax.ops.segment_sum(p * (1.0 - p) * fn * fn, mun, num_segments=n_mun)])
+        return jax.ops.segment_sum(p * fn, mun, num_segments=n_mun)
 
     # lax.map: one draw after another (a vmap over 50 draws would hold 50 x n floats per intermediate)
     state["sums"] = jax.jit(lambda v_coef, v_nb, p_coef, p_nb: jax.lax.map(one, (v_coef, v_nb, p_coef, p_nb)))
@@ -194,7 +209,7 @@ def run_jax(state):
     tables, noise = _draw_tables(b)
     stack = lambda name: np.stack([getattr(t, name) for t in tables])  # noqa: E731
     out = state["sums"](stack("v_coef"), stack("v_nb"), stack("p_coef"), stack("p_nb"))
-    return _distribute(b, np.ascontiguousarray(np.asarray(out).transpose(2, 1, 0)), noise)
+    return _distribute(b, np.ascontiguousarray(np.asarray(out).T), _numpy_variance(state), noise)
 
 
 def extras_peer(state, result, timing):
@@ -217,10 +232,10 @@ IMPLEMENTATIONS = [
          note=f"the same {DRAWS} draws through commit c675859's path: prediction_tables per draw, "
               "kernels.bootstrap.draw_sums over the households (two exponentials per household and draw)"),
     Impl("numpy", setup=setup_numpy, run=run_numpy, extras=extras_peer,
-         note=f"the same {DRAWS} draws and tables; per draw np.take sums, 1/(1+exp(-eta)), np.bincount per "
-              "municipality, distribution"),
+         note=f"the same {DRAWS} draws and tables; per draw np.take sums, 1/(1+exp(-eta)), np.bincount of E per "
+              "municipality, distribution; V once at the fit"),
     Impl("jax", setup=setup_jax, run=run_jax, extras=extras_peer, scales=("full",),
          note=f"the NumPy peer's vectorised prediction and sums as one jax.jit (CPU, float64) over the {DRAWS} "
-              "draws (lax.map), segment_sum per municipality; the same tables and distribution; warm-up compiles; "
-              "full scale only"),
+              "draws (lax.map), segment_sum of E per municipality; the same tables and distribution, V once at the "
+              "fit (NumPy); warm-up compiles; full scale only"),
 ]

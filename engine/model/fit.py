@@ -41,8 +41,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
+from engine.io.blas import single_blas_thread
 from engine.model.design import ComponentDesign
 from engine.model.sandwich import cluster_hessians, cr2_covariance, satterthwaite_df
 from kernels.config import N_VIRTUAL
@@ -369,7 +369,7 @@ def fit_component(*args, **kwargs) -> ComponentFit:
     """Estimate one component (see :func:`_fit_component`) with single-threaded BLAS, so
     that the estimates do not depend on the number of BLAS threads (a Dask worker has 1):
     bit-identical everywhere. The dense algebra is K x K with K ~ 400: threads gain nothing."""
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_blas_thread():
         return _fit_component(*args, **kwargs)
 
 

@@ -22,8 +22,9 @@ and every kernel sum is per draw over fixed row ranges: results are bit-identica
 number of workers and any batch size.
 
 Spending prediction band (for the flags): per replicate, the municipality's spending is
-simulated as E_r + sqrt(V_r) z (bijstand drawn from p: the normal approximation of the
-sum of Bernoulli costs), times exp(e_g (mu + u)) with u ~ N(0, between_sd^2): the
+simulated as E_r + sqrt(V) z (bijstand drawn from p: the normal approximation of the
+sum of Bernoulli costs, with V = sum p (1 - p) (f N)^2 at the fit: V's change with the draw
+moves the band at second order only), times exp(e_g (mu + u)) with u ~ N(0, between_sd^2): the
 municipality's own effect on the log-odds around the model, mu its mean relative to the
 common effect and e_g the elasticity of the municipality's cost to a shift of the log-odds
 (:func:`engine.uncertainty.draws.spending_elasticity`). ``between_sd="auto"`` estimates sd
@@ -48,7 +49,8 @@ from engine.uncertainty.draws import context
 from engine.uncertainty.executor import batch_task, client_for, dask_threads_per_host, resolve_workers
 from engine.uncertainty.settings import DEFAULT_BATCH, METHODS, Settings
 from engine.model.schema import check_finite
-from engine.uncertainty.store import FINITE_COLUMNS, check_settings, done_ranges, inputs_digest, plan_batches, read_replicates, write_batch
+from engine.uncertainty.store import (FINITE_COLUMNS, check_settings, done_ranges, empty_replicates, inputs_digest,
+                                      plan_batches, put_batch, read_replicates, write_batch)
 from engine.uncertainty.summaries import BootstrapResult
 
 
@@ -83,16 +85,20 @@ def _run_bootstrap(settings: Settings, out: Path, replicates: int, batch_size: i
     remove_stale(out)                            # temporary files of a killed run
     remove_stale(out / "batches")
     check_settings(out, settings, inputs)
-    todo = plan_batches(replicates, batch_size, done_ranges(out))
+    done = done_ranges(out)
+    todo = plan_batches(replicates, batch_size, done)
     cores = os.cpu_count() or 1
     workers = cores if workers is None else workers
     codes = ctx.hh.mun_codes
+    values = empty_replicates(replicates, len(codes))   # the batches computed here go straight in
     done_n = replicates - sum(b - a for a, b in todo)
     if progress:
         progress(done_n, replicates)
     if todo and workers == 0:
         for a, b in todo:
-            write_batch(out, a, b, ctx.run_batch(a, b), codes)
+            batch = ctx.run_batch(a, b)
+            write_batch(out, a, b, batch, codes)
+            put_batch(values, a, b, batch)
             done_n += b - a
             if progress:
                 progress(done_n, replicates)
@@ -108,7 +114,9 @@ def _run_bootstrap(settings: Settings, out: Path, replicates: int, batch_size: i
                        for a, b in todo}
             for fut in as_completed(futures):
                 a, b = futures[fut]
-                write_batch(out, a, b, fut.result(), codes)
+                batch = fut.result()
+                write_batch(out, a, b, batch, codes)
+                put_batch(values, a, b, batch)
                 done_n += b - a
                 if progress:
                     progress(done_n, replicates)
@@ -117,7 +125,7 @@ def _run_bootstrap(settings: Settings, out: Path, replicates: int, batch_size: i
                 client.close()
                 if client.cluster is not None:
                     client.cluster.close()
-    values = read_replicates(out, replicates, codes)
+    read_replicates(out, replicates, codes, values, done)     # the resumed batches, checked as they are read
     for c in FINITE_COLUMNS:
         check_finite(f"bootstrap {c.replace('_', ' ')}", values[c], codes)
     return BootstrapResult(settings=settings, replicates=replicates, codes=codes,

@@ -1,8 +1,8 @@
 """Households collapsed into (neighbourhood, profile) cells for many coefficient draws at once.
 
-The parametric bootstrap (engine.uncertainty.bootstrap) evaluates E = p f N and V = p (1 - p) (f N)^2
-summed per municipality for each draw. :func:`draw_cells` prepares, once per context, the
-distinct household profiles (rows of the joint factor codes), each component's factor
+The parametric bootstrap (engine.uncertainty.bootstrap) evaluates E = p f N summed per municipality
+for each draw, and V = p (1 - p) (f N)^2 once, at the fit. :func:`draw_cells` prepares, once per
+context, the distinct household profiles (rows of the joint factor codes), each component's factor
 levels per profile and the cells with their sums of norms; :meth:`DrawCells.sums` then
 turns a batch of coefficient sets into look-up tables and runs :func:`kernels.draws.cell_sums`.
 The same numbers (up to floating rounding) as :func:`kernels.bootstrap.draw_sums` on the
@@ -77,16 +77,26 @@ class DrawCells:
             nb = nb + self.region
         return np.ascontiguousarray(level.T), np.ascontiguousarray(nb.T)
 
-    def sums(self, coefficients: list[tuple]) -> np.ndarray:
-        """(n_mun, 2, R) float64 sums of E and V per municipality for R coefficient sets
-        ``(fit, volume_params or None, price_params or None)``."""
-        R = len(coefficients)
-        a, b = term_tables(self.levels[0].shape[0], self.nb_mun.shape[0], R, self.dtype)
+    def _tables(self, coefficients: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+        a, b = term_tables(self.levels[0].shape[0], self.nb_mun.shape[0], len(coefficients), self.dtype)
         for comp in range(2):
             level, nb = self.batch_tables(coefficients, comp)
             factor_terms(self.levels[comp], level, nb, a, b, comp, *BOUNDS[self.dtype], *self.orders[comp])
-        out = cell_sums(self.cell_nb, self.cell_prof, self.s1, self.s2, a, b, self.nb_mun, self.n_mun, N_VIRTUAL)
-        return np.ascontiguousarray(out[:, :, :R])
+        return a, b
+
+    def sums(self, coefficients: list[tuple]) -> np.ndarray:
+        """(n_mun, R) float64 sums of E per municipality for R coefficient sets
+        ``(fit, volume_params or None, price_params or None)``."""
+        a, b = self._tables(coefficients)
+        out = cell_sums(self.cell_nb, self.cell_prof, self.s1, self.s2, a, b, self.nb_mun, self.n_mun, N_VIRTUAL,
+                        False)
+        return np.ascontiguousarray(out[:, 0, :len(coefficients)])
+
+    def variance(self, fit: ModelFit) -> np.ndarray:
+        """(n_mun,) float64 sums of V = p (1 - p) (f N)^2 at the fit's own coefficients."""
+        a, b = self._tables([(fit, None, None)])
+        return cell_sums(self.cell_nb, self.cell_prof, self.s1, self.s2, a, b, self.nb_mun, self.n_mun, N_VIRTUAL,
+                         True)[:, 1, 0].copy()
 
 
 def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None) -> DrawCells:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import ndtr
-from threadpoolctl import threadpool_limits
 
+from engine.io.blas import single_blas_thread
 from engine.model.design import read_households
 from engine.model.fitted import ModelFit, read_fit
 from engine.model.predict import prediction_design, prediction_tables, predict
@@ -239,7 +239,7 @@ class Context:
     """Everything a batch needs, built once per process (population, fit, regime, tables)."""
 
     def __init__(self, settings: Settings):
-        with threadpool_limits(limits=1, user_api="blas"):   # bit-identical in any process
+        with single_blas_thread():   # bit-identical in any process
             self._init(settings)
 
     def _init(self, settings: Settings):
@@ -261,6 +261,8 @@ class Context:
                                   self.spending)
         self.hist, self.tb = self.stage.historical_share, self.stage.tb
         self.point = predict(self.hh, self.fit, self.pd)
+        # the outcome variance at the fit, for every replicate (its change with a draw is of second order)
+        self.outcome_var = self.cells.variance(self.fit)
         cost = self.point.objective_cost
         # weights and cap groups do not depend on the objective cost: once for every replicate
         self.basis = allocation_basis(self.stage.regime, self.hist, self.inhabitants)
@@ -321,7 +323,7 @@ class Context:
 
     def run_batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Replicates start .. stop-1: arrays (stop - start, n_mun) of REPLICATE_COLUMNS."""
-        with threadpool_limits(limits=1, user_api="blas"):
+        with single_blas_thread():
             return self._run_batch(start, stop)
 
     def _run_batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
@@ -340,15 +342,16 @@ class Context:
             noise.append((rng.standard_normal(self.n_mun), rng.standard_normal(self.n_mun)))
         sums = self.cells.sums(tables)
         out = {c: np.empty((stop - start, self.n_mun)) for c in REPLICATE_COLUMNS}
+        sd = np.sqrt(self.outcome_var)
         for i in range(stop - start):
-            cost, var = sums[:, 0, i], sums[:, 1, i]
+            cost = sums[:, i]
             b = allocate_stage(self.stage, cost, self.inhabitants, basis=self.basis)
             z, u = noise[i]
             out["objective_cost"][i] = cost
             out["budget"][i] = b.budget
             out["share"][i] = b.budget / b.budget.sum()
             out["effect_pct"][i] = effects(b.budget, self.spending, self.inhabitants).pct
-            sd = out["outcome_sd"][i] = np.sqrt(var)
+            out["outcome_sd"][i] = sd
             out["simulated_spending"][i] = ((cost + sd * z) *
                                             np.exp((self.between.mean + self.between_sd * u) * self.elasticity))
         return out

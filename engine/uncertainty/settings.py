@@ -14,7 +14,8 @@ METHODS = ("parametric", "cluster", "score", "outcome")
 # (a batch of 25 pads to 32 lanes); full refits are slow, so small batches keep Dask workers busy alike.
 DEFAULT_BATCH = {"parametric": 40, "score": 40, "outcome": 40, "cluster": 10}
 QUANTILES = (0.025, 0.05, 0.5, 0.95, 0.975)
-# outcome_sd: sd of the municipality's cost when bijstand is drawn from p (sqrt of sum p (1 - p) (f N)^2)
+# outcome_sd: sd of the municipality's cost when bijstand is drawn from p (sqrt of sum p (1 - p) (f N)^2),
+# at the fit: the same in every replicate
 REPLICATE_COLUMNS = ("objective_cost", "budget", "share", "effect_pct", "outcome_sd", "simulated_spending")
 
 
