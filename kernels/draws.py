@@ -14,6 +14,10 @@ S2 = sum N^2. With b = A_price B_price and q = 1 / ((1 + a)(1 + b)) = p f, a cel
     E = p f S1 = q S1,   V = p (1 - p) f^2 S2 = a q^2 S2
 
 (one division per cell and draw; V only when asked: the bootstrap takes it once, at the fit).
+Where a population has about as many profiles as households (the realistic spec), writing a
+table of every profile's A and reading it back for about one cell costs more than the cell
+pass: :func:`cell_sums` then makes each cell's A from the joint tables itself, with the same
+products (the same bits).
 Terms (A, B, a, b, q) are float32 or float64 (the dtype of the term tables); sums are float64.
 
 Term tables are stored (rows, 2, RP): component 0 the volume, 1 the price, RP the draws
@@ -168,29 +172,58 @@ def term_tables(n_prof: int, n_nb: int, draws: int, dtype) -> tuple[np.ndarray, 
     return np.ones((n_prof, 2, rp), dtype=dtype), np.ones((n_nb, 2, rp), dtype=dtype)
 
 
+@njit(cache=True, fastmath=False, inline="always")
+def _profile_term(rows, tab, prod, out, lo, hi):
+    """out = one profile's term for every draw: the product of its rows of ``tab`` in order,
+    from 1.0, in float64, clamped to [lo, hi], in ``out``'s dtype (as :func:`factor_terms`)."""
+    prod[:] = 1.0
+    for k in range(rows.shape[0]):
+        row = tab[rows[k]]
+        for r in range(prod.shape[0]):
+            prod[r] = prod[r] * row[r]
+    for r in range(prod.shape[0]):
+        x = prod[r]
+        out[r] = hi if x > hi else (lo if x < lo else x)   # NaN passes through
+
+
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual, with_var):
+def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual, with_var, joint=None):
     """(n_mun, 2, RP) float64 sums of E and V per municipality and draw (module docstring); V
     only ``with_var`` (zeros otherwise: a third less work per cell and draw, the E the same bits).
+
+    The profile terms come from ``a_prof`` (:func:`factor_terms`), or, with ``joint`` =
+    (rows_v, e_v, rows_p, e_p, lo, hi), are made per cell from the joint tables
+    (:func:`joint_terms`) exactly as :func:`factor_terms` makes them (the same float64
+    products in the same order, clamped, then in ``b_nb``'s dtype): the same bits, without
+    writing and reading a table of every profile (``a_prof`` is then not read; pass any
+    array of the dtype). For populations with about as many profiles as households.
 
     Per cell the block of draws is computed into a scratch row (one vector loop: loads of
     the cell's two table rows only) and added to the sums of the current neighbourhood
     run, which are added to the municipality's when the neighbourhood changes or the
     cell range ends: a fixed order given the cells and ``n_virtual``."""
     n = cell_nb.shape[0]
-    RP = a_prof.shape[2]
-    one = a_prof.dtype.type(1.0)
+    RP = b_nb.shape[2]
+    one = b_nb.dtype.type(1.0)
     acc = np.zeros((n_virtual, n_mun, 2, RP))
     bounds = range_bounds(n, n_virtual)
     for v in prange(n_virtual):
         e = np.zeros(RP)
         w = np.zeros(RP)
-        qb = np.empty(RP, dtype=a_prof.dtype)
+        qb = np.empty(RP, dtype=b_nb.dtype)
+        own = np.empty((2, RP), dtype=b_nb.dtype)
+        prod = np.empty(RP)
         lo, hi = bounds[v], bounds[v + 1]
         for i in range(lo, hi):
             nb = cell_nb[i]
             w1 = s1[i]
-            ap = a_prof[cell_prof[i]]
+            if joint is None:
+                ap = a_prof[cell_prof[i]]
+            else:
+                rows_v, e_v, rows_p, e_p, t_lo, t_hi = joint
+                _profile_term(rows_v[cell_prof[i]], e_v, prod, own[0], t_lo, t_hi)
+                _profile_term(rows_p[cell_prof[i]], e_p, prod, own[1], t_lo, t_hi)
+                ap = own
             bn = b_nb[nb]
             for r in range(RP):
                 qb[r] = one / ((one + ap[0, r] * bn[0, r]) * (one + ap[1, r] * bn[1, r]))
@@ -209,3 +242,11 @@ def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual
                     e[r] = 0.0
                     w[r] = 0.0
     return reduce_ranges(acc)
+
+
+def joint_terms(level_coef: np.ndarray, rp: int) -> np.ndarray:
+    """(L, rp) float64 exp(-level_coef) of (L, R) coefficients, padded with 1.0 to ``rp`` draws:
+    the factors :func:`factor_terms` multiplies (the same exponentials), for ``cell_sums(joint=...)``."""
+    out = np.ones((level_coef.shape[0], rp))
+    out[:, :level_coef.shape[1]] = _exp_neg(level_coef)
+    return out

@@ -7,12 +7,14 @@ per-factor level coefficients, neighbourhood terms), never from engine or kernel
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels.bootstrap import draw_sums
-from kernels.draws import cell_sums, cells, factor_terms, prefix_order, term_tables
+from kernels.draws import cell_sums, cells, factor_terms, joint_terms, prefix_order, term_tables
 
 N_VIRTUAL = 16
 BOUNDS = {np.float32: (np.exp(-43.0), np.exp(43.0)), np.float64: (np.exp(-350.0), np.exp(350.0))}
@@ -70,16 +72,21 @@ def prepare(w):
     return prof_lev, cell_nb, cell_prof, s1, s2
 
 
-def new_sums(w, prep, dtype, draws=None, with_var=True) -> np.ndarray:
-    """kernels.draws on the draws ``draws`` (indices; all by default)."""
+def new_sums(w, prep, dtype, draws=None, with_var=True, per_cell=False) -> np.ndarray:
+    """kernels.draws on the draws ``draws`` (indices; all by default); ``per_cell``: the profile terms
+    made in the cell pass from the joint tables (no profile table)."""
     prof_lev, cell_nb, cell_prof, s1, s2 = prep
     draws = np.arange(w["v_coef"].shape[1]) if draws is None else np.asarray(draws)
     col = lambda name: np.ascontiguousarray(w[name][:, draws])  # noqa: E731
-    a, b = term_tables(prof_lev.shape[0], w["n_nb"], len(draws), dtype)
-    order = prefix_order(prof_lev)
-    factor_terms(prof_lev, col("v_coef"), col("v_nb"), a, b, 0, *BOUNDS[dtype], *order)
-    factor_terms(prof_lev, col("p_coef"), col("p_nb"), a, b, 1, *BOUNDS[dtype], *order)
-    return cell_sums(cell_nb, cell_prof, s1, s2, a, b, w["nb_mun"], w["n_mun"], N_VIRTUAL, with_var)[:, :, :len(draws)]
+    n_prof = 0 if per_cell else prof_lev.shape[0]
+    a, b = term_tables(n_prof, w["n_nb"], len(draws), dtype)
+    order, shared = prefix_order(prof_lev)
+    for comp, (coef, nb) in enumerate((("v_coef", "v_nb"), ("p_coef", "p_nb"))):
+        factor_terms(prof_lev[:n_prof], col(coef), col(nb), a, b, comp, *BOUNDS[dtype], order[:n_prof], shared[:n_prof])
+    joint = ((prof_lev, joint_terms(col("v_coef"), b.shape[2]), prof_lev, joint_terms(col("p_coef"), b.shape[2]),
+              *BOUNDS[dtype]) if per_cell else None)
+    return cell_sums(cell_nb, cell_prof, s1, s2, a, b, w["nb_mun"], w["n_mun"], N_VIRTUAL, with_var,
+                     joint)[:, :, :len(draws)]
 
 
 @settings(max_examples=25)
@@ -95,6 +102,8 @@ def test_kernels_match_the_numpy_loop(seed, n, draws):
         e_only = new_sums(w, prep, dtype, with_var=False)
         np.testing.assert_array_equal(e_only[:, 0], new_sums(w, prep, dtype)[:, 0])
         assert not e_only[:, 1].any()
+        # the profile terms made per cell: the same bits as tabled
+        np.testing.assert_array_equal(new_sums(w, prep, dtype, per_cell=True), new_sums(w, prep, dtype))
 
 
 @settings(max_examples=15)
@@ -104,15 +113,15 @@ def test_a_draw_gives_the_same_bits_in_any_batch(seed, n, cuts):
     R = 21
     w = _world(seed, n, R)
     prep = prepare(w)
-    for dtype in (np.float32, np.float64):
-        whole = new_sums(w, prep, dtype)
+    for dtype, per_cell in ((np.float32, False), (np.float64, False), (np.float32, True)):
+        whole = new_sums(w, prep, dtype, per_cell=per_cell)
         parts, start = [], 0
         while start < R:                      # batches of the given sizes, cycling
             size = cuts[len(parts) % len(cuts)]
-            parts.append(new_sums(w, prep, dtype, range(start, min(start + size, R))))
+            parts.append(new_sums(w, prep, dtype, range(start, min(start + size, R)), per_cell=per_cell))
             start += size
         np.testing.assert_array_equal(np.concatenate(parts, axis=2), whole)
-        backwards = new_sums(w, prep, dtype, range(R - 1, -1, -1))   # every draw at another position
+        backwards = new_sums(w, prep, dtype, range(R - 1, -1, -1), per_cell=per_cell)   # every draw elsewhere
         np.testing.assert_array_equal(backwards[:, :, ::-1], whole)
 
 
@@ -139,6 +148,7 @@ def test_infinite_coefficients_give_zero_not_nan():
         got = new_sums(w, prep, dtype)
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-6)
+        np.testing.assert_array_equal(new_sums(w, prep, dtype, per_cell=True), got)
 
 
 def test_engine_cells_agree_with_the_household_kernel(small_population):
@@ -164,6 +174,9 @@ def test_engine_cells_agree_with_the_household_kernel(small_population):
     assert auto.dtype == np.float32            # the synthetic fit's parts stay well within FLOAT32_LIMIT
     assert auto.cell_nb.size < hh.n
     np.testing.assert_allclose(auto.sums(coefs), ref[:, 0], rtol=1e-6)
+    assert not auto.per_cell                   # few profiles: tabled; made per cell, the same bits
+    np.testing.assert_array_equal(replace(auto, per_cell=True).sums(coefs), auto.sums(coefs))
+    np.testing.assert_array_equal(replace(auto, per_cell=True).variance(fit), auto.variance(fit))
     np.testing.assert_allclose(draw_cells(hh, fit, pd_, dtype=np.float64).sums(coefs), ref[:, 0], rtol=1e-11)
     # the outcome variance once, at the fit
     t = prediction_tables(hh, fit, pd_)

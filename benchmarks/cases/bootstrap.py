@@ -47,8 +47,8 @@ FLOORS = [Floor(peer="numpy", min_ratio=6.0, scales=("small",)),
           Floor(peer="kernel_c675859", min_ratio=10.0, scales=("full",))]
 
 
-def fitted_settings(ctx, method: str = "parametric", seed: int = SEED):
-    """Bootstrap settings on the case's dataset, fitted once per run into the case's shared folder."""
+def fitted_settings(ctx, method: str = "parametric", seed: int = SEED, spec: str = "2019"):
+    """Bootstrap settings on the case's dataset, fitted (``spec``) once per run into the case's shared folder."""
     from engine.uncertainty.settings import Settings
 
     fit = ctx.shared / "fit"
@@ -56,14 +56,14 @@ def fitted_settings(ctx, method: str = "parametric", seed: int = SEED):
         from engine.model.fitted import fit_to_folder
         from engine.model.population import read_population
 
-        fit_to_folder(read_population(ctx.dataset), fit)
+        fit_to_folder(read_population(ctx.dataset), fit, spec=spec)
     return Settings(population=str(ctx.dataset), coefficients=str(fit), regime="2019", method=method, seed=seed)
 
 
-def setup_buig(ctx):
+def setup_buig(ctx, spec: str = "2019"):
     from engine.uncertainty.draws import Context
 
-    return {"ctx": ctx, "bctx": Context(fitted_settings(ctx))}
+    return {"ctx": ctx, "bctx": Context(fitted_settings(ctx, spec=spec))}
 
 
 def run_buig(state):
@@ -77,13 +77,13 @@ def extras_buig(state, result, timing):
             "household_draws_per_s": bctx.hh.n * DRAWS / timing["median_s"]}
 
 
-def setup_numpy(ctx):
+def setup_numpy(ctx, spec: str = "2019"):
     import numpy as np
 
     from engine.uncertainty.draws import Context
     from engine.model.predict import prediction_tables
 
-    bctx = Context(fitted_settings(ctx))
+    bctx = Context(fitted_settings(ctx, spec=spec))
     pd_ = bctx.pd
     t0 = prediction_tables(bctx.hh, bctx.fit, pd_)
     combo = pd_.combo.astype(np.intp)
@@ -160,12 +160,12 @@ def run_numpy(state):
     return _distribute(b, cost, _numpy_variance(state), noise)
 
 
-def setup_old(ctx):
+def setup_old(ctx, spec: str = "2019"):
     import numpy as np
 
     from engine.uncertainty.draws import Context
 
-    return {"ctx": ctx, "bctx": Context(fitted_settings(ctx)), "np": np}
+    return {"ctx": ctx, "bctx": Context(fitted_settings(ctx, spec=spec)), "np": np}
 
 
 def run_old(state):

@@ -2,8 +2,10 @@
 
 The parametric bootstrap (engine.uncertainty.bootstrap) evaluates E = p f N summed per municipality
 for each draw, and V = p (1 - p) (f N)^2 once, at the fit. :func:`draw_cells` prepares, once per
-context, the distinct household profiles (rows of the joint factor codes), each component's factor
-levels per profile and the cells with their sums of norms; :meth:`DrawCells.sums` then
+context, the distinct household profiles (rows of the joint factor codes), each component's rows
+in its joint-code tables per profile (a joint code's table sums the levels of the factors it
+holds, so a profile's term is a product over at most 8 joint codes, however many factors the
+spec has) and the cells with their sums of norms; :meth:`DrawCells.sums` then
 turns a batch of coefficient sets into look-up tables and runs :func:`kernels.draws.cell_sums`.
 The same numbers (up to floating rounding) as :func:`kernels.bootstrap.draw_sums` on the
 households, for a fraction of the work (kernels/draws.py).
@@ -21,12 +23,16 @@ import numpy as np
 
 from engine.model.design import Households, Layout, make_layout
 from engine.model.fitted import ModelFit
-from engine.model.predict import PredictionDesign
+from engine.model.predict import PredictionDesign, used_joint_codes
 from engine.model.published import neighbourhood_region_offset
 from kernels.config import N_VIRTUAL
-from kernels.draws import cell_sums, cells, factor_terms, prefix_order, term_tables
+from kernels.draws import cell_sums, cells, factor_terms, joint_terms, prefix_order, term_tables
 
 FLOAT32_LIMIT = 20.0
+# fewer cells than this many per profile: each profile's term is made in the cell pass from the joint
+# tables instead of being tabled first (a table written and read for about one cell each cost more:
+# realistic spec, 5.0 M profiles in 7.6 M cells at full scale); the same bits either way
+PER_CELL_BELOW = 4.0
 BOUNDS = {np.dtype(t): (np.exp(-c), np.exp(c)) for t, c in ((np.float32, 43.0), (np.float64, 350.0))}
 
 
@@ -35,7 +41,7 @@ class DrawCells:
     """Cells of a population and the layouts of a fit's components (arrays only)."""
 
     layouts: tuple[Layout, Layout]         # volume, price
-    levels: tuple[np.ndarray, np.ndarray]  # (n_prof, F) int64 level of each factor per profile
+    levels: tuple[np.ndarray, np.ndarray]  # (n_prof, J) int64 row of each joint code's value, per profile
     cell_nb: np.ndarray                    # (m,) int32
     cell_prof: np.ndarray                  # (m,) int32
     s1: np.ndarray                         # (m,) sum of norms
@@ -46,25 +52,29 @@ class DrawCells:
     dtype: np.dtype
     region: np.ndarray | None = None       # (n_nb,) published region effect of the volume, or None
     orders: tuple = ()                     # per component kernels.draws.prefix_order of its levels
+    joint_maps: tuple = ()                 # per component Layout.joint_map(): levels -> joint code values
+    per_cell: bool = False                 # profile terms made per cell (PER_CELL_BELOW), not tabled
 
     def level_tables(self, fit: ModelFit, vp: np.ndarray | None = None,
                      pp: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per component (level_coef, nb_eta) of the fit's coefficients or the given ones, as in
-        :func:`engine.model.predict.prediction_tables` (NaN coefficients 0, the common effect for fixed effects)."""
+        """Per component (joint_coef, nb_eta) of the fit's coefficients or the given ones: the level
+        coefficients of :func:`engine.model.predict.prediction_tables` (NaN coefficients 0, the common
+        effect for fixed effects) summed per value of each joint code, as that function's tables."""
         out = []
-        for lay, comp, theta in zip(self.layouts, (fit.volume, fit.price), (vp, pp)):
+        for lay, jm, comp, theta in zip(self.layouts, self.joint_maps, (fit.volume, fit.price), (vp, pp)):
             theta = comp.params if theta is None else theta
             coef, nb = lay.tables(np.nan_to_num(theta), self.nb_cont, self.nb_mun,
                                   fe_value=comp.fe_common if lay.fe_start >= 0 else None)
             if comp.name == "volume" and self.region is not None:
                 nb = nb + self.region
-            out.append((coef, nb))
+            out.append(((jm @ coef[:, None])[:, 0], nb))     # 2-d: the per-column sums of batch_tables
         return out
 
     def batch_tables(self, coefficients: list[tuple], comp: int) -> tuple[np.ndarray, np.ndarray]:
-        """Component ``comp``'s (level_coef (L, R), nb_eta (n_nb, R)) of R coefficient sets: the
-        tables of :meth:`level_tables` side by side, computed for all R at once with the same
-        operations in the same order (so the same bits)."""
+        """Component ``comp``'s (joint_coef (sum of joint sizes, R), nb_eta (n_nb, R)) of R coefficient
+        sets: the tables of :meth:`level_tables` side by side, computed for all R at once with the
+        same operations in the same order (so the same bits: the sparse product adds each column's
+        terms in the same order whatever the number of columns)."""
         lay = self.layouts[comp]
         comps = [(c[0].volume, c[1]) if comp == 0 else (c[0].price, c[2]) for c in coefficients]
         theta = np.nan_to_num(np.stack([cp.params if th is None else th for cp, th in comps]))   # (R, K)
@@ -75,28 +85,33 @@ class DrawCells:
             nb = nb + np.asarray([cp.fe_common for cp, _ in comps])[:, None]
         if comp == 0 and self.region is not None:
             nb = nb + self.region
-        return np.ascontiguousarray(level.T), np.ascontiguousarray(nb.T)
+        return np.ascontiguousarray(self.joint_maps[comp] @ np.ascontiguousarray(level.T)), np.ascontiguousarray(nb.T)
 
-    def _tables(self, coefficients: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
-        a, b = term_tables(self.levels[0].shape[0], self.nb_mun.shape[0], len(coefficients), self.dtype)
-        for comp in range(2):
-            level, nb = self.batch_tables(coefficients, comp)
-            factor_terms(self.levels[comp], level, nb, a, b, comp, *BOUNDS[self.dtype], *self.orders[comp])
-        return a, b
+    def _sums(self, coefficients: list[tuple], with_var: bool) -> np.ndarray:
+        """kernels.draws.cell_sums of R coefficient sets: (n_mun, 2, RP)."""
+        n_prof = 0 if self.per_cell else self.levels[0].shape[0]      # per cell: no profile table
+        a, b = term_tables(n_prof, self.nb_mun.shape[0], len(coefficients), self.dtype)
+        levels = [self.batch_tables(coefficients, comp) for comp in range(2)]
+        for comp, (level, nb) in enumerate(levels):
+            order, shared = self.orders[comp]
+            factor_terms(self.levels[comp][:n_prof], level, nb, a, b, comp, *BOUNDS[self.dtype], order[:n_prof],
+                         shared[:n_prof])
+        joint = None
+        if self.per_cell:
+            rp = b.shape[2]
+            joint = (self.levels[0], joint_terms(levels[0][0], rp), self.levels[1], joint_terms(levels[1][0], rp),
+                     *BOUNDS[self.dtype])
+        return cell_sums(self.cell_nb, self.cell_prof, self.s1, self.s2, a, b, self.nb_mun, self.n_mun, N_VIRTUAL,
+                         with_var, joint)
 
     def sums(self, coefficients: list[tuple]) -> np.ndarray:
         """(n_mun, R) float64 sums of E per municipality for R coefficient sets
         ``(fit, volume_params or None, price_params or None)``."""
-        a, b = self._tables(coefficients)
-        out = cell_sums(self.cell_nb, self.cell_prof, self.s1, self.s2, a, b, self.nb_mun, self.n_mun, N_VIRTUAL,
-                        False)
-        return np.ascontiguousarray(out[:, 0, :len(coefficients)])
+        return np.ascontiguousarray(self._sums(coefficients, False)[:, 0, :len(coefficients)])
 
     def variance(self, fit: ModelFit) -> np.ndarray:
         """(n_mun,) float64 sums of V = p (1 - p) (f N)^2 at the fit's own coefficients."""
-        a, b = self._tables([(fit, None, None)])
-        return cell_sums(self.cell_nb, self.cell_prof, self.s1, self.s2, a, b, self.nb_mun, self.n_mun, N_VIRTUAL,
-                         True)[:, 1, 0].copy()
+        return self._sums([(fit, None, None)], True)[:, 1, 0].copy()
 
 
 def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None) -> DrawCells:
@@ -113,13 +128,18 @@ def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None)
         n_keys = int(key.max()) + 1
     norm = fit.norms.table().ravel()[pd_.norm_index]
     first, cell_nb, cell_prof, s1, s2 = cells(key, n_keys, pd_.nbhd, hh.n_nb, norm)
-    profiles = hh.codes[first].astype(np.int64)
+    profiles = pd_.combo[first].astype(np.int64)
     layouts = (make_layout(fit.spec.volume, hh), make_layout(fit.spec.price, hh))
     region = neighbourhood_region_offset(fit.spec, hh)
-    levels = tuple(np.ascontiguousarray(lay.lev_off + profiles[:, lay.cols]) for lay in layouts)
+    # a profile's term is the product over the joint codes that hold a factor of the component
+    # (at most 8: the realistic spec's 50 volume factors sit in 8), not over its factors
+    used = [used_joint_codes(lay) for lay in layouts]
+    levels = tuple(np.ascontiguousarray(lay.joint.off[u] + profiles[:, u]) for lay, u in zip(layouts, used))
     dc = DrawCells(layouts=layouts, levels=levels, cell_nb=cell_nb, cell_prof=cell_prof, s1=s1, s2=s2,
                    nb_cont=hh.nb_cont, nb_mun=hh.nb_mun, n_mun=hh.n_mun, dtype=np.dtype(np.float64), region=region,
-                   orders=tuple(prefix_order(lev) for lev in levels))
+                   orders=tuple(prefix_order(lev) for lev in levels),
+                   joint_maps=tuple(lay.joint_map() for lay in layouts),
+                   per_cell=cell_nb.size < PER_CELL_BELOW * first.size)
     if dtype is None:
         parts = [np.abs(t).max(initial=0.0) for lev, (coef, nb) in zip(levels, dc.level_tables(fit))
                  for t in (coef[lev].sum(axis=1), nb)]
