@@ -85,21 +85,22 @@ class DrawCells:
             nb = nb + np.asarray([cp.fe_common for cp, _ in comps])[:, None]
         if comp == 0 and self.region is not None:
             nb = nb + self.region
-        return np.ascontiguousarray(self.joint_maps[comp] @ np.ascontiguousarray(level.T)), np.ascontiguousarray(nb.T)
+        joint_coef = self.joint_maps[comp] @ np.ascontiguousarray(level.T)
+        return np.ascontiguousarray(joint_coef), np.ascontiguousarray(nb.T)
 
     def _sums(self, coefficients: list[tuple], with_var: bool) -> np.ndarray:
         """kernels.draws.cell_sums of R coefficient sets: (n_mun, 2, RP)."""
         n_prof = 0 if self.per_cell else self.levels[0].shape[0]      # per cell: no profile table
         a, b = term_tables(n_prof, self.nb_mun.shape[0], len(coefficients), self.dtype)
-        levels = [self.batch_tables(coefficients, comp) for comp in range(2)]
-        for comp, (level, nb) in enumerate(levels):
+        tables = [self.batch_tables(coefficients, comp) for comp in range(2)]
+        for comp, (joint_coef, nb) in enumerate(tables):      # with no profiles: the neighbourhood terms only
             order, shared = self.orders[comp]
-            factor_terms(self.levels[comp][:n_prof], level, nb, a, b, comp, *BOUNDS[self.dtype], order[:n_prof],
+            factor_terms(self.levels[comp][:n_prof], joint_coef, nb, a, b, comp, *BOUNDS[self.dtype], order[:n_prof],
                          shared[:n_prof])
         joint = None
         if self.per_cell:
             rp = b.shape[2]
-            joint = (self.levels[0], joint_terms(levels[0][0], rp), self.levels[1], joint_terms(levels[1][0], rp),
+            joint = (self.levels[0], joint_terms(tables[0][0], rp), self.levels[1], joint_terms(tables[1][0], rp),
                      *BOUNDS[self.dtype])
         return cell_sums(self.cell_nb, self.cell_prof, self.s1, self.s2, a, b, self.nb_mun, self.n_mun, N_VIRTUAL,
                          with_var, joint)
