@@ -133,11 +133,12 @@ def prefix_order(prof_lev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def factor_terms(prof_lev, level_coef, nb_eta, a_prof, b_nb, comp, lo, hi, order, shared):
     """Fill component ``comp`` of the term tables for R draws.
 
-    ``prof_lev`` (n_prof, F) int64: the level of each of the component's factors per profile
-    (rows of ``level_coef``); ``level_coef`` (L, R) and ``nb_eta`` (n_nb, R) float64,
-    draw-minor. a_prof[p, comp, r] = exp(-sum_k level_coef[prof_lev[p, k], r]), computed
-    as the product over the factors (in factor order) of exp(-level_coef): L exponentials
-    per draw instead of one per profile; b_nb[j, comp, r] = exp(-nb_eta[j, r]). Both are
+    ``prof_lev`` (n_prof, F) int64: per profile the rows of ``level_coef`` whose terms it
+    multiplies (the engine passes each joint code's row in its joint tables: "factors" below);
+    ``level_coef`` (L, R) and ``nb_eta`` (n_nb, R) float64, draw-minor.
+    a_prof[p, comp, r] = exp(-sum_k level_coef[prof_lev[p, k], r]), computed as the product
+    over the factors (in factor order) of exp(-level_coef): L exponentials per draw instead
+    of one per profile (none when there are no profiles); b_nb[j, comp, r] = exp(-nb_eta[j, r]). Both are
     clamped to [lo, hi] (module docstring), in float64, then stored in the tables' dtype.
     Profiles are visited in ``order`` (:func:`prefix_order`): a profile whose first ``shared``
     factors are those of the one before reuses those partial products, which are the very
@@ -146,9 +147,9 @@ def factor_terms(prof_lev, level_coef, nb_eta, a_prof, b_nb, comp, lo, hi, order
     the first factor)."""
     n_prof, F = prof_lev.shape
     R = level_coef.shape[1]
-    e = _exp_neg(level_coef)
+    e = _exp_neg(level_coef) if n_prof else np.empty((0, R))   # no profiles: the neighbourhoods' terms only
     bounds = range_bounds(n_prof, TERM_CHUNKS)
-    for c in prange(TERM_CHUNKS):
+    for c in prange(TERM_CHUNKS if n_prof else 0):
         pre = np.ones((F + 1, R))     # pre[k]: product of the first k factors (pre[0] = 1)
         for i in range(bounds[c], bounds[c + 1]):
             p = order[i]
@@ -199,12 +200,14 @@ def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual
     array of the dtype). For populations with about as many profiles as households.
 
     Per cell the block of draws is computed into a scratch row (one vector loop: loads of
-    the cell's two table rows only) and added to the sums of the current neighbourhood
-    run, which are added to the municipality's when the neighbourhood changes or the
-    cell range ends: a fixed order given the cells and ``n_virtual``."""
+    the cell's two table rows only, once its profile row is made when per cell) and added to
+    the sums of the current neighbourhood run, which are added to the municipality's when the
+    neighbourhood changes or the cell range ends: a fixed order given the cells and ``n_virtual``."""
     n = cell_nb.shape[0]
     RP = b_nb.shape[2]
     one = b_nb.dtype.type(1.0)
+    if joint is not None:                  # no bounds checks below: the joint tables must hold RP draws
+        assert joint[1].shape[1] == RP and joint[3].shape[1] == RP
     acc = np.zeros((n_virtual, n_mun, 2, RP))
     bounds = range_bounds(n, n_virtual)
     for v in prange(n_virtual):

@@ -177,6 +177,8 @@ def test_engine_cells_agree_with_the_household_kernel(small_population):
     assert not auto.per_cell                   # few profiles: tabled; made per cell, the same bits
     np.testing.assert_array_equal(replace(auto, per_cell=True).sums(coefs), auto.sums(coefs))
     np.testing.assert_array_equal(replace(auto, per_cell=True).variance(fit), auto.variance(fit))
+    wide = draw_cells(hh, fit, pd_, dtype=np.float64)
+    np.testing.assert_array_equal(replace(wide, per_cell=True).sums(coefs), wide.sums(coefs))
     np.testing.assert_allclose(draw_cells(hh, fit, pd_, dtype=np.float64).sums(coefs), ref[:, 0], rtol=1e-11)
     # the outcome variance once, at the fit
     t = prediction_tables(hh, fit, pd_)

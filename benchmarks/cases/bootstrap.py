@@ -17,7 +17,7 @@ numpy: per draw the same coefficient draw and the same look-up tables (``Context
 with the replicate's own ``SeedSequence`` child, ``engine.model.predict.prediction_tables``),
 then the linear predictors as sums of ``np.take`` over the joint factor codes plus the
 neighbourhood term, ``1 / (1 + np.exp(-eta))`` for p and f, E = p f N summed per municipality
-with ``np.bincount``, V = p (1 - p) (f N)^2 the same way once at the fit (the engine's method), and
+with ``np.bincount``, V = p (1 - p) (f N)^2 the same way once at the fit in setup (as buig's context), and
 per draw the same distribution, redistribution effects and simulated spending as ``run_batch``.
 What does not depend on the draw (absolute table indices per household, the norm per
 household, the municipality per household) is precomputed in setup.
@@ -87,11 +87,13 @@ def setup_numpy(ctx, spec: str = "2019"):
     pd_ = bctx.pd
     t0 = prediction_tables(bctx.hh, bctx.fit, pd_)
     combo = pd_.combo.astype(np.intp)
-    return {"ctx": ctx, "bctx": bctx, "np": np,
-            "v_idx": [combo[:, k] + t0.v_off[k] for k in range(combo.shape[1])],
-            "p_idx": [combo[:, k] + t0.p_off[k] for k in range(combo.shape[1])],
-            "norm": t0.norm_flat[pd_.norm_index], "nbhd": pd_.nbhd.astype(np.intp),
-            "mun": pd_.nb_mun[pd_.nbhd].astype(np.intp), "n_mun": bctx.n_mun}
+    state = {"ctx": ctx, "bctx": bctx, "np": np,
+             "v_idx": [combo[:, k] + t0.v_off[k] for k in range(combo.shape[1])],
+             "p_idx": [combo[:, k] + t0.p_off[k] for k in range(combo.shape[1])],
+             "norm": t0.norm_flat[pd_.norm_index], "nbhd": pd_.nbhd.astype(np.intp),
+             "mun": pd_.nb_mun[pd_.nbhd].astype(np.intp), "n_mun": bctx.n_mun}
+    state["var"] = _numpy_sums(state, t0, variance=True)[1][:, None]   # V at the fit, once (buig: in its context)
+    return state
 
 
 def _distribute(b, cost_sums, var_sums, noise):
@@ -143,21 +145,13 @@ def _numpy_sums(state, t, variance: bool = False):
     return e, np.bincount(state["mun"], weights=p * (1.0 - p) * fn * fn, minlength=state["n_mun"]) if variance else None
 
 
-def _numpy_variance(state):
-    """(n_mun, 1) V at the fit, by the NumPy expressions."""
-    from engine.model.predict import prediction_tables
-
-    b = state["bctx"]
-    return _numpy_sums(state, prediction_tables(b.hh, b.fit, b.pd), variance=True)[1][:, None]
-
-
 def run_numpy(state):
     np, b = state["np"], state["bctx"]
     tables, noise = _draw_tables(b)
     cost = np.empty((state["n_mun"], DRAWS))
     for r, t in enumerate(tables):
         cost[:, r] = _numpy_sums(state, t)[0]
-    return _distribute(b, cost, _numpy_variance(state), noise)
+    return _distribute(b, cost, state["var"], noise)
 
 
 def setup_old(ctx, spec: str = "2019"):
@@ -209,7 +203,7 @@ def run_jax(state):
     tables, noise = _draw_tables(b)
     stack = lambda name: np.stack([getattr(t, name) for t in tables])  # noqa: E731
     out = state["sums"](stack("v_coef"), stack("v_nb"), stack("p_coef"), stack("p_nb"))
-    return _distribute(b, np.ascontiguousarray(np.asarray(out).T), _numpy_variance(state), noise)
+    return _distribute(b, np.ascontiguousarray(np.asarray(out).T), state["var"], noise)
 
 
 def extras_peer(state, result, timing):
@@ -233,9 +227,9 @@ IMPLEMENTATIONS = [
               "kernels.bootstrap.draw_sums over the households (two exponentials per household and draw)"),
     Impl("numpy", setup=setup_numpy, run=run_numpy, extras=extras_peer,
          note=f"the same {DRAWS} draws and tables; per draw np.take sums, 1/(1+exp(-eta)), np.bincount of E per "
-              "municipality, distribution; V once at the fit"),
+              "municipality, distribution; V once at the fit, in setup"),
     Impl("jax", setup=setup_jax, run=run_jax, extras=extras_peer, scales=("full",),
          note=f"the NumPy peer's vectorised prediction and sums as one jax.jit (CPU, float64) over the {DRAWS} "
               "draws (lax.map), segment_sum of E per municipality; the same tables and distribution, V once at the "
-              "fit (NumPy); warm-up compiles; full scale only"),
+              "fit (NumPy, in setup); warm-up compiles; full scale only"),
 ]

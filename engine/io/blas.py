@@ -21,5 +21,9 @@ def _controller() -> ThreadpoolController:
 
 
 def single_blas_thread():
-    """A context manager that limits BLAS to one thread inside it (and restores the limits after)."""
+    """A context manager that limits BLAS to one thread inside it (and restores the limits after).
+
+    The limit is the process's, as with ``threadpool_limits``: meant for one such section at a time
+    per process (a Dask worker of the local cluster runs one task at a time). A BLAS library
+    loaded after the first call (none of buig's) would not be limited."""
     return _controller().limit(limits=1, user_api="blas")

@@ -90,7 +90,8 @@ def _run_bootstrap(settings: Settings, out: Path, replicates: int, batch_size: i
     cores = os.cpu_count() or 1
     workers = cores if workers is None else workers
     codes = ctx.hh.mun_codes
-    values = empty_replicates(replicates, len(codes))   # the batches computed here go straight in
+    values = empty_replicates(replicates, len(codes))
+    read_replicates(out, replicates, codes, values, done)     # the resumed batches, checked before any work
     done_n = replicates - sum(b - a for a, b in todo)
     if progress:
         progress(done_n, replicates)
@@ -125,7 +126,6 @@ def _run_bootstrap(settings: Settings, out: Path, replicates: int, batch_size: i
                 client.close()
                 if client.cluster is not None:
                     client.cluster.close()
-    read_replicates(out, replicates, codes, values, done)     # the resumed batches, checked as they are read
     for c in FINITE_COLUMNS:
         check_finite(f"bootstrap {c.replace('_', ' ')}", values[c], codes)
     return BootstrapResult(settings=settings, replicates=replicates, codes=codes,

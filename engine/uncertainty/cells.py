@@ -4,8 +4,8 @@ The parametric bootstrap (engine.uncertainty.bootstrap) evaluates E = p f N summ
 for each draw, and V = p (1 - p) (f N)^2 once, at the fit. :func:`draw_cells` prepares, once per
 context, the distinct household profiles (rows of the joint factor codes), each component's rows
 in its joint-code tables per profile (a joint code's table sums the levels of the factors it
-holds, so a profile's term is a product over at most 8 joint codes, however many factors the
-spec has) and the cells with their sums of norms; :meth:`DrawCells.sums` then
+holds, so a profile's term is a product over its joint codes: 8 for the realistic spec's 50
+volume factors) and the cells with their sums of norms; :meth:`DrawCells.sums` then
 turns a batch of coefficient sets into look-up tables and runs :func:`kernels.draws.cell_sums`.
 The same numbers (up to floating rounding) as :func:`kernels.bootstrap.draw_sums` on the
 households, for a fraction of the work (kernels/draws.py).
@@ -50,10 +50,10 @@ class DrawCells:
     nb_mun: np.ndarray
     n_mun: int
     dtype: np.dtype
-    region: np.ndarray | None = None       # (n_nb,) published region effect of the volume, or None
-    orders: tuple = ()                     # per component kernels.draws.prefix_order of its levels
-    joint_maps: tuple = ()                 # per component Layout.joint_map(): levels -> joint code values
-    per_cell: bool = False                 # profile terms made per cell (PER_CELL_BELOW), not tabled
+    region: np.ndarray | None              # (n_nb,) published region effect of the volume, or None
+    orders: tuple                          # per component kernels.draws.prefix_order of its levels (empty per cell)
+    joint_maps: tuple                      # per component Layout.joint_map(): levels -> joint code values
+    per_cell: bool                         # profile terms made per cell (PER_CELL_BELOW), not tabled
 
     def level_tables(self, fit: ModelFit, vp: np.ndarray | None = None,
                      pp: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -61,13 +61,15 @@ class DrawCells:
         coefficients of :func:`engine.model.predict.prediction_tables` (NaN coefficients 0, the common
         effect for fixed effects) summed per value of each joint code, as that function's tables."""
         out = []
-        for lay, jm, comp, theta in zip(self.layouts, self.joint_maps, (fit.volume, fit.price), (vp, pp)):
+        for lay, jm, comp, theta in zip(self.layouts, self.joint_maps, (fit.volume, fit.price), (vp, pp), strict=True):
             theta = comp.params if theta is None else theta
             coef, nb = lay.tables(np.nan_to_num(theta), self.nb_cont, self.nb_mun,
                                   fe_value=comp.fe_common if lay.fe_start >= 0 else None)
             if comp.name == "volume" and self.region is not None:
                 nb = nb + self.region
-            out.append(((jm @ coef[:, None])[:, 0], nb))     # 2-d: the per-column sums of batch_tables
+            # scipy adds each row's terms in the same order for one column as for R (batch_tables): the
+            # same bits, which tests/test_draw_kernel.py checks
+            out.append(((jm @ coef[:, None])[:, 0], nb))
         return out
 
     def batch_tables(self, coefficients: list[tuple], comp: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,8 +97,7 @@ class DrawCells:
         tables = [self.batch_tables(coefficients, comp) for comp in range(2)]
         for comp, (joint_coef, nb) in enumerate(tables):      # with no profiles: the neighbourhood terms only
             order, shared = self.orders[comp]
-            factor_terms(self.levels[comp][:n_prof], joint_coef, nb, a, b, comp, *BOUNDS[self.dtype], order[:n_prof],
-                         shared[:n_prof])
+            factor_terms(self.levels[comp][:n_prof], joint_coef, nb, a, b, comp, *BOUNDS[self.dtype], order, shared)
         joint = None
         if self.per_cell:
             rp = b.shape[2]
@@ -133,14 +134,15 @@ def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None)
     layouts = (make_layout(fit.spec.volume, hh), make_layout(fit.spec.price, hh))
     region = neighbourhood_region_offset(fit.spec, hh)
     # a profile's term is the product over the joint codes that hold a factor of the component
-    # (at most 8: the realistic spec's 50 volume factors sit in 8), not over its factors
+    # (the realistic spec's 50 volume factors sit in 8), not over its factors
     used = [used_joint_codes(lay) for lay in layouts]
     levels = tuple(np.ascontiguousarray(lay.joint.off[u] + profiles[:, u]) for lay, u in zip(layouts, used))
+    per_cell = cell_nb.size < PER_CELL_BELOW * first.size
+    none = np.zeros(0, dtype=np.int64)
     dc = DrawCells(layouts=layouts, levels=levels, cell_nb=cell_nb, cell_prof=cell_prof, s1=s1, s2=s2,
                    nb_cont=hh.nb_cont, nb_mun=hh.nb_mun, n_mun=hh.n_mun, dtype=np.dtype(np.float64), region=region,
-                   orders=tuple(prefix_order(lev) for lev in levels),
-                   joint_maps=tuple(lay.joint_map() for lay in layouts),
-                   per_cell=cell_nb.size < PER_CELL_BELOW * first.size)
+                   orders=tuple((none, none) if per_cell else prefix_order(lev) for lev in levels),
+                   joint_maps=tuple(lay.joint_map() for lay in layouts), per_cell=per_cell)
     if dtype is None:
         parts = [np.abs(t).max(initial=0.0) for lev, (coef, nb) in zip(levels, dc.level_tables(fit))
                  for t in (coef[lev].sum(axis=1), nb)]

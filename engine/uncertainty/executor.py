@@ -83,17 +83,18 @@ def client_for(workers: int, scheduler: str | None):
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
-        # worker and nanny logs only when CRITICAL: what they log when an interrupted run cancels tasks
-        # and closes the cluster (cancelled tasks, workers killed after a timeout, and at ERROR with a
-        # traceback a heartbeat that found the scheduler gone: 3 of 11 interrupted runs in a test) is
-        # expected, not news; a task's error, a worker's death and a lost scheduler reach the driver
-        # through the futures
+        # worker and nanny logs from ERROR up: their warnings when an interrupted run cancels tasks and
+        # closes the cluster (cancelled tasks, workers killed after a timeout) are expected, not news
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=dashboard_address(), silence_logs=logging.CRITICAL)
+                               dashboard_address=dashboard_address(), silence_logs=logging.ERROR)
     finally:
         if main:
             signal.signal(signal.SIGINT, old)
-    return Client(cluster)
+    from engine.uncertainty.worker_logs import QuietLostHeartbeat
+
+    client = Client(cluster)
+    client.register_plugin(QuietLostHeartbeat())
+    return client
 
 
 def dashboard_address() -> str | None:

@@ -20,6 +20,9 @@ from engine.uncertainty.settings import REPLICATE_COLUMNS, Settings
 
 
 FINITE_COLUMNS = ("objective_cost", "budget", "share", "simulated_spending")   # effect_pct: NaN without spending
+# what the replicates' numbers mean, in the inputs digest: a change of method makes older batches recomputed
+# instead of resumed among new ones (2: outcome_sd at the fit, profile terms over joint codes)
+BATCH_FORMAT = "2"
 
 
 def _batch_file(out: Path, start: int, stop: int) -> Path:
@@ -112,6 +115,7 @@ def inputs_digest(settings: Settings) -> str:
         add("spec", _file_digest(spec) if spec.is_file() else "missing")
     add("fit.json", json.dumps(info, sort_keys=True))
     add("replicate columns", ",".join(REPLICATE_COLUMNS))       # batches of an older format are recomputed
+    add("batch format", BATCH_FORMAT)
     try:
         add("regime", _file_digest(resolve("regime", settings.regime)))
     except FileNotFoundError:
