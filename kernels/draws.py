@@ -138,7 +138,7 @@ def factor_terms(prof_lev, level_coef, nb_eta, a_prof, b_nb, comp, lo, hi, order
     ``level_coef`` (L, R) and ``nb_eta`` (n_nb, R) float64, draw-minor.
     a_prof[p, comp, r] = exp(-sum_k level_coef[prof_lev[p, k], r]), computed as the product
     over the factors (in factor order) of exp(-level_coef): L exponentials per draw instead
-    of one per profile (none when there are no profiles); b_nb[j, comp, r] = exp(-nb_eta[j, r]). Both are
+    of one per profile; b_nb[j, comp, r] = exp(-nb_eta[j, r]). Both are
     clamped to [lo, hi] (module docstring), in float64, then stored in the tables' dtype.
     Profiles are visited in ``order`` (:func:`prefix_order`): a profile whose first ``shared``
     factors are those of the one before reuses those partial products, which are the very
@@ -147,9 +147,9 @@ def factor_terms(prof_lev, level_coef, nb_eta, a_prof, b_nb, comp, lo, hi, order
     the first factor)."""
     n_prof, F = prof_lev.shape
     R = level_coef.shape[1]
-    e = _exp_neg(level_coef) if n_prof else np.empty((0, R))   # no profiles: the neighbourhoods' terms only
+    e = _exp_neg(level_coef)
     bounds = range_bounds(n_prof, TERM_CHUNKS)
-    for c in prange(TERM_CHUNKS if n_prof else 0):
+    for c in prange(TERM_CHUNKS):
         pre = np.ones((F + 1, R))     # pre[k]: product of the first k factors (pre[0] = 1)
         for i in range(bounds[c], bounds[c + 1]):
             p = order[i]
