@@ -492,9 +492,9 @@ def _fit_component(d: ComponentDesign, tol: float = 1e-8, max_iter: int = 100,
         cluster[np.ix_(act, act)] = Hinv_a @ (S.T @ S) @ Hinv_a * corr
         df[act] = G - 1
     elif G > 1:
-        blocks = cluster_hessians(ev, theta, np.flatnonzero(has), act, weight)
-        cluster[np.ix_(act, act)] = cr2_covariance(*blocks, Hinv_a, S)
-        df[act[blocks[0]]] = satterthwaite_df(*blocks, Hinv_a)
+        shared, own, H = cluster_hessians(ev, theta, np.flatnonzero(has), act, weight)
+        cluster[np.ix_(act, act)] = cr2_covariance(shared, own, H, Hinv_a, S)
+        df[act[shared]] = satterthwaite_df(shared, own, H, Hinv_a)
     df[municipality_levels(names)] = np.nan
     return ComponentFit(cov_model=Hinv, cov_robust=robust, cov_cluster=cluster, loglik=float(meat.ll),
                         gradient_norm=gnorm, n_clusters=G, seconds=time.perf_counter() - t0, df_cluster=df, **done)

@@ -49,8 +49,8 @@ from engine.uncertainty.draws import context
 from engine.uncertainty.executor import batch_task, client_for, dask_threads_per_host, resolve_workers
 from engine.uncertainty.settings import DEFAULT_BATCH, METHODS, Settings
 from engine.model.schema import check_finite
-from engine.uncertainty.store import (FINITE_COLUMNS, check_settings, done_ranges, empty_replicates, inputs_digest,
-                                      plan_batches, put_batch, read_replicates, write_batch)
+from engine.uncertainty.store import (FINITE_COLUMNS, check_settings, done_ranges, inputs_digest, plan_batches,
+                                      put_batch, read_replicates, write_batch)
 from engine.uncertainty.summaries import BootstrapResult
 
 
@@ -85,13 +85,11 @@ def _run_bootstrap(settings: Settings, out: Path, replicates: int, batch_size: i
     remove_stale(out)                            # temporary files of a killed run
     remove_stale(out / "batches")
     check_settings(out, settings, inputs)
-    done = done_ranges(out)
-    todo = plan_batches(replicates, batch_size, done)
+    todo = plan_batches(replicates, batch_size, done_ranges(out))
     cores = os.cpu_count() or 1
     workers = cores if workers is None else workers
     codes = ctx.hh.mun_codes
-    values = empty_replicates(replicates, len(codes))
-    read_replicates(out, replicates, codes, values, done)     # the resumed batches, checked before any work
+    values = read_replicates(out, replicates, codes)    # resumed batches, checked before any work
     done_n = replicates - sum(b - a for a, b in todo)
     if progress:
         progress(done_n, replicates)

@@ -261,8 +261,8 @@ class Context:
                                   self.spending)
         self.hist, self.tb = self.stage.historical_share, self.stage.tb
         self.point = predict(self.hh, self.fit, self.pd)
-        # the outcome variance at the fit, for every replicate (its change with a draw is of second order)
-        self.outcome_var = self.cells.variance(self.fit)
+        # the outcome sd at the fit, for every replicate (its change with a draw is of second order)
+        self.outcome_sd = np.sqrt(self.cells.variance(self.fit))
         cost = self.point.objective_cost
         # weights and cap groups do not depend on the objective cost: once for every replicate
         self.basis = allocation_basis(self.stage.regime, self.hist, self.inhabitants)
@@ -342,7 +342,7 @@ class Context:
             noise.append((rng.standard_normal(self.n_mun), rng.standard_normal(self.n_mun)))
         sums = self.cells.sums(tables)
         out = {c: np.empty((stop - start, self.n_mun)) for c in REPLICATE_COLUMNS}
-        sd = np.sqrt(self.outcome_var)
+        sd = self.outcome_sd
         for i in range(stop - start):
             cost = sums[:, i]
             b = allocate_stage(self.stage, cost, self.inhabitants, basis=self.basis)

@@ -139,29 +139,22 @@ def check_settings(out: Path, settings: Settings, inputs: str) -> None:
     write_json(f, {"settings": settings.key(), "inputs": inputs})
 
 
-def empty_replicates(replicates: int, n_mun: int) -> dict[str, np.ndarray]:
-    """REPLICATE_COLUMNS -> (replicates, n_mun) arrays of NaN, to be filled by :func:`put_batch`."""
-    return {c: np.full((replicates, n_mun), np.nan) for c in REPLICATE_COLUMNS}
-
-
-def put_batch(res: dict[str, np.ndarray], start: int, stop: int, batch) -> None:
-    """Replicates ``start`` .. ``stop``-1 of a batch (REPLICATE_COLUMNS -> (stop - start, n_mun), or a
-    batch file's table) into ``res``, those beyond its replicates left out."""
+def put_batch(res: dict[str, np.ndarray], start: int, stop: int, batch: dict[str, np.ndarray]) -> None:
+    """Replicates ``start`` .. ``stop``-1 of a batch (REPLICATE_COLUMNS -> (stop - start, n_mun)) into
+    ``res`` (REPLICATE_COLUMNS -> (replicates, n_mun)), those beyond its replicates left out."""
     stop = min(stop, res[REPLICATE_COLUMNS[0]].shape[0])
     for c in REPLICATE_COLUMNS:
-        v = batch[c] if isinstance(batch, dict) else batch.column(c).to_numpy()
-        res[c][start:stop] = v.reshape(-1, res[c].shape[1])[:stop - start]
+        res[c][start:stop] = batch[c].reshape(-1, res[c].shape[1])[:stop - start]
 
 
-def read_replicates(out: Path, replicates: int, codes: np.ndarray, res: dict[str, np.ndarray] | None = None,
-                    ranges: list[tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
-    """Replicates 0 .. replicates-1 from the batch files: arrays (replicates, n_mun). With ``res``
-    (:func:`empty_replicates`) and ``ranges``, only the batches ``ranges`` are read, into ``res``
-    (the driver keeps the batches it computed itself and reads back only those it resumed)."""
-    res = empty_replicates(replicates, len(codes)) if res is None else res
-    for a, b in done_ranges(out) if ranges is None else ranges:
+def read_replicates(out: Path, replicates: int, codes: np.ndarray) -> dict[str, np.ndarray]:
+    """Replicates 0 .. replicates-1 from the batch files: arrays (replicates, n_mun), NaN where
+    no file holds them."""
+    res = {c: np.full((replicates, len(codes)), np.nan) for c in REPLICATE_COLUMNS}
+    for a, b in done_ranges(out):
         if a < replicates:
-            put_batch(res, a, b, _read_batch(_batch_file(out, a, b), a, b, codes))
+            t = _read_batch(_batch_file(out, a, b), a, b, codes)
+            put_batch(res, a, b, {c: t.column(c).to_numpy() for c in REPLICATE_COLUMNS})
     return res
 
 
