@@ -201,3 +201,24 @@ def test_any_single_bad_code_is_found_at_its_row(small_population, column, row, 
     bad_value = len(CATEGORIES[column]) - 1 + excess
     _check(small_population, "households", _set(h, column, row, bad_value), column, row,
            f"code {bad_value} has no label; expected codes: 0 = {CATEGORIES[column][0]}")
+
+
+@given(values=st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
+                                 st.integers(-300, 300).map(float)), min_size=1, max_size=40),
+       cut=st.integers(0, 40), lo=st.one_of(st.none(), st.integers(-5, 5)), hi=st.one_of(st.none(), st.integers(-5, 5)),
+       integer=st.booleans())
+def test_min_max_shortcut_agrees_with_the_checks_that_name_the_row(values, cut, lo, hi, integer):
+    """The usual case is settled from each chunk's minimum and maximum (schema._all_within); it must say
+    'all good' exactly when plain NumPy finds no value missing, non-finite, below or above the bounds."""
+    from types import SimpleNamespace
+
+    from engine.model.schema import _all_within
+
+    x = np.asarray(values)
+    if integer:
+        x = np.clip(np.nan_to_num(x, nan=0.0, posinf=127, neginf=-128), -128, 127).astype(np.int8)
+    arr = pa.chunked_array([pa.array(x[:cut]), pa.array(x[cut:])], type=pa.array(x).type)
+    col = SimpleNamespace(min=lo, max=hi)
+    good = np.isfinite(x.astype(np.float64)).all() and (lo is None or (x >= lo).all()) and (hi is None or (x <= hi).all())
+    assert _all_within(arr, col) == bool(good)
+    assert not _all_within(pa.chunked_array([pa.array([1.0, None])]), SimpleNamespace(min=None, max=None))

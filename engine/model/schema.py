@@ -165,6 +165,24 @@ def _first(mask) -> int | None:
     return int(np.argmax(arr)) if arr.any() else None
 
 
+def _all_within(arr, col) -> bool:
+    """True when a numeric column without nulls holds only finite values within the column's bounds,
+    found from each chunk's minimum and maximum (NaN propagates into both): the usual case in
+    one pass, without a mask per check. False sends the column to the checks that name the row."""
+    if arr.null_count or not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+        return False
+    for chunk in arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]:
+        if len(chunk) == 0:
+            continue
+        x = chunk.to_numpy(zero_copy_only=False)
+        lo, hi = x.min(), x.max()
+        if pa.types.is_floating(arr.type) and not (np.isfinite(lo) and np.isfinite(hi)):
+            return False
+        if (col.min is not None and lo < col.min) or (col.max is not None and hi > col.max):
+            return False
+    return True
+
+
 def _first_invalid_utf8(arr) -> int | None:
     """Row of the first string that is not valid UTF-8 (Parquet does not guarantee it), or None."""
     chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
@@ -228,6 +246,14 @@ def code_positions(table_name: str, column: str, values, reference: np.ndarray,
         sizes = np.asarray([len(c.dictionary) for c in chunks], dtype=np.int64)
         lookup = pc.index_in(pa.concat_arrays([c.dictionary.cast(pa.string()) for c in chunks]), value_set=ref)
         lookup = lookup.fill_null(-1).to_numpy(zero_copy_only=False)
+        if lookup.min(initial=0) >= 0:       # every dictionary value exists: each chunk's rows looked up in place
+            out = np.empty(len(values), dtype=np.int32)
+            lookup = lookup.astype(np.int32)
+            start = 0
+            for c, off in zip(chunks, np.cumsum(sizes) - sizes, strict=True):
+                out[start:start + len(c)] = lookup[off:][c.indices.to_numpy(zero_copy_only=False)]
+                start += len(c)
+            return out
         offset = np.repeat(np.cumsum(sizes) - sizes, [len(c) for c in chunks])
         pos = lookup[pa.chunked_array([c.indices for c in chunks]).to_numpy().astype(np.int64) + offset]
         first = _first(pos < 0)
@@ -288,7 +314,7 @@ def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | N
         if not _type_ok(col, arr.type):
             raise PopulationError(table_name, col.name, None,
                                   f"has type {arr.type}, expected {col.type}")
-        first = _first(arr.is_null())
+        first = _first(arr.is_null()) if arr.null_count else None
         if first is not None:
             raise PopulationError(table_name, col.name, first, "missing value")
         if _is_string_like(arr.type):
@@ -301,7 +327,7 @@ def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | N
             if first is not None:
                 raise PopulationError(table_name, col.name, first,
                                       f"code {values[first].as_py()!r} is not of the form {col.pattern}")
-        if col.code or _is_string_like(arr.type):
+        if col.code or _is_string_like(arr.type) or _all_within(arr, col):
             continue
         if pa.types.is_floating(arr.type):
             first = _first(pc.invert(pc.is_finite(arr)))
