@@ -64,7 +64,7 @@ def cells(profile_key, n_keys, nbhd, n_nb, norm, chunk=CHUNK):
     n = nbhd.shape[0]
     pid = np.full(n_keys, -1, dtype=np.int64)
     prof = np.empty(n, dtype=np.int32)           # int32 scratch: n < 2^31, and memory at full scale
-    first_row = np.empty(n, dtype=np.int32)
+    first_row = np.empty(min(n, n_keys), dtype=np.int32)
     n_prof = 0
     for i in range(n):
         k = profile_key[i]
@@ -105,7 +105,8 @@ def cells(profile_key, n_keys, nbhd, n_nb, norm, chunk=CHUNK):
             c = slot[p]
             s1[c] += norm[i]
             s2[c] += norm[i] * norm[i]
-    return first_row[:n_prof].astype(np.int64), cell_nb[:m].copy(), cell_prof[:m].copy(), s1[:m].copy(), s2[:m].copy()
+    # views: the untouched tails of the buffers are never paged in
+    return first_row[:n_prof].astype(np.int64), cell_nb[:m], cell_prof[:m], s1[:m], s2[:m]
 
 
 @njit(cache=True, fastmath=False)
@@ -241,9 +242,11 @@ def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual
                 g = nb_mun[nb]
                 for r in range(RP):
                     acc[v, g, 0, r] += e[r]
-                    acc[v, g, 1, r] += w[r]
                     e[r] = 0.0
-                    w[r] = 0.0
+                if with_var:
+                    for r in range(RP):
+                        acc[v, g, 1, r] += w[r]
+                        w[r] = 0.0
     return reduce_ranges(acc)
 
 

@@ -64,8 +64,9 @@ class Joint:
         out = np.empty((codes.shape[0], len(self.groups)), dtype=np.uint8)
         for j, members in enumerate(self.groups):
             code = np.zeros(codes.shape[0], dtype=np.int32)
-            for k in members:
-                code = code * self.n_levels[k] + codes[:, k]
+            for k in members:           # in place: no array of n per factor
+                code *= self.n_levels[k]
+                code += codes[:, k]
             out[:, j] = code
         return out
 

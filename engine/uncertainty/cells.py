@@ -121,8 +121,9 @@ def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None)
     sizes = hh.joint.sizes
     if float(np.prod(np.asarray(sizes, dtype=np.float64))) < 2.0 ** 24:
         key = np.zeros(hh.n, dtype=np.int64)
-        for k, size in enumerate(sizes):
-            key = key * size + pd_.combo[:, k]
+        for k, size in enumerate(sizes):      # in place: no array of n per factor
+            key *= size
+            key += pd_.combo[:, k]
         n_keys = int(np.prod(sizes))
     else:   # many factors (a realistic catalogue): number the distinct profiles instead
         _, key = np.unique(pd_.combo, axis=0, return_inverse=True)
