@@ -74,6 +74,27 @@ def test_interrupted_run_resumes_to_the_same_result(fitted_world, tmp_path):
         run_bootstrap(Settings(**{**fitted_world.__dict__, "seed": 99}), part, replicates=10, workers=0)
 
 
+def test_a_failed_batch_write_stops_the_run_and_keeps_the_written_batches(fitted_world, tmp_path, monkeypatch):
+    """Batches are written on a background thread (store.BatchWriter) while the next is computed: a
+    write that fails still ends the run with its error, and the batches written before it stay."""
+    import engine.uncertainty.store as store
+
+    real, calls = store.write_batch, []
+
+    def failing(out, a, b, *args):
+        calls.append(a)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(out, a, b, *args)
+
+    monkeypatch.setattr(store, "write_batch", failing)
+    with pytest.raises(OSError, match="No space left"):
+        run_bootstrap(fitted_world, tmp_path / "out", replicates=12, batch_size=3, workers=0)
+    written = sorted(f.name for f in (tmp_path / "out" / "batches").glob("replicates-*.parquet"))
+    assert written[0] == "replicates-000000-000003.parquet" and "replicates-000003-000006.parquet" not in written
+    assert not list((tmp_path / "out" / "batches").glob(".*"))      # no temporary file left behind
+
+
 def _count(ctx, fit, vp, pp) -> float:
     from engine.model.predict import predict, prediction_tables
     return float(predict(ctx.hh, fit, ctx.pd, prediction_tables(ctx.hh, fit, ctx.pd, vp, pp)).predicted.sum())

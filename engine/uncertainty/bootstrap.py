@@ -49,8 +49,8 @@ from engine.uncertainty.draws import context
 from engine.uncertainty.executor import batch_task, client_for, dask_threads_per_host, resolve_workers
 from engine.uncertainty.settings import DEFAULT_BATCH, METHODS, Settings
 from engine.model.schema import check_finite
-from engine.uncertainty.store import (FINITE_COLUMNS, check_settings, done_ranges, inputs_digest, plan_batches,
-                                      put_batch, read_replicates, write_batch)
+from engine.uncertainty.store import (FINITE_COLUMNS, BatchWriter, check_settings, done_ranges, inputs_digest,
+                                      plan_batches, put_batch, read_replicates, write_batch)
 from engine.uncertainty.summaries import BootstrapResult
 
 
@@ -94,13 +94,14 @@ def _run_bootstrap(settings: Settings, out: Path, replicates: int, batch_size: i
     if progress:
         progress(done_n, replicates)
     if todo and workers == 0:
-        for a, b in todo:
-            batch = ctx.run_batch(a, b)
-            write_batch(out, a, b, batch, codes)
-            put_batch(values, a, b, batch)
-            done_n += b - a
-            if progress:
-                progress(done_n, replicates)
+        with BatchWriter(out, codes) as writer:        # a batch is written while the next is computed
+            for a, b in todo:
+                batch = ctx.run_batch(a, b)
+                writer.put(a, b, batch)
+                put_batch(values, a, b, batch)
+                done_n += b - a
+                if progress:
+                    progress(done_n, replicates)
     elif todo:
         from dask.distributed import as_completed
 

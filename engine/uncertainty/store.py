@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,36 @@ def replicate_table(start: int, values: dict[str, np.ndarray], codes: np.ndarray
 
 def write_batch(out: Path, start: int, stop: int, result: dict[str, np.ndarray], codes: np.ndarray) -> None:
     write_table(_batch_file(out, start, stop), replicate_table(start, result, codes), use_dictionary=DICTIONARY_COLUMNS)
+
+
+class BatchWriter:
+    """Writes batch files (:func:`write_batch`) on one background thread, so that a batch is written
+    while the next one is computed (Parquet encoding and the file system release the GIL). A write
+    error is raised at the next :meth:`put` or when the ``with`` block ends, which waits for every
+    write, also when the block raises (the finished batches are kept for a resume)."""
+
+    def __init__(self, out: Path, codes: np.ndarray):
+        self._out, self._codes = out, codes
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buig-batch-writer")
+        self._pending = []
+
+    def put(self, start: int, stop: int, result: dict[str, np.ndarray]) -> None:
+        self._raise_failed(wait=False)
+        self._pending.append(self._pool.submit(write_batch, self._out, start, stop, result, self._codes))
+
+    def _raise_failed(self, wait: bool) -> None:
+        for fut in self._pending:
+            if wait or fut.done():
+                fut.result()
+        self._pending = [f for f in self._pending if not f.done()]
+
+    def __enter__(self) -> "BatchWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._pool.shutdown(wait=True)
+        if exc_type is None:
+            self._raise_failed(wait=True)
 
 
 def done_ranges(out: Path) -> list[tuple[int, int]]:
