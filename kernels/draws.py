@@ -89,8 +89,8 @@ def cells(profile_key, n_keys, nbhd, n_nb, norm, chunk=CHUNK):
     slot = np.empty(n_prof, dtype=np.int64)
     cell_nb = np.empty(n, dtype=np.int32)
     cell_prof = np.empty(n, dtype=np.int32)
-    s1 = np.zeros(n)
-    s2 = np.zeros(n)
+    s1 = np.empty(n)     # empty, each cell zeroed when it opens: the tails past m are never paged in
+    s2 = np.empty(n)
     m = 0
     for j in range(n_group):
         for t in range(start[j], start[j + 1]):
@@ -101,11 +101,13 @@ def cells(profile_key, n_keys, nbhd, n_nb, norm, chunk=CHUNK):
                 slot[p] = m
                 cell_nb[m] = nbhd[i]
                 cell_prof[m] = p
+                s1[m] = 0.0
+                s2[m] = 0.0
                 m += 1
             c = slot[p]
             s1[c] += norm[i]
             s2[c] += norm[i] * norm[i]
-    # views: the untouched tails of the buffers are never paged in
+    # views, not copies: the buffers' tails past m were never written
     return first_row[:n_prof].astype(np.int64), cell_nb[:m], cell_prof[:m], s1[:m], s2[:m]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,23 +76,25 @@ def test_interrupted_run_resumes_to_the_same_result(fitted_world, tmp_path):
 
 def test_a_failed_batch_write_stops_the_run_and_keeps_the_written_batches(fitted_world, tmp_path, monkeypatch):
     """Batches are written on a background thread (store.BatchWriter) while the next is computed: a
-    write that fails still ends the run with its error, and the batches written before it stay."""
-    import engine.uncertainty.store as store
+    write that fails half way still ends the run with its error, leaves no temporary file, and the
+    batches written before it stay."""
+    import pyarrow.parquet as pq
 
-    real, calls = store.write_batch, []
+    real, calls = pq.write_table, []
 
-    def failing(out, a, b, *args):
-        calls.append(a)
+    def failing(table, where, **options):
+        calls.append(where)
         if len(calls) == 2:
+            Path(where).write_bytes(b"half a file")
             raise OSError(28, "No space left on device")
-        return real(out, a, b, *args)
+        return real(table, where, **options)
 
-    monkeypatch.setattr(store, "write_batch", failing)
+    monkeypatch.setattr(pq, "write_table", failing)
     with pytest.raises(OSError, match="No space left"):
         run_bootstrap(fitted_world, tmp_path / "out", replicates=12, batch_size=3, workers=0)
     written = sorted(f.name for f in (tmp_path / "out" / "batches").glob("replicates-*.parquet"))
-    assert written[0] == "replicates-000000-000003.parquet" and "replicates-000003-000006.parquet" not in written
-    assert not list((tmp_path / "out" / "batches").glob(".*"))      # no temporary file left behind
+    assert written == ["replicates-000000-000003.parquet"]      # one batch behind: the run stopped at the next
+    assert not list((tmp_path / "out" / "batches").glob(".*"))      # the torn temporary file is removed
 
 
 def _count(ctx, fit, vp, pp) -> float:

@@ -205,20 +205,40 @@ def test_any_single_bad_code_is_found_at_its_row(small_population, column, row, 
 
 @given(values=st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
                                  st.integers(-300, 300).map(float)), min_size=1, max_size=40),
-       cut=st.integers(0, 40), lo=st.one_of(st.none(), st.integers(-5, 5)), hi=st.one_of(st.none(), st.integers(-5, 5)),
-       integer=st.booleans())
-def test_min_max_shortcut_agrees_with_the_checks_that_name_the_row(values, cut, lo, hi, integer):
-    """The usual case is settled from each chunk's minimum and maximum (schema._all_within); it must say
-    'all good' exactly when plain NumPy finds no value missing, non-finite, below or above the bounds."""
+       cut=st.integers(0, 40), dtype=st.sampled_from(["float64", "float32", "int8", "int64", "uint64"]),
+       lo=st.one_of(st.none(), st.integers(-5, 5), st.sampled_from([0.1, -0.3, 2.5])),
+       hi=st.one_of(st.none(), st.integers(-5, 5), st.sampled_from([0.1, 0.3, 2.5])))
+def test_min_max_shortcut_agrees_with_the_checks_that_name_the_row(values, cut, dtype, lo, hi):
+    """The usual case is settled from each chunk's minimum and maximum (schema._all_within); it must
+    say 'all good' exactly when Arrow's own checks (the ones validate falls back to) find no value
+    that is not finite, below the minimum or above the maximum."""
     from types import SimpleNamespace
 
     from engine.model.schema import _all_within
 
     x = np.asarray(values)
-    if integer:
-        x = np.clip(np.nan_to_num(x, nan=0.0, posinf=127, neginf=-128), -128, 127).astype(np.int8)
+    if dtype in ("int8", "int64", "uint64"):
+        x = np.nan_to_num(x, nan=0.0, posinf=127, neginf=-128).clip(0 if dtype == "uint64" else -128, 127)
+        if dtype == "int64" and all(isinstance(b, int) for b in (lo, hi) if b is not None):
+            x = x + 2.0 ** 60 * (x > 100)       # beyond 2^53 (Arrow compares these with integer bounds only)
+    x = x.astype(dtype)
     arr = pa.chunked_array([pa.array(x[:cut]), pa.array(x[cut:])], type=pa.array(x).type)
-    col = SimpleNamespace(min=lo, max=hi)
-    good = np.isfinite(x.astype(np.float64)).all() and (lo is None or (x >= lo).all()) and (hi is None or (x <= hi).all())
-    assert _all_within(arr, col) == bool(good)
-    assert not _all_within(pa.chunked_array([pa.array([1.0, None])]), SimpleNamespace(min=None, max=None))
+    bad = lambda mask: pc.any(mask).as_py() is True  # noqa: E731
+    good = not ((pa.types.is_floating(arr.type) and bad(pc.invert(pc.is_finite(arr))))
+                or (lo is not None and bad(pc.less(arr, lo))) or (hi is not None and bad(pc.greater(arr, hi))))
+    assert _all_within(arr, SimpleNamespace(min=lo, max=hi)) == good
+    # compared exactly, not rounded to float64: 2^53 + 1 is above a bound of 2^53
+    big = pa.chunked_array([pa.array([2 ** 53 + 1], pa.int64())])
+    assert not _all_within(big, SimpleNamespace(min=None, max=2.0 ** 53))
+
+
+def test_nulls_in_a_dictionary_are_missing_values(small_population):
+    """null_count does not see nulls among a dictionary's values: validate still names the row."""
+    m = small_population.municipalities
+    names = m.column("name").combine_chunks().cast(pa.string()).to_pylist()
+    idx = np.arange(len(names), dtype=np.int32)
+    idx[2] = len(names)                                   # row 2 points at the dictionary's null
+    col = pa.DictionaryArray.from_arrays(pa.array(idx), pa.array(names + [None], pa.string()))
+    assert col.null_count == 0
+    new = m.set_column(m.column_names.index("name"), "name", col)
+    _check(small_population, "municipalities", new, "name", 2, "missing value")

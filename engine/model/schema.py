@@ -169,14 +169,19 @@ def _all_within(arr, col) -> bool:
     """True when a numeric column without nulls holds only finite values within the column's bounds,
     found from each chunk's minimum and maximum (NaN propagates into both): the usual case in
     one pass, without a mask per check. False sends the column to the checks that name the row."""
-    if arr.null_count or not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+    floating = pa.types.is_floating(arr.type)
+    if arr.null_count or not (pa.types.is_integer(arr.type) or floating):
         return False
+    if not floating and col.min is None and col.max is None:
+        return True
     for chunk in arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]:
         if len(chunk) == 0:
             continue
         x = chunk.to_numpy(zero_copy_only=False)
-        lo, hi = x.min(), x.max()
-        if pa.types.is_floating(arr.type) and not (np.isfinite(lo) and np.isfinite(hi)):
+        # Python numbers: compared with the bounds exactly, as Arrow compares (float32 widened, no
+        # rounding of int64 to float64), not by NumPy's scalar rules
+        lo, hi = x.min().item(), x.max().item()
+        if floating and not (np.isfinite(lo) and np.isfinite(hi)):
             return False
         if (col.min is not None and lo < col.min) or (col.max is not None and hi > col.max):
             return False
@@ -251,7 +256,8 @@ def code_positions(table_name: str, column: str, values, reference: np.ndarray,
             lookup = lookup.astype(np.int32)
             start = 0
             for c, off in zip(chunks, np.cumsum(sizes) - sizes, strict=True):
-                out[start:start + len(c)] = lookup[off:][c.indices.to_numpy(zero_copy_only=False)]
+                own = lookup[off:off + len(c.dictionary)]     # a bad index raises, never reads the next chunk's
+                out[start:start + len(c)] = own[c.indices.to_numpy(zero_copy_only=False)]
                 start += len(c)
             return out
         offset = np.repeat(np.cumsum(sizes) - sizes, [len(c) for c in chunks])
@@ -314,7 +320,8 @@ def validate(table_name: str, table: pa.Table, *, municipalities: np.ndarray | N
         if not _type_ok(col, arr.type):
             raise PopulationError(table_name, col.name, None,
                                   f"has type {arr.type}, expected {col.type}")
-        first = _first(arr.is_null()) if arr.null_count else None
+        # a dictionary's nulls can sit in its values, which null_count does not count
+        first = _first(arr.is_null()) if arr.null_count or pa.types.is_dictionary(arr.type) else None
         if first is not None:
             raise PopulationError(table_name, col.name, first, "missing value")
         if _is_string_like(arr.type):

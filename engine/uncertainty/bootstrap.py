@@ -57,7 +57,8 @@ from engine.uncertainty.summaries import BootstrapResult
 def run_bootstrap(settings: Settings, out: str | Path, replicates: int = 200, batch_size: int | None = None,
                   workers: int | None = None, scheduler: str | None = None, progress=None,
                   client=None) -> BootstrapResult:
-    """Run (or resume) a bootstrap into ``out``; finished batches are written as they complete.
+    """Run (or resume) a bootstrap into ``out``; finished batches are written as they complete (in
+    this process one batch behind, on a background thread: ``progress`` counts computed batches).
 
     ``workers=0`` runs in this process without Dask; otherwise a ``LocalCluster`` of
     ``workers`` single-threaded processes on loopback (default: the number of cores), or the

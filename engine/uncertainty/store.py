@@ -48,33 +48,33 @@ def write_batch(out: Path, start: int, stop: int, result: dict[str, np.ndarray],
 
 
 class BatchWriter:
-    """Writes batch files (:func:`write_batch`) on one background thread, so that a batch is written
-    while the next one is computed (Parquet encoding and the file system release the GIL). A write
-    error is raised at the next :meth:`put` or when the ``with`` block ends, which waits for every
-    write, also when the block raises (the finished batches are kept for a resume)."""
+    """Writes batch files (:func:`write_batch`) on one background thread, one batch behind: a batch
+    is written while the next one is computed (Parquet encoding and the file system release the
+    GIL). :meth:`put` first waits for the previous write and raises its error; the end of the
+    ``with`` block waits for the last write (also when the block raises: the finished batches stay
+    for a resume, and a failed write is noted on the exception that ends the block)."""
 
     def __init__(self, out: Path, codes: np.ndarray):
         self._out, self._codes = out, codes
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buig-batch-writer")
-        self._pending = []
+        self._last = None
 
     def put(self, start: int, stop: int, result: dict[str, np.ndarray]) -> None:
-        self._raise_failed(wait=False)
-        self._pending.append(self._pool.submit(write_batch, self._out, start, stop, result, self._codes))
-
-    def _raise_failed(self, wait: bool) -> None:
-        for fut in self._pending:
-            if wait or fut.done():
-                fut.result()
-        self._pending = [f for f in self._pending if not f.done()]
+        if self._last is not None:
+            self._last.result()
+        self._last = self._pool.submit(write_batch, self._out, start, stop, result, self._codes)
 
     def __enter__(self) -> "BatchWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._pool.shutdown(wait=True)
-        if exc_type is None:
-            self._raise_failed(wait=True)
+        error = self._last.exception() if self._last is not None else None
+        if error is None:
+            return
+        if exc is None:
+            raise error
+        exc.add_note(f"and writing the last batch failed: {error}")
 
 
 def done_ranges(out: Path) -> list[tuple[int, int]]:
