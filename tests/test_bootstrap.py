@@ -90,8 +90,9 @@ def test_a_failed_batch_write_stops_the_run_and_keeps_the_written_batches(fitted
         return real(table, where, **options)
 
     monkeypatch.setattr(pq, "write_table", failing)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as err:
         run_bootstrap(fitted_world, tmp_path / "out", replicates=12, batch_size=3, workers=0)
+    assert not getattr(err.value, "__notes__", None)            # raised once, not noted on itself again
     written = sorted(f.name for f in (tmp_path / "out" / "batches").glob("replicates-*.parquet"))
     assert written == ["replicates-000000-000003.parquet"]      # one batch behind: the run stopped at the next
     assert not list((tmp_path / "out" / "batches").glob(".*"))      # the torn temporary file is removed

@@ -60,8 +60,9 @@ class BatchWriter:
         self._last = None
 
     def put(self, start: int, stop: int, result: dict[str, np.ndarray]) -> None:
-        if self._last is not None:
-            self._last.result()
+        last, self._last = self._last, None      # a failed write is raised here once, not noted again
+        if last is not None:
+            last.result()
         self._last = self._pool.submit(write_batch, self._out, start, stop, result, self._codes)
 
     def __enter__(self) -> "BatchWriter":
