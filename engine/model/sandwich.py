@@ -95,8 +95,9 @@ def satterthwaite_df(shared: np.ndarray, own: np.ndarray, H: np.ndarray, M: np.n
     """Degrees of freedom of the cluster-robust variance of each shared parameter (``shared``,
     ``own``, ``H`` and ``M`` as :func:`cr2_covariance` takes them; (ks,) in the order of
     ``shared``): the Satterthwaite approximation under the working model (Bell and McCaffrey
-    2002; Pustejovsky and Tipton 2018) to leading order in the leverage. The variance of parameter j is a sum of one square per cluster,
-    whose expectation under the working model is ``a_gj = (M H_g M)_jj``; matching a scaled
+    2002; Pustejovsky and Tipton 2018) to leading order in the leverage. The variance of
+    parameter j is a sum of one square per cluster, whose expectation under the working model
+    is ``a_gj = (M H_g M)_jj``; matching a scaled
     chi-square gives ``df_j = (sum_g a_gj)^2 / sum_g a_gj^2``: the number of clusters when they
     inform j equally, fewer when a few large ones carry the information (Carter, Schnepel and
     Steigerwald 2017, Review of Economics and Statistics 99(4) 698-709: the effective number of

@@ -246,37 +246,21 @@ def code_positions(table_name: str, column: str, values, reference: np.ndarray,
     """
     ref = pa.array(reference, pa.string())
     chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    found = lambda v: pc.index_in(v, value_set=ref).fill_null(-1).to_numpy(zero_copy_only=False)  # noqa: E731
+    lookups = [None] * len(chunks)
     if len(chunks) > 1 and all(pa.types.is_dictionary(c.type) for c in chunks):
-        # a file of many row groups: every chunk's dictionary looked up in one call, not a few calls per chunk
-        sizes = np.asarray([len(c.dictionary) for c in chunks], dtype=np.int64)
-        lookup = pc.index_in(pa.concat_arrays([c.dictionary.cast(pa.string()) for c in chunks]), value_set=ref)
-        lookup = lookup.fill_null(-1).to_numpy(zero_copy_only=False)
-        if lookup.min(initial=0) >= 0:       # every dictionary value exists: each chunk's rows looked up in place
-            out = np.empty(len(values), dtype=np.int32)
-            lookup = lookup.astype(np.int32)
-            start = 0
-            for c, off in zip(chunks, np.cumsum(sizes) - sizes, strict=True):
-                own = lookup[off:off + len(c.dictionary)]     # a bad index raises, never reads the next chunk's
-                out[start:start + len(c)] = own[c.indices.to_numpy(zero_copy_only=False)]
-                start += len(c)
-            return out
-        offset = np.repeat(np.cumsum(sizes) - sizes, [len(c) for c in chunks])
-        pos = lookup[pa.chunked_array([c.indices for c in chunks]).to_numpy().astype(np.int64) + offset]
-        first = _first(pos < 0)
-        if first is not None:
-            raise PopulationError(table_name, column, first,
-                                  f"code {as_strings(values)[first].as_py()!r} does not exist in {reference_table}")
-        return pos.astype(np.int32)
+        # a file of many row groups: every chunk's dictionary looked up in one call, not a call per chunk
+        sizes = np.cumsum([len(c.dictionary) for c in chunks])[:-1]
+        lookups = np.split(found(pa.concat_arrays([c.dictionary.cast(pa.string()) for c in chunks])), sizes)
     out = np.empty(len(values), dtype=np.int32)
     start = 0
-    for chunk in chunks:
+    for chunk, lookup in zip(chunks, lookups, strict=True):
         if pa.types.is_dictionary(chunk.type):
-            lookup = pc.index_in(chunk.dictionary.cast(pa.string()), value_set=ref)
-            pos = lookup.fill_null(-1).to_numpy(zero_copy_only=False)[chunk.indices.to_numpy(zero_copy_only=False)]
+            lookup = found(chunk.dictionary.cast(pa.string())) if lookup is None else lookup
+            pos = lookup[chunk.indices.to_numpy(zero_copy_only=False)]
         else:
-            pos = pc.index_in(chunk.cast(pa.string()), value_set=ref).fill_null(-1).to_numpy(zero_copy_only=False)
-        bad = pos < 0
-        first = _first(bad)
+            lookup = pos = found(chunk.cast(pa.string()))
+        first = _first(pos < 0) if lookup.min(initial=0) < 0 else None    # rows searched only if a code is unknown
         if first is not None:
             code = as_strings(chunk)[first].as_py()
             raise PopulationError(table_name, column, start + first,
