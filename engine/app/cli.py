@@ -22,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+from engine.io.memory import command_line_memory
 from engine.model.fit import EstimationError
 from engine.model.schema import PopulationError
 from engine.app.console import Progress, say, say_csv_copies, warn_sparse
@@ -390,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    command_line_memory()          # NumPy without huge pages, Arrow on malloc (engine.io.memory)
     args = build_parser().parse_args(argv)
     try:
         address = getattr(args, "scheduler", None) or os.environ.get("DASK_SCHEDULER_ADDRESS") or ""
