@@ -2,6 +2,6 @@
 
 import sys
 
-from engine.app.cli import main
+from engine.app.cli import command
 
-sys.exit(main())
+sys.exit(command())

@@ -13,6 +13,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import engine.uncertainty.cells as cells_module
 from kernels.bootstrap import draw_sums
 from kernels.draws import cell_sums, cells, factor_terms, joint_terms, prefix_order, term_tables
 
@@ -177,6 +178,13 @@ def test_engine_cells_agree_with_the_household_kernel(small_population):
     assert not auto.per_cell                   # few profiles: tabled; made per cell, the same bits
     np.testing.assert_array_equal(replace(auto, per_cell=True).sums(coefs), auto.sums(coefs))
     np.testing.assert_array_equal(replace(auto, per_cell=True).variance(fit), auto.variance(fit))
+    # a thread's next batch of the same shape reuses the term tables: nothing of the last batch is read
+    other = [(fit, vp + 0.05, pp - 0.05) for _, vp, pp in coefs]
+    auto.sums(coefs)
+    again = auto.sums(other)
+    vars(cells_module._HELD).clear()           # fresh tables
+    np.testing.assert_array_equal(again, auto.sums(other))
+    assert not np.array_equal(again, auto.sums(coefs))
     wide = draw_cells(hh, fit, pd_, dtype=np.float64)
     np.testing.assert_array_equal(replace(wide, per_cell=True).sums(coefs), wide.sums(coefs))
     np.testing.assert_allclose(wide.sums(coefs), ref[:, 0], rtol=1e-11)

@@ -26,7 +26,7 @@ from engine.io.memory import command_line_memory
 from engine.model.fit import EstimationError
 from engine.model.schema import PopulationError
 from engine.app.console import Progress, say, say_csv_copies, warn_sparse
-from engine.uncertainty.settings import METHODS
+from engine.uncertainty.settings import DEFAULT_BATCH, METHODS
 
 DEFAULT_SEED = 20190101
 
@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "outcome (published weights): the coefficients as they are, outcome randomness only")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="replicates per Dask task (default: 40 for parametric and score, 10 for cluster)")
+                   help="replicates per Dask task (default: " + ", ".join(f"{n} for {m}" for m, n in DEFAULT_BATCH.items())
+                        + ")")
     add_dask(p)
     p.add_argument("--level", type=float, default=0.01,
                    help="flag a surplus when p_explained (the probability under the spending band of spending at or "
@@ -390,8 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command() -> int:
+    """The ``buig`` command and ``python -m engine``: :func:`main` on ``sys.argv`` after the command's
+    memory settings (:func:`engine.io.memory.command_line_memory`), which :func:`main` itself leaves alone."""
+    command_line_memory()
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
-    command_line_memory()          # NumPy without huge pages, Arrow on malloc (engine.io.memory)
     args = build_parser().parse_args(argv)
     try:
         address = getattr(args, "scheduler", None) or os.environ.get("DASK_SCHEDULER_ADDRESS") or ""

@@ -13,7 +13,7 @@ Both are measured choices for a process that reads a population once and fills f
   0.73-0.94 s, 0.64-1.03 s of it in the kernel, against 0.33-0.38 s with the C library's
   allocator (the one NumPy uses) and 0.29-0.33 s with jemalloc (3 alternating runs each).
 
-So the ``buig`` command (:func:`engine.app.cli.main`) sets both for itself and, through the
+So the ``buig`` command (:func:`engine.app.cli.command`, not :func:`engine.app.cli.main`) sets both for itself and, through the
 environment, for the Dask workers it starts. A user's own ``NUMPY_MADVISE_HUGEPAGE`` or
 ``ARROW_DEFAULT_MEMORY_POOL`` (the libraries' variables) stands. Importing ``engine`` as a
 library changes nothing.
@@ -36,8 +36,10 @@ def command_line_memory() -> None:
     libraries read them at import)."""
     if NUMPY_PAGES not in os.environ:
         os.environ[NUMPY_PAGES] = "0"        # Dask workers started from here read it when they import NumPy
-        core = getattr(np, "_core", None) or np.core       # NumPy 2 / 1.26
-        core.multiarray._set_madvise_hugepage(False)
+        core = getattr(np, "_core", None) or getattr(np, "core", None)       # NumPy 2 / 1.26
+        setter = getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
+        if setter is not None:               # a private function: without it, only the workers change
+            setter(False)
     if ARROW_POOL not in os.environ:
         os.environ[ARROW_POOL] = "system"
         pa.set_memory_pool(pa.system_memory_pool())
