@@ -13,10 +13,10 @@ Both are measured choices for a process that reads a population once and fills f
   0.73-0.94 s, 0.64-1.03 s of it in the kernel, against 0.33-0.38 s with the C library's
   allocator (the one NumPy uses) and 0.29-0.33 s with jemalloc (3 alternating runs each).
 
-So the ``buig`` command (:func:`engine.app.cli.command`, not :func:`engine.app.cli.main`) sets both for itself and, through the
-environment, for the Dask workers it starts. A user's own ``NUMPY_MADVISE_HUGEPAGE`` or
-``ARROW_DEFAULT_MEMORY_POOL`` (the libraries' variables) stands. Importing ``engine`` as a
-library changes nothing.
+So the ``buig`` command (:func:`engine.app.cli.command`, not :func:`engine.app.cli.main`) sets
+both for itself and, through the environment, for the Dask workers it starts. A user's own
+``NUMPY_MADVISE_HUGEPAGE`` or ``ARROW_DEFAULT_MEMORY_POOL`` (the libraries' variables) stands.
+Importing ``engine`` as a library, or calling ``main``, changes nothing.
 """
 
 from __future__ import annotations
