@@ -333,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "outcome (published weights): the coefficients as they are, outcome randomness only")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="replicates per Dask task (default: " + ", ".join(f"{n} for {m}" for m, n in DEFAULT_BATCH.items())
-                        + ")")
+                   help="replicates per Dask task (default: "
+                        + ", ".join(f"{n} for {m}" for m, n in DEFAULT_BATCH.items()) + ")")
     add_dask(p)
     p.add_argument("--level", type=float, default=0.01,
                    help="flag a surplus when p_explained (the probability under the spending band of spending at or "

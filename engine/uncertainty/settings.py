@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 METHODS = ("parametric", "cluster", "score", "outcome")
-# Replicates per batch when none is given: for the draws a multiple of the cell pass's vector step on AVX2 (32
-# float32 lanes: 4 x kernels.draws.BLOCK), so its loop over a cell's draws runs no 4-lane vector remainder either (1000 replicates of 2 M
-# households: 1.72-1.76 s with 64, 1.78-1.81 s with 40, 1.78-1.83 s with 128); full refits are slow, so small
-# batches keep Dask workers busy alike.
+# Replicates per batch when none is given. For the draws, a multiple of the cell pass's vector step on AVX2
+# (32 float32 lanes: 4 x kernels.draws.BLOCK), so its loop over a cell's draws runs no 4-lane remainder either
+# (1000 replicates of 2 M households: 1.72-1.76 s with 64, 1.78-1.81 s with 40). Full refits are slow, so
+# small batches keep Dask workers busy alike.
 DEFAULT_BATCH = {"parametric": 64, "score": 64, "outcome": 64, "cluster": 10}
 QUANTILES = (0.025, 0.05, 0.5, 0.95, 0.975)
 # outcome_sd: sd of the municipality's cost when bijstand is drawn from p (sqrt of sum p (1 - p) (f N)^2),
