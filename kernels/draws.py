@@ -18,7 +18,13 @@ Where a population has about as many profiles as households (the realistic spec)
 table of every profile's A and reading it back for about one cell costs more than the cell
 pass: :func:`cell_sums` then makes each cell's A from the joint tables itself, with the same
 products (the same bits).
-Terms (A, B, a, b, q) are float32 or float64 (the dtype of the term tables); sums are float64.
+Terms (A, B, a, b, q) are float32 or float64 (the dtype of the term tables). E is summed over
+a neighbourhood run (the consecutive cells of one neighbourhood: 15 on average at 2 M
+households) in that dtype, the runs per municipality in float64. The terms are positive, so a
+run's relative error stays below its length times the dtype's rounding: with float32 terms at
+2 M households the municipalities' sums moved by 7e-7 at most (relative) against float64 run
+sums, which cost a quarter of the cell pass (20.6 against 15.7 ms per 64 draws). V is summed
+in float64.
 
 Term tables are stored (rows, 2, RP): component 0 the volume, 1 the price, RP the draws
 padded to a multiple of BLOCK (padding columns hold 1.0 and are never returned), so the
@@ -202,10 +208,10 @@ def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual
     writing and reading a table of every profile (``a_prof`` is then not read; pass any
     array of the dtype). For populations with about as many profiles as households.
 
-    Per cell the block of draws is computed into a scratch row (one vector loop: loads of
-    the cell's two table rows only, once its profile row is made when per cell) and added to
-    the sums of the current neighbourhood run, which are added to the municipality's when the
-    neighbourhood changes or the cell range ends: a fixed order given the cells and ``n_virtual``."""
+    Per cell the block of draws is added to the sums of the current neighbourhood run (one
+    vector loop: loads of the cell's two table rows only, once its profile row is made when
+    per cell), which are added to the municipality's when the neighbourhood changes or the
+    cell range ends: a fixed order given the cells and ``n_virtual``."""
     n = cell_nb.shape[0]
     RP = b_nb.shape[2]
     one = b_nb.dtype.type(1.0)
@@ -214,15 +220,14 @@ def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual
     acc = np.zeros((n_virtual, n_mun, 2, RP))
     bounds = range_bounds(n, n_virtual)
     for v in prange(n_virtual):
-        e = np.zeros(RP)
+        e = np.zeros(RP, dtype=b_nb.dtype)      # the run's E in the terms' dtype (module docstring)
         w = np.zeros(RP)
-        qb = np.empty(RP, dtype=b_nb.dtype)
         own = np.empty((2, RP), dtype=b_nb.dtype)
         prod = np.empty(RP)
         lo, hi = bounds[v], bounds[v + 1]
         for i in range(lo, hi):
             nb = cell_nb[i]
-            w1 = s1[i]
+            w1 = b_nb.dtype.type(s1[i])
             if joint is None:
                 ap = a_prof[cell_prof[i]]
             else:
@@ -232,18 +237,16 @@ def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual
                 ap = own
             bn = b_nb[nb]
             for r in range(RP):
-                qb[r] = one / ((one + ap[0, r] * bn[0, r]) * (one + ap[1, r] * bn[1, r]))
-            for r in range(RP):
-                e[r] += w1 * np.float64(qb[r])
+                e[r] += w1 * (one / ((one + ap[0, r] * bn[0, r]) * (one + ap[1, r] * bn[1, r])))
             if with_var:
                 w2 = s2[i]
                 for r in range(RP):
-                    q = qb[r]
+                    q = one / ((one + ap[0, r] * bn[0, r]) * (one + ap[1, r] * bn[1, r]))   # E's q, the same bits
                     w[r] += w2 * np.float64((ap[0, r] * bn[0, r] * q) * q)
             if i + 1 == hi or cell_nb[i + 1] != nb:
                 g = nb_mun[nb]
                 for r in range(RP):
-                    acc[v, g, 0, r] += e[r]
+                    acc[v, g, 0, r] += np.float64(e[r])
                     e[r] = 0.0
                 if with_var:
                     for r in range(RP):
