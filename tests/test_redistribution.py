@@ -29,6 +29,19 @@ def test_effects_against_scaled_reference():
     np.testing.assert_allclose(e.eur_per_inhabitant, [1, -0.5, 0, 0, 0])  # (C - R) / inhabitants
 
 
+def test_effects_of_many_candidates_are_those_row_by_row():
+    rng = np.random.default_rng(3)
+    cand, ref, inh = rng.uniform(1, 9, (5, 7)), rng.uniform(1, 9, 7), rng.uniform(1e3, 1e5, 7)
+    ref[2] = 0.0                                   # undefined there, in every row
+    whole = rd.effects(cand, ref, inh)
+    for i, row in enumerate(cand):
+        one = rd.effects(row, ref, inh)
+        for got, want in ((whole.pct[i], one.pct), (whole.eur_per_inhabitant[i], one.eur_per_inhabitant),
+                          (whole.reference[i], one.reference)):
+            np.testing.assert_array_equal(got, want)
+    assert np.isnan(whole.pct[:, 2]).all()
+
+
 def test_summarise_unweighted_and_weighted():
     pct = np.array([5, -12, 20, -10, np.nan])
     s = rd.summarise(pct)

@@ -232,12 +232,12 @@ def capped_in_groups(budget: np.ndarray, historical_share: np.ndarray, groups: n
 def mau_deduction(regime: Regime, inhabitants: np.ndarray, u: np.ndarray, amount: float) -> np.ndarray:
     """B_g = TBMAU * m_g U_g / sum(m U) over the municipalities above ``mau.lower`` inhabitants
     (Besluit WWB 2007 art. 4(6); Besluit Participatiewet art. 2(8)); ``amount`` is TBMAU."""
+    if amount <= 0:
+        return np.zeros_like(u)
     n = np.asarray(inhabitants, dtype=np.float64)
     lo, hi = regime.mau.lower, regime.mau.upper
     m = np.where(n > lo, np.clip((n - lo) / (hi - lo), 0.0, 1.0), 0.0)
     mu = m * u
-    if amount <= 0:
-        return np.zeros_like(u)
     if mu.sum() <= 0:
         raise ValueError(f"regime {regime.name}: no municipality above {lo:,.0f} inhabitants to bear the MAU")
     return amount * mu / mu.sum()

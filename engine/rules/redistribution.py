@@ -44,10 +44,11 @@ class Effects:
 
 
 def effects(candidate: np.ndarray, reference: np.ndarray, inhabitants: np.ndarray) -> Effects:
-    """HE_g in % and in EUR per inhabitant, the reference scaled to the candidate's total."""
+    """HE_g in % and in EUR per inhabitant, the reference scaled to the candidate's total (per row of a
+    2-d ``candidate``: one candidate per row, the same numbers as row by row)."""
     c = np.asarray(candidate, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
-    r = r * (c.sum() / r.sum())
+    r = r * (c.sum(axis=-1, keepdims=True) / r.sum())
     pct = np.full_like(c, np.nan)
     np.divide(c - r, r, out=pct, where=r > 0)
     return Effects(pct=100.0 * pct, eur_per_inhabitant=(c - r) / np.asarray(inhabitants, dtype=np.float64),
