@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import naive  # tests/naive.py (pytest puts tests/ on sys.path)
 from kernels.bootstrap import draw_sums
+from kernels.codes import mixed_radix
 from kernels.config import N_VIRTUAL
 from kernels.glm import linear_predictor, logit_pass, range_bounds
 from kernels.predict import group_sums, household_values, pair_tables, weight_level_sums
@@ -343,3 +344,21 @@ def test_cache_is_warm_only_with_compiled_kernels(tmp_path, monkeypatch):
     assert not cache_is_warm()                                   # an index without compiled code
     (tmp_path / "numba-x" / "kernels_1" / "glm.logit_pass-58.py311.1.nbc").write_bytes(b"")
     assert cache_is_warm()
+
+
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=9), st.integers(0, 2**32 - 1), st.integers(0, 60))
+def test_mixed_radix_is_numpys_ravel_multi_index(radix, seed, n):
+    """Each group of columns as one number, first column most significant: np.ravel_multi_index."""
+    rng = np.random.default_rng(seed)
+    radix = np.asarray(radix, dtype=np.int64)
+    codes = np.stack([rng.integers(0, r, n) for r in radix], axis=1).astype(np.uint8).reshape(n, radix.size)
+    members = rng.permutation(radix.size).astype(np.int64)
+    cuts = np.sort(rng.choice(np.arange(1, radix.size), size=rng.integers(0, radix.size), replace=False))
+    starts = np.concatenate([[0], cuts, [radix.size]]).astype(np.int64)
+    for dtype in (np.int64, np.uint16):
+        out = np.full((n, starts.size - 1), 99, dtype=dtype)
+        mixed_radix(codes, members, starts, radix, out)
+        for j in range(starts.size - 1):
+            cols = members[starts[j]:starts[j + 1]]
+            want = np.ravel_multi_index(tuple(codes[:, cols].T), tuple(radix[cols])) if n else np.zeros(0)
+            np.testing.assert_array_equal(out[:, j], want)

@@ -25,6 +25,7 @@ from engine.model.norms import Norms
 from engine.model.population import Population
 from engine.model.schema import DEFAULT_CATALOGUE, TABLES
 from engine.model.spec import ComponentSpec, SpecError
+from kernels.codes import mixed_radix
 
 
 def _joint_groups(n_levels: tuple[int, ...], limit: int = 256) -> tuple[tuple[int, ...], ...]:
@@ -62,12 +63,9 @@ class Joint:
     def codes(self, codes: np.ndarray) -> np.ndarray:
         """(n, len(groups)) uint8 joint codes of (n, F) factor codes."""
         out = np.empty((codes.shape[0], len(self.groups)), dtype=np.uint8)
-        for j, members in enumerate(self.groups):
-            code = np.zeros(codes.shape[0], dtype=np.int32)
-            for k in members:           # in place: no array of n per factor
-                code *= self.n_levels[k]
-                code += codes[:, k]
-            out[:, j] = code
+        members = np.asarray([k for g in self.groups for k in g], dtype=np.int64)
+        starts = np.cumsum([0] + [len(g) for g in self.groups]).astype(np.int64)
+        mixed_radix(np.ascontiguousarray(codes), members, starts, np.asarray(self.n_levels, dtype=np.int64), out)
         return out
 
     def digits(self) -> list[np.ndarray]:

@@ -64,8 +64,9 @@ def prediction_design(hh: Households, norms) -> PredictionDesign:
     type_div = joint.sizes[0] // n_types
     combo = joint.codes(hh.codes)
     type_of_code = np.arange(256, dtype=np.int64) // type_div
-    group = hh.municipality().astype(np.int64) * n_types + type_of_code[combo[:, 0]]
-    group = group.astype(np.uint16 if hh.n_mun * n_types <= 1 << 16 else np.int32)
+    dt = np.uint16 if hh.n_mun * n_types <= 1 << 16 else np.int32      # holds n_mun * n_types - 1
+    group = type_of_code.astype(dt)[combo[:, 0]]
+    group += hh.nb_mun.astype(dt)[hh.nbhd] * dt(n_types)                  # the municipality of each household
     return PredictionDesign(combo=combo, groups=joint.groups, nbhd=hh.nbhd, nb_mun=hh.nb_mun,
                             norm_index=hh.norm_index(norms).astype(np.uint16), type_of_code=type_of_code,
                             n_mun=hh.n_mun, code_sizes=np.asarray(joint.sizes, dtype=np.int64), group=group)
