@@ -8,12 +8,14 @@ linear predictor), the logistic is
 so exponentials are taken once per draw for each distinct household profile (distinct row
 of the joint factor codes) and each neighbourhood (:func:`factor_terms`), never per
 household. Households of the same neighbourhood and profile share p and f, so they are
-collapsed into one cell (:func:`cells`) with the sums of their norms S1 = sum N and
-S2 = sum N^2. With b = A_price B_price and q = 1 / ((1 + a)(1 + b)) = p f, a cell adds
+collapsed into one cell (:func:`cells`) with the sum of their norms S1 = sum N. With
+b = A_price B_price and q = 1 / ((1 + a)(1 + b)) = p f, a cell adds
 
-    E = p f S1 = q S1,   V = p (1 - p) f^2 S2 = a q^2 S2
+    E = p f S1 = q S1
 
-(one division per cell and draw; V only when asked: the bootstrap takes it once, at the fit).
+(one division per cell and draw). The outcome variance V = sum p (1 - p) (f N)^2, which the
+bootstrap takes once, at the fit, comes from the point prediction's pass over the households
+(kernels.predict.group_sums).
 Where a population has about as many profiles as households (the realistic spec), writing a
 table of every profile's A and reading it back for about one cell costs more than the cell
 pass: :func:`cell_sums` then makes each cell's A from the joint tables itself, with the same
@@ -23,8 +25,7 @@ a neighbourhood run (the consecutive cells of one neighbourhood: 15 on average a
 households) in that dtype, the runs per municipality in float64. The terms are positive, so a
 run's relative error stays below its length times the dtype's rounding: with float32 terms at
 2 M households the municipalities' sums moved by 7e-7 at most (relative) against float64 run
-sums, which cost a quarter of the cell pass (20.6 against 15.7 ms per 64 draws). V is summed
-in float64.
+sums, which cost a quarter of the cell pass (20.6 against 15.7 ms per 64 draws).
 
 Term tables are stored (rows, 2, RP): component 0 the volume, 1 the price, RP the draws
 padded to a multiple of BLOCK (padding columns hold 1.0 and are never returned), so the
@@ -66,7 +67,7 @@ def cells(profile_key, n_keys, nbhd, n_nb, norm, chunk=CHUNK):
     appearance: the kernel then reads the term rows of one chunk of profiles (in cache)
     for every neighbourhood before the next chunk. Returns (first_row (n_prof,) int64: one
     household of each profile, cell_nb (m,) int32, cell_prof (m,) int32, s1 (m,) float64
-    sum of N, s2 (m,) float64 sum of N^2)."""
+    sum of N)."""
     n = nbhd.shape[0]
     pid = np.full(n_keys, -1, dtype=np.int64)
     prof = np.empty(n, dtype=np.int32)           # int32 scratch: n < 2^31, and memory at full scale
@@ -95,8 +96,7 @@ def cells(profile_key, n_keys, nbhd, n_nb, norm, chunk=CHUNK):
     slot = np.empty(n_prof, dtype=np.int64)
     cell_nb = np.empty(n, dtype=np.int32)
     cell_prof = np.empty(n, dtype=np.int32)
-    s1 = np.empty(n)     # empty, each cell zeroed when it opens: the tails past m are never paged in
-    s2 = np.empty(n)
+    s1 = np.empty(n)     # empty, each cell zeroed when it opens: the tail past m is never paged in
     m = 0
     for j in range(n_group):
         for t in range(start[j], start[j + 1]):
@@ -108,13 +108,10 @@ def cells(profile_key, n_keys, nbhd, n_nb, norm, chunk=CHUNK):
                 cell_nb[m] = nbhd[i]
                 cell_prof[m] = p
                 s1[m] = 0.0
-                s2[m] = 0.0
                 m += 1
-            c = slot[p]
-            s1[c] += norm[i]
-            s2[c] += norm[i] * norm[i]
+            s1[slot[p]] += norm[i]
     # views, not copies: the buffers' tails past m were never written
-    return first_row[:n_prof].astype(np.int64), cell_nb[:m], cell_prof[:m], s1[:m], s2[:m]
+    return first_row[:n_prof].astype(np.int64), cell_nb[:m], cell_prof[:m], s1[:m]
 
 
 @njit(cache=True, fastmath=False)
@@ -197,9 +194,8 @@ def _profile_term(rows, tab, prod, out, lo, hi):
 
 
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual, with_var, joint=None):
-    """(n_mun, 2, RP) float64 sums of E and V per municipality and draw (module docstring); V
-    only ``with_var`` (zeros otherwise: a third less work per cell and draw, the E the same bits).
+def cell_sums(cell_nb, cell_prof, s1, a_prof, b_nb, nb_mun, n_mun, n_virtual, joint=None):
+    """(n_mun, RP) float64 sums of E per municipality and draw (module docstring).
 
     The profile terms come from ``a_prof`` (:func:`factor_terms`), or, with ``joint`` =
     (rows_v, e_v, rows_p, e_p, lo, hi), are made per cell from the joint tables
@@ -217,11 +213,10 @@ def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual
     one = b_nb.dtype.type(1.0)
     if joint is not None:                  # no bounds checks below: the joint tables must hold RP draws
         assert joint[1].shape[1] == RP and joint[3].shape[1] == RP
-    acc = np.zeros((n_virtual, n_mun, 2, RP))
+    acc = np.zeros((n_virtual, n_mun, RP))
     bounds = range_bounds(n, n_virtual)
     for v in prange(n_virtual):
         e = np.zeros(RP, dtype=b_nb.dtype)      # the run's E in the terms' dtype (module docstring)
-        w = np.zeros(RP)
         own = np.empty((2, RP), dtype=b_nb.dtype)
         prod = np.empty(RP)
         lo, hi = bounds[v], bounds[v + 1]
@@ -238,20 +233,11 @@ def cell_sums(cell_nb, cell_prof, s1, s2, a_prof, b_nb, nb_mun, n_mun, n_virtual
             bn = b_nb[nb]
             for r in range(RP):
                 e[r] += w1 * (one / ((one + ap[0, r] * bn[0, r]) * (one + ap[1, r] * bn[1, r])))
-            if with_var:
-                w2 = s2[i]
-                for r in range(RP):
-                    q = one / ((one + ap[0, r] * bn[0, r]) * (one + ap[1, r] * bn[1, r]))   # E's q, the same bits
-                    w[r] += w2 * np.float64((ap[0, r] * bn[0, r] * q) * q)
             if i + 1 == hi or cell_nb[i + 1] != nb:
                 g = nb_mun[nb]
                 for r in range(RP):
-                    acc[v, g, 0, r] += np.float64(e[r])
+                    acc[v, g, r] += np.float64(e[r])
                     e[r] = 0.0
-                if with_var:
-                    for r in range(RP):
-                        acc[v, g, 1, r] += w[r]
-                        w[r] = 0.0
     return reduce_ranges(acc)
 
 

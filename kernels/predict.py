@@ -87,8 +87,10 @@ def _exp_neg_eta_pairs(codes, nbhd, lo, m, first, second, width, offset, etable,
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def group_sums(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, v_nb, p_cols, p_off, p_coef, p_nb,
                group, y, code_sizes, n_groups, n_virtual):
-    """Sums per group of p, p*f, p*N and p*f*N, the number of households and the sum of
-    the observed outcome ``y`` (0/1 per row): array (n_groups, 6).
+    """Sums per group of p, p*f, p*N and p*f*N, the number of households, the sum of the
+    observed outcome ``y`` (0/1 per row), p(1-p)*f*N (the slope of p*f*N in the volume's
+    log-odds) and p(1-p)*(f*N)^2 (the variance of the cost when bijstand is drawn from p):
+    array (n_groups, 8). 1 - p is taken as exp(-eta) p, exact where p is near 1.
 
     ``group[h]``: the group of each row (engine.model.predict.PredictionDesign.group:
     municipality * n_types + household type, stored once per population, so the pass does
@@ -106,30 +108,38 @@ def group_sums(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, v_nb, 
     va, vb, vw, vo, vt = pair_tables(v_cols, v_off, v_coef, code_sizes)
     pa, pb, pw, po, pt = pair_tables(p_cols, p_off, p_coef, code_sizes)
     vt, pt, v_enb, p_enb = np.exp(-vt), np.exp(-pt), np.exp(-v_nb), np.exp(-p_nb)
-    acc = np.zeros((n_virtual, n_groups, 6))
+    acc = np.zeros((n_virtual, n_groups, 8))
     bounds = range_bounds(n, n_virtual)
     for v in prange(n_virtual):
         ev = np.empty(BLOCK)
         ep = np.empty(BLOCK)
+        eq = np.empty(BLOCK)
+        ef = np.empty(BLOCK)
         for lo in range(bounds[v], bounds[v + 1], BLOCK):
             m = min(BLOCK, bounds[v + 1] - lo)
             _exp_neg_eta_pairs(codes, nbhd, lo, m, va, vb, vw, vo, vt, v_enb, ev)
             _exp_neg_eta_pairs(codes, nbhd, lo, m, pa, pb, pw, po, pt, p_enb, ep)
-            for j in range(m):  # vectorises: p into ev, p f into ep
-                ev[j] = 1.0 / (1.0 + ev[j])
-                ep[j] = ev[j] / (1.0 + ep[j])
+            for j in range(m):  # vectorises: p into ev, p f into ep, 1 - p into eq, f into ef
+                p = 1.0 / (1.0 + ev[j])
+                eq[j] = ev[j] * p
+                ev[j] = p
+                ef[j] = 1.0 / (1.0 + ep[j])
+                ep[j] = p / (1.0 + ep[j])
             for j in range(m):
                 i = lo + j
                 p = ev[j]
                 pf = ep[j]
                 norm = norm_flat[norm_index[i]]
                 g = np.int64(group[i])
+                slope = pf * eq[j] * norm
                 acc[v, g, 0] += p
                 acc[v, g, 1] += pf
                 acc[v, g, 2] += p * norm
                 acc[v, g, 3] += pf * norm
                 acc[v, g, 4] += 1.0
                 acc[v, g, 5] += y[i]
+                acc[v, g, 6] += slope
+                acc[v, g, 7] += slope * ef[j] * norm
     return reduce_ranges(acc)
 
 

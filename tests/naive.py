@@ -279,9 +279,11 @@ def household_values(Xv: np.ndarray, beta: np.ndarray, Xp: np.ndarray, gamma: np
 
 def group_sums(p: np.ndarray, f: np.ndarray, N: np.ndarray, group: np.ndarray, n_groups: int,
                y: np.ndarray) -> np.ndarray:
-    """(n_groups, 6): sums of p, p f, p N, p f N, 1 and y per group, by np.bincount."""
+    """(n_groups, 8): sums of p, p f, p N, p f N, 1, y, p (1 - p) f N and p (1 - p) (f N)^2 per group, by
+    np.bincount."""
     return np.column_stack([np.bincount(group, weights=v, minlength=n_groups)
-                            for v in (p, p * f, p * N, p * f * N, np.ones_like(p), y.astype(np.float64))])
+                            for v in (p, p * f, p * N, p * f * N, np.ones_like(p), y.astype(np.float64),
+                                      p * (1 - p) * f * N, p * (1 - p) * (f * N) ** 2)])
 
 
 def draw_sums(Xv: np.ndarray, betas: np.ndarray, Xp: np.ndarray, gammas: np.ndarray, N: np.ndarray,

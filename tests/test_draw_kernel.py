@@ -68,15 +68,15 @@ def prepare(w):
     for k, m in enumerate(w["levels"]):
         key = key * m + w["codes"][:, k]
     norm = w["norm_flat"][w["norm_index"]]
-    first, cell_nb, cell_prof, s1, s2 = cells(key, int(np.prod(w["levels"])), w["nbhd"], w["n_nb"], norm)
+    first, cell_nb, cell_prof, s1 = cells(key, int(np.prod(w["levels"])), w["nbhd"], w["n_nb"], norm)
     prof_lev = np.ascontiguousarray(w["off"] + w["codes"][first].astype(np.int64))
-    return prof_lev, cell_nb, cell_prof, s1, s2
+    return prof_lev, cell_nb, cell_prof, s1
 
 
-def new_sums(w, prep, dtype, draws=None, with_var=True, per_cell=False) -> np.ndarray:
-    """kernels.draws on the draws ``draws`` (indices; all by default); ``per_cell``: the profile terms
-    made in the cell pass from the joint tables (no profile table)."""
-    prof_lev, cell_nb, cell_prof, s1, s2 = prep
+def new_sums(w, prep, dtype, draws=None, per_cell=False) -> np.ndarray:
+    """kernels.draws (E, (n_mun, R)) on the draws ``draws`` (indices; all by default); ``per_cell``: the
+    profile terms made in the cell pass from the joint tables (no profile table)."""
+    prof_lev, cell_nb, cell_prof, s1 = prep
     draws = np.arange(w["v_coef"].shape[1]) if draws is None else np.asarray(draws)
     col = lambda name: np.ascontiguousarray(w[name][:, draws])  # noqa: E731
     n_prof = 0 if per_cell else prof_lev.shape[0]
@@ -86,8 +86,7 @@ def new_sums(w, prep, dtype, draws=None, with_var=True, per_cell=False) -> np.nd
         factor_terms(prof_lev[:n_prof], col(coef), col(nb), a, b, comp, *BOUNDS[dtype], order[:n_prof], shared[:n_prof])
     joint = ((prof_lev, joint_terms(col("v_coef"), b.shape[2]), prof_lev, joint_terms(col("p_coef"), b.shape[2]),
               *BOUNDS[dtype]) if per_cell else None)
-    return cell_sums(cell_nb, cell_prof, s1, s2, a, b, w["nb_mun"], w["n_mun"], N_VIRTUAL, with_var,
-                     joint)[:, :, :len(draws)]
+    return cell_sums(cell_nb, cell_prof, s1, a, b, w["nb_mun"], w["n_mun"], N_VIRTUAL, joint)[:, :len(draws)]
 
 
 @settings(max_examples=25)
@@ -97,13 +96,9 @@ def test_kernels_match_the_numpy_loop(seed, n, draws):
     ref = numpy_sums(w)
     np.testing.assert_allclose(old_sums(w), ref, rtol=1e-12, atol=1e-300)
     prep = prepare(w)
-    np.testing.assert_allclose(new_sums(w, prep, np.float64), ref, rtol=1e-12, atol=1e-300)
-    np.testing.assert_allclose(new_sums(w, prep, np.float32), ref, rtol=2e-6, atol=1e-300)
-    for dtype in (np.float32, np.float64):      # without V: the same E bits, and V zero
-        e_only = new_sums(w, prep, dtype, with_var=False)
-        np.testing.assert_array_equal(e_only[:, 0], new_sums(w, prep, dtype)[:, 0])
-        assert not e_only[:, 1].any()
-        # the profile terms made per cell: the same bits as tabled
+    np.testing.assert_allclose(new_sums(w, prep, np.float64), ref[:, 0], rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(new_sums(w, prep, np.float32), ref[:, 0], rtol=2e-6, atol=1e-300)
+    for dtype in (np.float32, np.float64):      # the profile terms made per cell: the same bits as tabled
         np.testing.assert_array_equal(new_sums(w, prep, dtype, per_cell=True), new_sums(w, prep, dtype))
 
 
@@ -121,20 +116,19 @@ def test_a_draw_gives_the_same_bits_in_any_batch(seed, n, cuts):
             size = cuts[len(parts) % len(cuts)]
             parts.append(new_sums(w, prep, dtype, range(start, min(start + size, R)), per_cell=per_cell))
             start += size
-        np.testing.assert_array_equal(np.concatenate(parts, axis=2), whole)
+        np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
         backwards = new_sums(w, prep, dtype, range(R - 1, -1, -1), per_cell=per_cell)   # every draw elsewhere
-        np.testing.assert_array_equal(backwards[:, :, ::-1], whole)
+        np.testing.assert_array_equal(backwards[:, ::-1], whole)
 
 
 def test_cells_hold_every_household_once():
     w = _world(3, 5000, 1)
-    prof_lev, cell_nb, cell_prof, s1, s2 = prepare(w)
+    prof_lev, cell_nb, cell_prof, s1 = prepare(w)
     norm = w["norm_flat"][w["norm_index"]]
     pairs = set(zip(cell_nb.tolist(), cell_prof.tolist()))
     assert len(pairs) == cell_nb.size                       # one cell per (neighbourhood, profile)
     assert np.unique(prof_lev, axis=0).shape[0] == prof_lev.shape[0]
     np.testing.assert_allclose(s1.sum(), norm.sum(), rtol=1e-12)
-    np.testing.assert_allclose(s2.sum(), (norm ** 2).sum(), rtol=1e-12)
     assert cell_nb.size < 5000                              # households collapsed
 
 
@@ -148,7 +142,7 @@ def test_infinite_coefficients_give_zero_not_nan():
     for dtype, rtol in ((np.float64, 1e-12), (np.float32, 2e-6)):
         got = new_sums(w, prep, dtype)
         assert np.isfinite(got).all()
-        np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-6)
+        np.testing.assert_allclose(got, ref[:, 0], rtol=rtol, atol=1e-6)
         np.testing.assert_array_equal(new_sums(w, prep, dtype, per_cell=True), got)
 
 
@@ -177,7 +171,6 @@ def test_engine_cells_agree_with_the_household_kernel(small_population):
     np.testing.assert_allclose(auto.sums(coefs), ref[:, 0], rtol=1e-6)
     assert not auto.per_cell                   # few profiles: tabled; made per cell, the same bits
     np.testing.assert_array_equal(replace(auto, per_cell=True).sums(coefs), auto.sums(coefs))
-    np.testing.assert_array_equal(replace(auto, per_cell=True).variance(fit), auto.variance(fit))
     # a thread's next batch of the same shape reuses the term tables: nothing of the last batch is read
     other = [(fit, vp + 0.05, pp - 0.05) for _, vp, pp in coefs]
     auto.sums(coefs)
@@ -188,12 +181,6 @@ def test_engine_cells_agree_with_the_household_kernel(small_population):
     wide = draw_cells(hh, fit, pd_, dtype=np.float64)
     np.testing.assert_array_equal(replace(wide, per_cell=True).sums(coefs), wide.sums(coefs))
     np.testing.assert_allclose(wide.sums(coefs), ref[:, 0], rtol=1e-11)
-    # the outcome variance once, at the fit
-    t = prediction_tables(hh, fit, pd_)
-    at_fit = draw_sums(pd_.combo, pd_.nbhd, pd_.norm_index, t.norm_flat, t.v_off, t.v_coef[:, None], t.v_nb[:, None],
-                       t.p_off, t.p_coef[:, None], t.p_nb[:, None], pd_.nb_mun, hh.n_mun, N_VIRTUAL)
-    np.testing.assert_allclose(auto.variance(fit), at_fit[:, 1, 0], rtol=1e-6)
-    np.testing.assert_allclose(draw_cells(hh, fit, pd_, dtype=np.float64).variance(fit), at_fit[:, 1, 0], rtol=1e-11)
     # the batch's tables, computed for all draws at once, are each draw's own tables bit for bit
     coefs.append((fit, None, None))
     for comp in range(2):

@@ -84,11 +84,24 @@ def test_prediction_matches_numpy_twin(small_population, fitted):
     pred = predict(hh, fit)
     typ = small_population.households.column("household_type").to_numpy()
     group = mun * 5 + typ
-    for name, values in (("predicted", p), ("fraction_sum", p * f), ("norm_sum", p * N), ("expected_cost", p * f * N)):
+    for name, values in (("predicted", p), ("fraction_sum", p * f), ("norm_sum", p * N), ("expected_cost", p * f * N),
+                         ("cost_slope", p * (1 - p) * f * N), ("cost_variance", p * (1 - p) * (f * N) ** 2)):
         want = np.bincount(group, weights=values, minlength=hh.n_mun * 5).reshape(hh.n_mun, 5)
         np.testing.assert_allclose(getattr(pred, name), want, rtol=1e-11, atol=1e-9)
     np.testing.assert_array_equal(pred.actual, np.bincount(group, weights=hh.bijstand | hh.lks,
                                                            minlength=hh.n_mun * 5).reshape(hh.n_mun, 5))
+
+
+def test_cost_elasticity_is_the_slope_of_the_log_cost(fitted):
+    """sum p (1 - p) f N / sum p f N against a central difference of two predictions with the common
+    effect (every household's log-odds) moved by +-1e-4."""
+    hh, fit = fitted
+    shifted = lambda d: predict(hh, dataclasses.replace(fit, volume=dataclasses.replace(  # noqa: E731
+        fit.volume, fe_common=fit.volume.fe_common + d))).objective_cost
+    up, down = shifted(1e-4), shifted(-1e-4)
+    got = predict(hh, fit).cost_elasticity
+    np.testing.assert_allclose(got, (np.log(up) - np.log(down)) / 2e-4, rtol=1e-6)
+    assert (got > 0).all() and (got < 1).all()        # p (1 - p) < p
 
 
 def test_common_effect_reproduces_the_national_count(fitted):

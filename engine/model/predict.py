@@ -141,10 +141,19 @@ class Prediction:
     fraction_sum: np.ndarray    # sum p f
     norm_sum: np.ndarray        # sum p N
     expected_cost: np.ndarray   # sum p f N
+    cost_slope: np.ndarray      # sum p (1 - p) f N: d expected_cost / d u, u a shift of the volume's log-odds
+    cost_variance: np.ndarray   # sum p (1 - p) (f N)^2: the variance of the cost when bijstand is drawn from p
 
     @property
     def objective_cost(self) -> np.ndarray:
         return self.expected_cost.sum(axis=1)
+
+    @property
+    def cost_elasticity(self) -> np.ndarray:
+        """d log(objective cost) / d u per municipality (u a shift of the volume's log-odds): sum p (1 - p) f N /
+        sum p f N, exact; 0 where the cost is 0."""
+        cost, slope = self.objective_cost, self.cost_slope.sum(axis=1)
+        return np.divide(slope, cost, out=np.zeros_like(cost), where=cost > 0)
 
 
 def predict(hh: Households | Population, fit: ModelFit, pd_: PredictionDesign | None = None,
@@ -165,7 +174,8 @@ def predict(hh: Households | Population, fit: ModelFit, pd_: PredictionDesign | 
                       households=sums[:, 4].astype(np.int64).reshape(shape),
                       actual=sums[:, 5].astype(np.int64).reshape(shape),
                       predicted=sums[:, 0].reshape(shape), fraction_sum=sums[:, 1].reshape(shape),
-                      norm_sum=sums[:, 2].reshape(shape), expected_cost=sums[:, 3].reshape(shape))
+                      norm_sum=sums[:, 2].reshape(shape), expected_cost=sums[:, 3].reshape(shape),
+                      cost_slope=sums[:, 6].reshape(shape), cost_variance=sums[:, 7].reshape(shape))
 
 
 def household_predictions(hh: Households, fit: ModelFit) -> dict[str, np.ndarray]:

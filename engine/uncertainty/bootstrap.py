@@ -27,7 +27,7 @@ sum of Bernoulli costs, with V = sum p (1 - p) (f N)^2 at the fit: V's change wi
 moves the band at second order only), times exp(e_g (mu + u)) with u ~ N(0, between_sd^2): the
 municipality's own effect on the log-odds around the model, mu its mean relative to the
 common effect and e_g the elasticity of the municipality's cost to a shift of the log-odds
-(:func:`engine.uncertainty.draws.spending_elasticity`). ``between_sd="auto"`` estimates sd
+(:attr:`engine.model.predict.Prediction.cost_elasticity`). ``between_sd="auto"`` estimates sd
 and mean from the fixed effects contrasted with their mean
 (:func:`engine.uncertainty.draws.between_sd_estimate`); a number fixes the sd (0 switches
 it off). ``p_explained`` (:func:`engine.uncertainty.summaries.explained_probability`) is

@@ -1,7 +1,7 @@
 """Households collapsed into (neighbourhood, profile) cells for many coefficient draws at once.
 
 The parametric bootstrap (engine.uncertainty.bootstrap) evaluates E = p f N summed per municipality
-for each draw, and V = p (1 - p) (f N)^2 once, at the fit. :func:`draw_cells` prepares, once per
+for each draw. :func:`draw_cells` prepares, once per
 context, the distinct household profiles (rows of the joint factor codes), each component's rows
 in its joint-code tables per profile (a joint code's table sums the levels of the factors it
 holds, so a profile's term is a product over its joint codes: 8 for the realistic spec's 50
@@ -59,7 +59,6 @@ class DrawCells:
     cell_nb: np.ndarray                    # (m,) int32
     cell_prof: np.ndarray                  # (m,) int32
     s1: np.ndarray                         # (m,) sum of norms
-    s2: np.ndarray                         # (m,) sum of squared norms
     nb_cont: np.ndarray
     nb_mun: np.ndarray
     n_mun: int
@@ -104,8 +103,9 @@ class DrawCells:
         joint_coef = self.joint_maps[comp] @ np.ascontiguousarray(level.T)
         return np.ascontiguousarray(joint_coef), np.ascontiguousarray(nb.T)
 
-    def _sums(self, coefficients: list[tuple], with_var: bool) -> np.ndarray:
-        """kernels.draws.cell_sums of R coefficient sets: (n_mun, 2, RP)."""
+    def sums(self, coefficients: list[tuple]) -> np.ndarray:
+        """(n_mun, R) float64 sums of E per municipality for R coefficient sets
+        ``(fit, volume_params or None, price_params or None)``: :func:`kernels.draws.cell_sums`."""
         n_prof = 0 if self.per_cell else self.levels[0].shape[0]      # per cell: no profile table
         a, b = _term_tables(n_prof, self.nb_mun.shape[0], len(coefficients), self.dtype)
         tables = [self.batch_tables(coefficients, comp) for comp in range(2)]
@@ -117,17 +117,8 @@ class DrawCells:
             rp = b.shape[2]
             joint = (self.levels[0], joint_terms(tables[0][0], rp), self.levels[1], joint_terms(tables[1][0], rp),
                      *BOUNDS[self.dtype])
-        return cell_sums(self.cell_nb, self.cell_prof, self.s1, self.s2, a, b, self.nb_mun, self.n_mun, N_VIRTUAL,
-                         with_var, joint)
-
-    def sums(self, coefficients: list[tuple]) -> np.ndarray:
-        """(n_mun, R) float64 sums of E per municipality for R coefficient sets
-        ``(fit, volume_params or None, price_params or None)``."""
-        return np.ascontiguousarray(self._sums(coefficients, False)[:, 0, :len(coefficients)])
-
-    def variance(self, fit: ModelFit) -> np.ndarray:
-        """(n_mun,) float64 sums of V = p (1 - p) (f N)^2 at the fit's own coefficients."""
-        return self._sums([(fit, None, None)], True)[:, 1, 0].copy()
+        sums = cell_sums(self.cell_nb, self.cell_prof, self.s1, a, b, self.nb_mun, self.n_mun, N_VIRTUAL, joint)
+        return np.ascontiguousarray(sums[:, :len(coefficients)])
 
 
 def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None) -> DrawCells:
@@ -144,7 +135,7 @@ def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None)
         key = key.astype(np.int64).ravel()
         n_keys = int(key.max()) + 1
     norm = fit.norms.table().ravel()[pd_.norm_index]
-    first, cell_nb, cell_prof, s1, s2 = cells(key, n_keys, pd_.nbhd, hh.n_nb, norm)
+    first, cell_nb, cell_prof, s1 = cells(key, n_keys, pd_.nbhd, hh.n_nb, norm)
     profiles = pd_.combo[first].astype(np.int64)
     layouts = (make_layout(fit.spec.volume, hh), make_layout(fit.spec.price, hh))
     region = neighbourhood_region_offset(fit.spec, hh)
@@ -154,7 +145,7 @@ def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None)
     levels = tuple(np.ascontiguousarray(lay.joint.off[u] + profiles[:, u]) for lay, u in zip(layouts, used))
     per_cell = cell_nb.size < PER_CELL_BELOW * first.size
     none = np.zeros(0, dtype=np.int64)
-    dc = DrawCells(layouts=layouts, levels=levels, cell_nb=cell_nb, cell_prof=cell_prof, s1=s1, s2=s2,
+    dc = DrawCells(layouts=layouts, levels=levels, cell_nb=cell_nb, cell_prof=cell_prof, s1=s1,
                    nb_cont=hh.nb_cont, nb_mun=hh.nb_mun, n_mun=hh.n_mun, dtype=np.dtype(np.float64), region=region,
                    orders=tuple((none, none) if per_cell else prefix_order(lev) for lev in levels),
                    joint_maps=tuple(lay.joint_map() for lay in layouts), per_cell=per_cell)

@@ -24,7 +24,7 @@ from engine.rules.budget import allocate_stage, allocation_basis, budget_stage
 from engine.rules.redistribution import effects
 from engine.rules.regime import load_regime
 from engine.uncertainty.cells import draw_cells
-from engine.uncertainty.settings import REPLICATE_COLUMNS, Settings
+from engine.uncertainty.settings import Settings
 from kernels.config import N_VIRTUAL
 from kernels.predict import weight_level_sums
 
@@ -190,17 +190,6 @@ def _trimmed(effect: np.ndarray, v: np.ndarray, tau: float, mu: float, fixed_sd:
     return tau, mu
 
 
-def spending_elasticity(hh, fit: ModelFit, pd_, step: float = 1e-3) -> np.ndarray:
-    """d log(objective cost) / d u per municipality, u a shift of the log-odds of the volume:
-    sum p (1 - p) f N / sum p f N, by a central difference of two predictions with the
-    common effect moved by +-``step`` (exact to O(step^2)). 0 where the cost is 0."""
-    at = lambda d: predict(hh, dataclasses.replace(  # noqa: E731
-        fit, volume=dataclasses.replace(fit.volume, fe_common=fit.volume.fe_common + d)), pd_).objective_cost
-    up, down = at(step), at(-step)
-    ok = (up > 0) & (down > 0)
-    return np.where(ok, (np.log(np.where(ok, up, 1.0)) - np.log(np.where(ok, down, 1.0))) / (2 * step), 0.0)
-
-
 def count_gradient(hh, fit: ModelFit, pd_, lay) -> np.ndarray:
     """How the common effect must move, to first order, to keep the national predicted count
     when the volume parameters move: ``dc/dtheta = -(sum_i w_i x_i) / sum_i w_i`` with
@@ -262,12 +251,12 @@ class Context:
         self.hist, self.tb = self.stage.historical_share, self.stage.tb
         self.point = predict(self.hh, self.fit, self.pd)
         # the outcome sd at the fit, for every replicate (its change with a draw is of second order)
-        self.outcome_sd = np.sqrt(self.cells.variance(self.fit))
+        self.outcome_sd = np.sqrt(self.point.cost_variance.sum(axis=1))
         cost = self.point.objective_cost
         # weights and cap groups do not depend on the objective cost: once for every replicate
         self.basis = allocation_basis(self.stage.regime, self.hist, self.inhabitants)
         self.point_budget = allocate_stage(self.stage, cost, self.inhabitants, basis=self.basis)
-        self.elasticity = spending_elasticity(self.hh, self.fit, self.pd)
+        self.elasticity = self.point.cost_elasticity
         self.between = between_sd_estimate(self.fit, self.hh.mun_codes,
                                            None if settings.between_sd == "auto" else float(settings.between_sd))
         self.between_sd = self.between.sd
