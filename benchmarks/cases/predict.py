@@ -4,8 +4,8 @@ Setup (untimed) fits the 2019 model on the dataset (`engine.model.fitted.fit_mod
 prediction design (`engine.model.predict.prediction_design`: 3 joint uint8 codes of the 8
 factors, neighbourhood, norm index) and the look-up tables (`prediction_tables`); buig
 saves the tables for the peers, so all three work on identical inputs. The timed call is
-one pass over all households returning the (n_mun * 5, 6) sums of p, p f, p N, p f N, households and observed outcomes
-(everything `predict` sums).
+one pass over all households returning the (n_mun * 5, 8) sums of p, p f, p N, p f N, households, observed outcomes,
+p (1 - p) f N and p (1 - p) (f N)^2 (everything `predict` sums).
 The issue-3 target is 100 million households per second on 2 cores at full scale.
 """
 
@@ -117,7 +117,7 @@ def setup_numpy(ctx, spec_name="2019"):
 def run_numpy(state):
     """Chunked NumPy: per chunk, eta = nb_table[nbhd] + sum of table[offset_g + code_g] over
     the joint codes the component reads (3 look-ups instead of 8 factors), logistic with np.exp, the norm by look-up,
-    then np.bincount of the six sums (with the households and observed outcomes) over municipality x household
+    then np.bincount of the eight sums (with the households and observed outcomes) over municipality x household
     type."""
     import numpy as np
 
@@ -126,7 +126,7 @@ def run_numpy(state):
     v_off, v_coef, v_nb = state["v_off"], state["v_coef"], state["v_nb"]
     p_off, p_coef, p_nb = state["p_off"], state["p_coef"], state["p_nb"]
     norm_flat, nb_mun, type_of_code = state["norm_flat"], pd_.nb_mun, pd_.type_of_code
-    out = np.zeros((6, G))
+    out = np.zeros((8, G))
     for lo in range(0, n, NUMPY_CHUNK):
         hi = min(n, lo + NUMPY_CHUNK)
         combo = pd_.combo[lo:hi]
@@ -138,7 +138,8 @@ def run_numpy(state):
         for g in state["p_cols"]:
             ep += p_coef[p_off[g] + combo[:, g]]
         p = 1.0 / (1.0 + np.exp(-ev))
-        pf = p / (1.0 + np.exp(-ep))
+        f = 1.0 / (1.0 + np.exp(-ep))
+        pf = p * f
         norm = norm_flat[pd_.norm_index[lo:hi]]
         grp = nb_mun[nb] * T + type_of_code[combo[:, 0]]
         out[0] += np.bincount(grp, weights=p, minlength=G)
@@ -147,6 +148,9 @@ def run_numpy(state):
         out[3] += np.bincount(grp, weights=pf * norm, minlength=G)
         out[4] += np.bincount(grp, minlength=G)
         out[5] += np.bincount(grp, weights=state["y"][lo:hi], minlength=G)
+        slope = pf * (1.0 - p) * norm
+        out[6] += np.bincount(grp, weights=slope, minlength=G)
+        out[7] += np.bincount(grp, weights=slope * f * norm, minlength=G)
     return out.T
 
 
@@ -185,7 +189,7 @@ IMPLEMENTATIONS = [
               "tables, so no exp per household) as engine.model.predict.predict calls it; tables and design built in setup"),
     Impl("numpy", setup=setup_numpy, run=run_numpy, extras=extras_numpy,
          note=f"plain NumPy (one thread) in chunks of {NUMPY_CHUNK:,} rows: 3 joint-code table look-ups + the "
-              "neighbourhood look-up per component, 1/(1+np.exp(-eta)), np.bincount of the 6 sums per "
+              "neighbourhood look-up per component, 1/(1+np.exp(-eta)), np.bincount of the 8 sums per "
               "municipality x type; buig's tables"),
     Impl("copy", setup=setup_copy, run=run_copy, extras=extras_copy, role="floor",
          note="np.copyto of the per-household arrays the kernel reads (3 joint codes uint8, nbhd int32, "

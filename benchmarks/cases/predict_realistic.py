@@ -2,8 +2,8 @@
 
 As ``predict`` (its functions do the work), with the realistic spec fitted in setup
 (``engine.model.fitted.fit_model(hh, "realistic")``): one pass over all households returning
-the (n_mun * 5, 6) sums of p, p f, p N, p f N, households and observed outcomes per
-municipality and household type. Target: at
+the (n_mun * 5, 8) sums of p, p f, p N, p f N, households, observed outcomes, p (1 - p) f N and
+p (1 - p) (f N)^2 per municipality and household type. Target: at
 least 100 million households per second on 2 cores at full scale (``target_100M_per_s_met``).
 """
 
@@ -47,7 +47,7 @@ IMPLEMENTATIONS = [
               "per household); tables and design built in setup"),
     Impl("numpy", setup=setup_numpy, run=pr.run_numpy, extras=pr.extras_numpy,
          note=f"plain NumPy (one thread) in chunks of {pr.NUMPY_CHUNK:,} rows: one table look-up per joint code + "
-              "the neighbourhood look-up per component, np.exp, np.bincount of the 6 sums; buig's tables"),
+              "the neighbourhood look-up per component, np.exp, np.bincount of the 8 sums; buig's tables"),
     Impl("buig_8factor", setup=setup_buig_8factor, run=pr.run_buig, extras=extras_buig_8factor, role="floor",
          note="the same kernel with the built-in 2019 spec (8 factors in 3 joint codes) on the same households: the "
               "8-factor figure beside the realistic one"),
