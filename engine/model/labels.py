@@ -71,6 +71,11 @@ def _from_strings(table_name: str, col: Column, arr, start: int) -> np.ndarray:
     return out
 
 
+def _outside(codes: np.ndarray, n: int) -> bool:
+    """Whether any code lies outside 0 .. n-1: two reductions, no mask (the rows only on an error)."""
+    return bool(codes.size) and (codes.min() < 0 or codes.max() >= n)
+
+
 def _from_codes(table_name: str, col: Column, arr, labels: list[str] | None, start: int) -> np.ndarray:
     if arr.null_count:
         nulls = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
@@ -78,25 +83,23 @@ def _from_codes(table_name: str, col: Column, arr, labels: list[str] | None, sta
     # the file's integer type as it is (no int64 copy): comparisons and look-ups give the same codes
     codes = np.asarray(arr.to_numpy(zero_copy_only=False) if isinstance(arr, pa.Array) else arr.to_numpy())
     if labels is None:           # no metadata: the catalogue's codes
-        bad = (codes < 0) | (codes >= len(col.labels))
-        if bad.any():
-            r = _first_row(bad)
+        if _outside(codes, len(col.labels)):
+            r = _first_row((codes < 0) | (codes >= len(col.labels)))
             raise PopulationError(table_name, col.name, start + r,
                                   f"code {codes[r]} has no label; expected codes: {mapping_text(col.labels)} "
                                   "(or give the labels as field metadata 'labels', or as strings)")
-        return codes.astype(np.int8)
+        return codes.astype(np.int8, copy=False)
     lut = np.full(len(labels), -1, dtype=np.int64)
     for i, lab in enumerate(labels):
         if lab in col.labels:
             lut[i] = col.labels.index(lab)
-    bad = (codes < 0) | (codes >= len(labels))
-    if bad.any():
-        r = _first_row(bad)
+    if _outside(codes, len(labels)):
+        r = _first_row((codes < 0) | (codes >= len(labels)))
         raise PopulationError(table_name, col.name, start + r,
                               f"code {codes[r]} has no label in the column's metadata; its labels are: "
                               f"{mapping_text(tuple(labels))}")
     if np.array_equal(lut, np.arange(len(labels))):     # the catalogue's own order (as written by synth)
-        return codes.astype(np.int8)
+        return codes.astype(np.int8, copy=False)
     mapped = lut[codes]
     if (mapped < 0).any():
         r = _first_row(mapped < 0)
