@@ -90,7 +90,8 @@ def group_sums(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, v_nb, 
     """Sums per group of p, p*f, p*N and p*f*N, the number of households, the sum of the
     observed outcome ``y`` (0/1 per row), p(1-p)*f*N (the slope of p*f*N in the volume's
     log-odds) and p(1-p)*(f*N)^2 (the variance of the cost when bijstand is drawn from p):
-    array (n_groups, 8). 1 - p is taken as exp(-eta) p, exact where p is near 1.
+    array (n_groups, 8). 1 - p is taken as exp(-eta) p where p > 1/2 (no cancellation near p = 1) and as
+    1 - p elsewhere (exp(-eta) is infinite where a coefficient is -inf and p = 0).
 
     ``group[h]``: the group of each row (engine.model.predict.PredictionDesign.group:
     municipality * n_types + household type, stored once per population, so the pass does
@@ -121,7 +122,7 @@ def group_sums(codes, nbhd, norm_index, norm_flat, v_cols, v_off, v_coef, v_nb, 
             _exp_neg_eta_pairs(codes, nbhd, lo, m, pa, pb, pw, po, pt, p_enb, ep)
             for j in range(m):  # vectorises: p into ev, p f into ep, 1 - p into eq, f into ef
                 p = 1.0 / (1.0 + ev[j])
-                eq[j] = ev[j] * p
+                eq[j] = ev[j] * p if ev[j] < 1.0 else 1.0 - p
                 ev[j] = p
                 ef[j] = 1.0 / (1.0 + ep[j])
                 ep[j] = p / (1.0 + ep[j])

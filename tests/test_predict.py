@@ -125,8 +125,10 @@ def test_household_with_p_zero_contributes_nothing(fitted):
                               bijstand=hh.bijstand[keep], lks=hh.lks[keep], benefit_paid=hh.benefit_paid[keep],
                               adults_sharing=hh.adults_sharing[keep],
                               adults_sharing_under_27=hh.adults_sharing_under_27[keep])
-    np.testing.assert_allclose(predict(hh, fit0).expected_cost, predict(sub, fit0).expected_cost,
-                               rtol=1e-12, atol=1e-9)
+    whole, part = predict(hh, fit0), predict(sub, fit0)
+    for name in ("expected_cost", "cost_slope", "cost_variance"):     # finite: p (1 - p) of p = 0 is 0, not NaN
+        assert np.isfinite(getattr(whole, name)).all()
+        np.testing.assert_allclose(getattr(whole, name), getattr(part, name), rtol=1e-12, atol=1e-9)
 
 
 @settings(max_examples=5)

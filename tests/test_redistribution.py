@@ -31,7 +31,7 @@ def test_effects_against_scaled_reference():
 
 def test_effects_of_many_candidates_are_those_row_by_row():
     rng = np.random.default_rng(3)
-    cand, ref, inh = rng.uniform(1, 9, (5, 7)), rng.uniform(1, 9, 7), rng.uniform(1e3, 1e5, 7)
+    cand, ref, inh = rng.uniform(1, 9, (5, 388)), rng.uniform(1, 9, 388), rng.uniform(1e3, 1e5, 388)   # pairwise sums
     ref[2] = 0.0                                   # undefined there, in every row
     whole = rd.effects(cand, ref, inh)
     for i, row in enumerate(cand):

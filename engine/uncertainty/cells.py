@@ -1,12 +1,12 @@
 """Households collapsed into (neighbourhood, profile) cells for many coefficient draws at once.
 
 The parametric bootstrap (engine.uncertainty.bootstrap) evaluates E = p f N summed per municipality
-for each draw. :func:`draw_cells` prepares, once per
-context, the distinct household profiles (rows of the joint factor codes), each component's rows
-in its joint-code tables per profile (a joint code's table sums the levels of the factors it
-holds, so a profile's term is a product over its joint codes: 8 for the realistic spec's 50
-volume factors) and the cells with their sums of norms; :meth:`DrawCells.sums` then
-turns a batch of coefficient sets into look-up tables and runs :func:`kernels.draws.cell_sums`.
+for each draw. :func:`draw_cells` prepares, once per context, the distinct household profiles
+(rows of the joint factor codes), each component's rows in its joint-code tables per profile (a
+joint code's table sums the levels of the factors it holds, so a profile's term is a product over
+its joint codes: 8 for the realistic spec's 50 volume factors) and the cells with their sums of
+norms; :meth:`DrawCells.sums` then turns a batch of coefficient sets into look-up tables and runs
+:func:`kernels.draws.cell_sums`.
 The same numbers (up to floating rounding) as :func:`kernels.bootstrap.draw_sums` on the
 households, for a fraction of the work (kernels/draws.py).
 

@@ -24,7 +24,7 @@ from engine.rules.budget import allocate_stage, allocation_basis, budget_stage
 from engine.rules.redistribution import effects
 from engine.rules.regime import load_regime
 from engine.uncertainty.cells import draw_cells
-from engine.uncertainty.settings import Settings
+from engine.uncertainty.settings import REPLICATE_COLUMNS, Settings
 from kernels.config import N_VIRTUAL
 from kernels.predict import weight_level_sums
 
@@ -334,11 +334,10 @@ class Context:
         z, u = (np.stack(x) for x in zip(*noise))
         sd = self.outcome_sd
         # row by row the same operations as for one replicate: the same bits in any batch
-        return {"objective_cost": cost, "budget": budget, "share": budget / budget.sum(axis=1, keepdims=True),
-                "effect_pct": effects(budget, self.spending, self.inhabitants).pct,
-                "outcome_sd": np.broadcast_to(sd, cost.shape).copy(),
-                "simulated_spending": (cost + sd * z) * np.exp((self.between.mean + self.between_sd * u)
-                                                               * self.elasticity)}
+        return dict(zip(REPLICATE_COLUMNS, (
+            cost, budget, budget / budget.sum(axis=1, keepdims=True), effects(budget, self.spending, self.inhabitants).pct,
+            np.tile(sd, (len(cost), 1)),
+            (cost + sd * z) * np.exp((self.between.mean + self.between_sd * u) * self.elasticity)), strict=True))
 
 
 _CONTEXTS: dict[tuple, tuple[str | None, Context]] = {}

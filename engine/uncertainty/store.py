@@ -23,7 +23,7 @@ from engine.uncertainty.settings import REPLICATE_COLUMNS, Settings
 FINITE_COLUMNS = ("objective_cost", "budget", "share", "simulated_spending")   # effect_pct: NaN without spending
 # what the replicates' numbers mean, in the inputs digest: a change of method makes older batches recomputed
 # instead of resumed among new ones (2: outcome_sd at the fit, profile terms over joint codes; 3: outcome_sd and
-# the elasticity from the point prediction's pass over the households)
+# the elasticity from the point prediction's pass over the households, E's neighbourhood runs in the terms' dtype)
 BATCH_FORMAT = "3"
 
 
