@@ -28,6 +28,17 @@ from engine.model.spec import ComponentSpec, SpecError
 from kernels.codes import mixed_radix
 
 
+def radix_codes(codes: np.ndarray, groups, radix, dtype) -> np.ndarray:
+    """(n, len(groups)) the columns of each group of ``codes`` (n, F) as one mixed-radix number, the first
+    column most significant, column k in base ``radix[k]``, in ``dtype`` (which must hold them):
+    :func:`kernels.codes.mixed_radix`."""
+    out = np.empty((codes.shape[0], len(groups)), dtype=dtype)
+    members = np.asarray([k for g in groups for k in g], dtype=np.int64)
+    starts = np.cumsum([0] + [len(g) for g in groups]).astype(np.int64)
+    mixed_radix(np.ascontiguousarray(codes), members, starts, np.asarray(radix, dtype=np.int64), out)
+    return out
+
+
 def _joint_groups(n_levels: tuple[int, ...], limit: int = 256) -> tuple[tuple[int, ...], ...]:
     """Consecutive factors packed into groups whose joint number of levels fits a uint8."""
     groups, cur, size = [], [], 1
@@ -62,11 +73,7 @@ class Joint:
 
     def codes(self, codes: np.ndarray) -> np.ndarray:
         """(n, len(groups)) uint8 joint codes of (n, F) factor codes."""
-        out = np.empty((codes.shape[0], len(self.groups)), dtype=np.uint8)
-        members = np.asarray([k for g in self.groups for k in g], dtype=np.int64)
-        starts = np.cumsum([0] + [len(g) for g in self.groups]).astype(np.int64)
-        mixed_radix(np.ascontiguousarray(codes), members, starts, np.asarray(self.n_levels, dtype=np.int64), out)
-        return out
+        return radix_codes(codes, self.groups, self.n_levels, np.uint8)
 
     def digits(self) -> list[np.ndarray]:
         """Per joint group, the factor codes of every joint code: array (members, size)."""

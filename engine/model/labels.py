@@ -71,9 +71,11 @@ def _from_strings(table_name: str, col: Column, arr, start: int) -> np.ndarray:
     return out
 
 
-def _outside(codes: np.ndarray, n: int) -> bool:
-    """Whether any code lies outside 0 .. n-1: two reductions, no mask (the rows only on an error)."""
-    return bool(codes.size) and (codes.min() < 0 or codes.max() >= n)
+def _first_outside(codes: np.ndarray, n: int) -> int | None:
+    """Row of the first code outside 0 .. n-1, or None: two reductions, a mask only on an error."""
+    if codes.size == 0 or (codes.min() >= 0 and codes.max() < n):
+        return None
+    return _first_row((codes < 0) | (codes >= n))
 
 
 def _from_codes(table_name: str, col: Column, arr, labels: list[str] | None, start: int) -> np.ndarray:
@@ -83,8 +85,8 @@ def _from_codes(table_name: str, col: Column, arr, labels: list[str] | None, sta
     # the file's integer type as it is (no int64 copy): comparisons and look-ups give the same codes
     codes = np.asarray(arr.to_numpy(zero_copy_only=False) if isinstance(arr, pa.Array) else arr.to_numpy())
     if labels is None:           # no metadata: the catalogue's codes
-        if _outside(codes, len(col.labels)):
-            r = _first_row((codes < 0) | (codes >= len(col.labels)))
+        r = _first_outside(codes, len(col.labels))
+        if r is not None:
             raise PopulationError(table_name, col.name, start + r,
                                   f"code {codes[r]} has no label; expected codes: {mapping_text(col.labels)} "
                                   "(or give the labels as field metadata 'labels', or as strings)")
@@ -93,8 +95,8 @@ def _from_codes(table_name: str, col: Column, arr, labels: list[str] | None, sta
     for i, lab in enumerate(labels):
         if lab in col.labels:
             lut[i] = col.labels.index(lab)
-    if _outside(codes, len(labels)):
-        r = _first_row((codes < 0) | (codes >= len(labels)))
+    r = _first_outside(codes, len(labels))
+    if r is not None:
         raise PopulationError(table_name, col.name, start + r,
                               f"code {codes[r]} has no label in the column's metadata; its labels are: "
                               f"{mapping_text(tuple(labels))}")

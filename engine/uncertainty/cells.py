@@ -22,11 +22,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from engine.model.design import Households, Layout, make_layout
+from engine.model.design import Households, Layout, make_layout, radix_codes
 from engine.model.fitted import ModelFit
 from engine.model.predict import PredictionDesign, used_joint_codes
 from engine.model.published import neighbourhood_region_offset
-from kernels.codes import mixed_radix
 from kernels.config import N_VIRTUAL
 from kernels.draws import cell_sums, cells, factor_terms, joint_terms, prefix_order, term_tables
 
@@ -125,10 +124,7 @@ def draw_cells(hh: Households, fit: ModelFit, pd_: PredictionDesign, dtype=None)
     """Profiles and cells of the households for the fit's components (``dtype`` None: by FLOAT32_LIMIT)."""
     sizes = hh.joint.sizes
     if float(np.prod(np.asarray(sizes, dtype=np.float64))) < 2.0 ** 24:
-        key = np.empty((hh.n, 1), dtype=np.int64)      # the joint codes as one number
-        mixed_radix(pd_.combo, np.arange(len(sizes), dtype=np.int64), np.asarray([0, len(sizes)], dtype=np.int64),
-                    np.asarray(sizes, dtype=np.int64), key)
-        key = key.reshape(-1)
+        key = radix_codes(pd_.combo, (tuple(range(len(sizes))),), sizes, np.int64).reshape(-1)   # one number
         n_keys = int(np.prod(sizes))
     else:   # many factors (a realistic catalogue): number the distinct profiles instead
         _, key = np.unique(pd_.combo, axis=0, return_inverse=True)
